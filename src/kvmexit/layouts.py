@@ -1,0 +1,150 @@
+"""Which kvm tracepoint layout this kernel has, detected from the tracefs ``format`` files.
+
+Layouts (verified against the kernel sources named in each entry):
+
+- ``arm64``: upstream 5.x-6.x, ``arch/arm64/kvm/trace_arm.h``:
+  ``kvm_exit(int ret, unsigned int esr_ec, unsigned long vcpu_pc)``; the record masks the SError
+  bit of ``ret`` and zeroes ``esr_ec`` on exits that are not traps. ``kvm_entry(vcpu_pc)``.
+- ``arm64-4.19``: mainline 4.19, ``virt/kvm/arm/trace.h``:
+  ``kvm_exit(int idx, unsigned int exit_reason, unsigned long vcpu_pc)``, stored raw (SError bit
+  set, class stale on IRQ exits).
+- ``arm64-openeuler-4.19``: as ``arm64-4.19`` but ``kvm_entry(vcpu_id, vcpu_pc)``.
+- ``arm64-openeuler-5.10``: ``kvm_exit(vcpu_id, ret, vcpu_pc)`` without ``esr_ec``; the class
+  comes from ``kvm_trap_enter(vcpu_id, esr_ec)``, fired while handling the trap.
+- ``x86``: ``kvm_exit`` with ``exit_reason`` and ``isa`` (VMX or SVM), ``arch/x86/kvm/trace.h``.
+
+Raw-tracepoint argument positions equal the record's field order on all arm64 layouts above.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from .errors import KvmexitError, TracepointsMissing, UnsupportedLayout
+from .reasons import ARCH_ARM64, ARCH_X86
+
+__all__ = ["Layout", "FieldInfo", "parse_format", "detect", "read_formats", "TRACEFS_ROOTS"]
+
+TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+_FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);")
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    name: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    arch: str
+    #: kvm_exit field holding the exception code/exit reason, and the one holding the class or isa.
+    exit_code_field: str
+    exit_detail_field: Optional[str]
+    #: openEuler 5.10+: event and field that carry the ESR class of a trap exit.
+    trap_event: Optional[str] = None
+    trap_ec_field: Optional[str] = None
+    #: Compile-time defines for bpf/kvmexit.bpf.c.
+    defines: Tuple[str, ...] = ()
+
+
+def parse_format(text: str) -> List[FieldInfo]:
+    """The non-common fields of a tracepoint ``format`` file, in record order."""
+    fields = []
+    for m in _FIELD.finditer(text):
+        name = re.split(r"[\s*]", m.group("decl").strip().split("[")[0])[-1]
+        if name.startswith("common_"):
+            continue
+        fields.append(FieldInfo(name, int(m.group("off")), int(m.group("size"))))
+    return fields
+
+
+def read_formats(tracefs: str, events: Tuple[str, ...] = ("kvm_exit", "kvm_entry", "kvm_trap_enter")) -> Dict[str, str]:
+    """Format-file texts of the kvm events that exist under ``tracefs``."""
+    out = {}
+    for ev in events:
+        path = os.path.join(tracefs, "events", "kvm", ev, "format")
+        try:
+            with open(path) as f:
+                out[ev] = f.read()
+        except FileNotFoundError:
+            continue
+        except PermissionError as e:
+            raise KvmexitError("cannot read %s: %s" % (path, e.strerror), hint="run as root") from e
+    return out
+
+
+def find_tracefs(candidates: Tuple[str, ...] = TRACEFS_ROOTS) -> str:
+    for root in candidates:
+        if os.path.isdir(os.path.join(root, "events")):
+            return root
+    raise TracepointsMissing(
+        "tracefs is not mounted",
+        hint="mount -t tracefs nodev /sys/kernel/tracing",
+    )
+
+
+def _names(fields: List[FieldInfo]) -> List[str]:
+    return [f.name for f in fields]
+
+
+def detect(formats: Dict[str, str]) -> Layout:
+    """Choose the layout from the fields present. Raises typed errors for what is missing."""
+    if "kvm_exit" not in formats or "kvm_entry" not in formats:
+        raise TracepointsMissing(
+            "kvm:kvm_exit/kvm:kvm_entry tracepoints not found",
+            hint="load the kvm module (modprobe kvm_intel, kvm_amd, or use a KVM-enabled arm64 kernel)",
+        )
+    exit_fields = parse_format(formats["kvm_exit"])
+    names = _names(exit_fields)
+    entry_names = _names(parse_format(formats["kvm_entry"]))
+    if "exit_reason" in names and "isa" in names:
+        by = {f.name: f for f in exit_fields}
+        return Layout(
+            name="x86",
+            arch=ARCH_X86,
+            exit_code_field="exit_reason",
+            exit_detail_field="isa",
+            defines=(
+                "LAYOUT_X86",
+                "X86_REASON_OFF=%d" % by["exit_reason"].offset,
+                "X86_ISA_OFF=%d" % by["isa"].offset,
+            ),
+        )
+    if names[:2] == ["ret", "esr_ec"]:
+        return Layout("arm64", ARCH_ARM64, "ret", "esr_ec", defines=("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1"))
+    if names[:2] == ["idx", "exit_reason"]:
+        name = "arm64-openeuler-4.19" if "vcpu_id" in entry_names else "arm64-4.19"
+        return Layout(name, ARCH_ARM64, "idx", "exit_reason", defines=("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1"))
+    if names[:2] == ["vcpu_id", "ret"] and "esr_ec" not in names:
+        trap = formats.get("kvm_trap_enter")
+        trap_names = _names(parse_format(trap)) if trap else []
+        if "esr_ec" not in trap_names:
+            raise UnsupportedLayout(
+                "kvm_exit has no esr_ec and kvm:kvm_trap_enter is missing",
+                hint="this openEuler-style kernel needs kvm_trap_enter to name trap exits",
+            )
+        return Layout(
+            "arm64-openeuler-5.10",
+            ARCH_ARM64,
+            "ret",
+            None,
+            trap_event="kvm_trap_enter",
+            trap_ec_field="esr_ec",
+            defines=(
+                "LAYOUT_ARM64",
+                "EXIT_RET_ARG=1",
+                "EXIT_EC_ARG=-1",
+                "TRAP_EC_ARG=%d" % trap_names.index("esr_ec"),
+            ),
+        )
+    raise UnsupportedLayout(
+        "unknown kvm_exit layout with fields %s" % ", ".join(names),
+        hint="please report this kernel's events/kvm/kvm_exit/format",
+    )

@@ -1,0 +1,72 @@
+"""Exit-reason decoding, one plain data table per architecture.
+
+Every exit is reduced to two integers, ``(code, detail)``, the same in the kernel maps and in
+trace files:
+
+- arm64: ``code`` is the exception type (``ARM_EXCEPTION_CODE(ret)``), ``detail`` is the ESR
+  exception class for TRAP exits (0 otherwise) with bit 31 set when an SError was pending;
+- x86: ``code`` is ``exit_reason`` as traced, ``detail`` is the ``isa`` field (1 VMX, 2 SVM).
+
+Unknown values are named by their number, never dropped.
+"""
+
+from __future__ import annotations
+
+from . import arm64, svm, vmx
+
+__all__ = ["ARCH_ARM64", "ARCH_X86", "ISA_VMX", "ISA_SVM", "label", "normalize_arm64"]
+
+ARCH_ARM64 = "arm64"
+ARCH_X86 = "x86"
+ISA_VMX = 1  # KVM_ISA_VMX
+ISA_SVM = 2  # KVM_ISA_SVM
+
+SERROR_FLAG = arm64.SERROR_PENDING_BIT
+
+
+def normalize_arm64(ret: int, esr_ec: int) -> tuple[int, int]:
+    """Reduce a raw arm64 ``(ret, esr_ec)`` to ``(code, detail)``.
+
+    Applies what the upstream tracepoint record does (mask the SError bit, zero a stale class
+    on exits that are not traps) and keeps the SError flag. The BPF side does the same.
+    """
+    code, serror = arm64.split_ret(ret)
+    ec = esr_ec & 0x3F if code == arm64.ARM_EXCEPTION_TRAP else 0
+    return code, ec | (SERROR_FLAG if serror else 0)
+
+
+def _label_arm64(code: int, detail: int) -> str:
+    if code == arm64.ARM_EXCEPTION_TRAP:
+        ec = detail & 0x3F
+        name = arm64.EXCEPTION_CLASSES.get(ec, "EC_%#04x" % ec)
+    else:
+        name = arm64.EXCEPTION_TYPES.get(code, "EXC_%#x" % code)
+    if detail & SERROR_FLAG:
+        name += "+SERROR"
+    return name
+
+
+def _label_x86(code: int, isa: int) -> str:
+    if isa == ISA_VMX:
+        basic = code & vmx.BASIC_REASON_MASK
+        name = vmx.EXIT_REASONS.get(basic, "VMX_%#x" % basic)
+        flags = code & ~vmx.BASIC_REASON_MASK & 0xFFFFFFFF
+        for bit, flag in vmx.FLAGS.items():
+            if flags & bit:
+                name += "+" + flag
+                flags &= ~bit
+        if flags:
+            name += "+%#x" % flags
+        return name
+    if isa == ISA_SVM:
+        return svm.EXIT_REASONS.get(code & 0xFFFFFFFF, "SVM_%#x" % code)
+    return "ISA%d_%#x" % (isa, code)
+
+
+def label(arch: str, code: int, detail: int) -> str:
+    """The display name of an exit, for example ``IRQ``, ``WFx``, ``HLT`` or ``EC_0x2a``."""
+    if arch == ARCH_ARM64:
+        return _label_arm64(code, detail)
+    if arch == ARCH_X86:
+        return _label_x86(code, detail)
+    raise ValueError("unknown architecture %r" % arch)

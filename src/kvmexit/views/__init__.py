@@ -1,0 +1,18 @@
+"""Views: thin layers that turn a :class:`kvmexit.model.Report` into text, JSON or CSV."""
+
+from __future__ import annotations
+
+from .csv import CSV_COLUMNS, format_csv
+from .json import SCHEMA_VERSION, report_document
+from .text import format_duration, format_health, format_hist, format_table
+
+__all__ = [
+    "CSV_COLUMNS",
+    "SCHEMA_VERSION",
+    "format_csv",
+    "format_duration",
+    "format_health",
+    "format_hist",
+    "format_table",
+    "report_document",
+]

@@ -1,0 +1,48 @@
+"""CSV output: one header, one line per row, times in ns."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any, Dict, Optional
+
+from ..model import Report
+from .json import row_dict
+
+__all__ = ["CSV_COLUMNS", "format_csv"]
+
+CSV_COLUMNS = (
+    "time",
+    "tgid",
+    "tid",
+    "comm",
+    "vm",
+    "vcpu",
+    "reason",
+    "count",
+    "pairs",
+    "open",
+    "unfinished",
+    "total_ns",
+    "avg_ns",
+    "min_ns",
+    "max_ns",
+    "p50_ns",
+    "p90_ns",
+    "p99_ns",
+    "halt_ns",
+)
+
+
+def format_csv(report: Report, time: Optional[str] = None, header: bool = True) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    if header:
+        w.writeheader()
+    for row in report.rows:
+        d: Dict[str, Any] = row_dict(row, with_hist=False)
+        d["time"] = time or ""
+        if d["avg_ns"] is not None:
+            d["avg_ns"] = "%.1f" % d["avg_ns"]
+        w.writerow({k: "" if v is None else v for k, v in d.items()})
+    return buf.getvalue()

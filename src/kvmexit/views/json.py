@@ -1,0 +1,70 @@
+"""JSON documents, schema ``kvmexit/1`` (see ``kvmexit/schema/report-v1.json``)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from ..model import Report, Row, bucket_bounds
+
+__all__ = ["SCHEMA_VERSION", "report_document", "row_dict"]
+
+SCHEMA_VERSION = "kvmexit/1"
+
+
+def row_dict(row: Row, with_hist: bool = True) -> Dict[str, Any]:
+    st = row.stats
+    out: Dict[str, Any] = {
+        "tgid": row.tgid,
+        "tid": row.tid,
+        "comm": row.comm,
+        "vm": row.vm,
+        "vcpu": row.vcpu,
+        "reason": row.reason,
+        "code": row.code,
+        "detail": row.detail,
+        "count": row.count,
+        "pairs": st.pairs,
+        "open": st.open,
+        "unfinished": st.unfinished,
+        "total_ns": st.total_ns,
+        "avg_ns": row.avg_ns,
+        "min_ns": st.min_ns,
+        "max_ns": st.max_ns,
+        "p50_ns": row.p(50),
+        "p90_ns": row.p(90),
+        "p99_ns": row.p(99),
+        "halt_ns": st.halt_ns,
+    }
+    if with_hist:
+        out["hist"] = [[*bucket_bounds(i), n] for i, n in enumerate(st.hist) if n]
+    return out
+
+
+def report_document(
+    report: Report,
+    source: Dict[str, Any],
+    interval: Optional[Dict[str, Any]] = None,
+    with_hist: bool = True,
+) -> Dict[str, Any]:
+    """The whole report as a JSON-ready dict. ``source`` says where the data came from."""
+    t = report.totals
+    h = report.health
+    return {
+        "schema": SCHEMA_VERSION,
+        "source": source,
+        "interval": interval,
+        "group_by": report.group_by,
+        "rows": [row_dict(r, with_hist) for r in report.rows],
+        "totals": {
+            "exits": t.exits,
+            "pairs": t.pairs,
+            "open": t.open,
+            "unfinished": t.unfinished,
+            "total_ns": t.total_ns,
+            "halt_ns": t.halt_ns,
+            "unpaired_entries": h.unpaired_entries,
+            "start_map_full": h.start_map_full,
+            "stats_map_full": h.stats_map_full,
+            "abandoned": h.abandoned,
+        },
+    }
