@@ -1,0 +1,1 @@
+"""One module per subcommand, each with ``DESCRIPTION``, ``EPILOG``, ``prepare_parser`` and ``run``."""

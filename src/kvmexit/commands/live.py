@@ -1,0 +1,229 @@
+"""``kvmexit [duration]``: trace exits live with BPF and report, once or every interval."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import sys
+import time
+from typing import Any, Dict, Optional
+
+from ..errors import KvmexitError, UnsupportedArch
+from ..layouts import Layout, detect, find_tracefs, read_formats
+from ..model import Snapshot, delta
+from ..names import NameResolver
+from .common import Emitter, add_filter_options, add_output_options, make_report
+
+__all__ = ["DESCRIPTION", "EPILOG", "prepare_parser", "run", "open_live", "wait_for_end", "Stopped", "on_sigterm"]
+
+DESCRIPTION = (
+    "Trace KVM VM exits with eBPF and report, per VM, vCPU thread and exit reason, how many there were "
+    "and how long each took from kvm_exit to the next kvm_entry on the same thread."
+)
+EPILOG = """\
+examples:
+  kvmexit                       # trace until Ctrl-C, then report per thread and reason
+  kvmexit 10                    # trace for 10 seconds
+  kvmexit -i 1 -c 5             # five 1-second reports of what happened in each second
+  kvmexit --vm web01 --by reason   # one guest, totals per exit reason
+  kvmexit -p 4242 --reason WFx --hist   # one QEMU process, WFx only, with latency histograms
+  kvmexit --by vm --sort total --top 5  # the five VMs that spend most time exited
+  kvmexit --json 5 > exits.json # machine-readable (schema kvmexit/1)
+  kvmexit -i 10 --csv >> exits.csv      # a CSV log, like kvm_stat -l
+  kvmexit report trace.txt      # the same report from a recorded trace (no bcc needed)
+  kvmexit record -o trace.txt 30         # record with tracefs alone, for later `report`
+
+columns: COUNT is exits seen; AVG, MIN, MAX and P99 are over exits whose entry was seen; P99 is the
+upper bound of its log2 bucket; HALT% is the share of that time the vCPU was halted in the kernel
+(WFI/WFE, HLT: guest idle time, not exit-handling cost). The closing line accounts for every exit.
+"""
+
+_SUPPORTED_MACHINES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86"}
+
+
+class Stopped(Exception):
+    """SIGTERM, turned into an exception so cleanup runs as for Ctrl-C."""
+
+
+def prepare_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("duration", nargs="?", type=float, help="seconds to trace (default: until Ctrl-C)")
+    parser.add_argument("-i", "--interval", type=float, metavar="SECS", help="report every SECS seconds (deltas)")
+    parser.add_argument("-c", "--count", type=int, metavar="N", help="with -i: stop after N reports")
+    add_filter_options(parser)
+    add_output_options(parser)
+    g = parser.add_argument_group("advanced")
+    g.add_argument("--max-threads", type=int, default=16384, help="size of the per-thread open-exit map")
+    g.add_argument("--max-keys", type=int, default=65536, help="size of the (thread, reason) statistics map")
+    g.add_argument("--tracefs", help="tracefs mount point (default: auto)")
+    g.add_argument("--ebpf", action="store_true", help="print the BPF program and its defines, then exit")
+    g.add_argument(
+        "--fallback-example",
+        action="store_true",
+        help="if live tracing is impossible here or no exit occurs, report on the shipped arm64 example instead",
+    )
+
+
+def check_machine(machine: Optional[str] = None) -> str:
+    machine = machine or platform.machine()
+    if machine not in _SUPPORTED_MACHINES:
+        raise UnsupportedArch("unsupported architecture %s" % machine, hint="kvmexit supports aarch64 and x86_64 hosts")
+    return _SUPPORTED_MACHINES[machine]
+
+
+def detect_layout(tracefs: Optional[str]) -> Layout:
+    root = tracefs or find_tracefs()
+    return detect(read_formats(root))
+
+
+def open_live(args: argparse.Namespace, resolver: NameResolver) -> Any:
+    """Check every prerequisite in the order a user can fix them, then compile and attach."""
+    from ..sources import live
+
+    check_machine()
+    layout = detect_layout(args.tracefs)
+    live.check_privileges()
+    live.import_bcc()
+    live.check_headers()
+    tgids = list(args.pids)
+    if args.vms:
+        found = resolver.tgids_of_vm(args.vms)
+        if not found:
+            raise KvmexitError("no running VM named %s" % ", ".join(args.vms), hint="names come from QEMU -name or libvirt")
+        tgids += sorted(found)
+    source = live.LiveSource(
+        layout, tgids=tgids, tids=args.tids, max_threads=args.max_threads, max_keys=args.max_keys, resolver=resolver
+    )
+    return source.open()
+
+
+def _why_empty(args: argparse.Namespace) -> str:
+    if args.pids or args.tids or args.vms or args.reasons:
+        return "the filters matched no exit"
+    kvm_debugfs = "/sys/kernel/debug/kvm"
+    try:
+        vms = [d for d in os.listdir(kvm_debugfs) if "-" in d]
+    except OSError:
+        return "no VM ran an exit while tracing"
+    if not vms:
+        return "no VMs are running (%s lists none)" % kvm_debugfs
+    return "%d VMs exist but kvm_exit never fired; this host's KVM may not use these tracepoints" % len(vms)
+
+
+def wait_for_end(duration: Optional[float]) -> None:
+    """Sleep for ``duration`` seconds, or until Ctrl-C/SIGTERM; either ends the wait normally."""
+    try:
+        if duration:
+            time.sleep(duration)
+        else:
+            while True:
+                time.sleep(3600)
+    except (KeyboardInterrupt, Stopped):
+        pass
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) + ("%.3f" % (t % 1))[1:]
+
+
+def on_sigterm(signum: int, frame: object) -> None:
+    raise Stopped()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ebpf:
+        from ..sources.live import render_program
+
+        program = render_program(detect_layout(args.tracefs), filter_tgids=bool(args.pids), filter_tids=bool(args.tids))
+        print("// cflags: " + " ".join(program.cflags))
+        print(program.text)
+        return 0
+    if args.count is not None and args.interval is None:
+        raise KvmexitError("-c/--count needs -i/--interval")
+    resolver = NameResolver()
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        try:
+            source = open_live(args, resolver)
+        except KvmexitError as e:
+            if args.fallback_example:
+                return _fallback(args, "live tracing is not possible here: %s" % e)
+            raise
+        try:
+            traced = _trace(source, args)
+        finally:
+            source.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if traced == 0 and args.fallback_example:
+        return _fallback(args, "no KVM exit occurred while tracing live")
+    return 0
+
+
+def _fallback(args: argparse.Namespace, why: str) -> int:
+    from .report import report_example
+
+    print("kvmexit: %s; reporting on the shipped arm64 example trace instead" % why, file=sys.stderr)
+    return report_example(args)
+
+
+def _trace(source: Any, args: argparse.Namespace) -> int:
+    """Run the tracing loop; returns the number of exits seen."""
+    emitter = Emitter(args, _source_info(source))
+    print("kvmexit: tracing %s exits (layout %s)%s" % (
+        source.layout.arch, source.layout.name, "" if args.duration else ", Ctrl-C to end"), file=sys.stderr)
+    sys.stderr.flush()
+    start = time.time()
+    first = source.snapshot()
+    seen = 0
+    if args.interval is None:
+        wait_for_end(args.duration)
+        snap = delta(source.snapshot(), first)
+        report = make_report(snap, args)
+        emitter.emit(report, _interval(0, start, time.time()), _why_empty(args))
+        return report.totals.exits
+    prev: Snapshot = first
+    prev_t = start
+    index = 0
+    deadline = start + args.duration if args.duration else None
+    try:
+        while args.count is None or index < args.count:
+            wake = prev_t + args.interval
+            if deadline is not None:
+                wake = min(wake, deadline)
+            time.sleep(max(0.0, wake - time.time()))
+            prev, prev_t, n = _emit_interval(source, args, emitter, prev, prev_t, index)
+            seen += n
+            index += 1
+            if deadline is not None and prev_t >= deadline:
+                break
+    except (KeyboardInterrupt, Stopped):
+        _, _, n = _emit_interval(source, args, emitter, prev, prev_t, index)
+        seen += n
+    return seen
+
+
+def _emit_interval(source: Any, args: argparse.Namespace, emitter: Emitter, prev: Snapshot, prev_t: float,
+                   index: int) -> tuple:
+    now_t = time.time()
+    snap = source.snapshot()
+    report = make_report(delta(snap, prev), args)
+    emitter.emit(report, _interval(index, prev_t, now_t), _why_empty(args))
+    return snap, now_t, report.totals.exits
+
+
+def _interval(index: int, start: float, end: float) -> Dict[str, Any]:
+    return {"index": index, "start": _stamp(start), "end": _stamp(end), "seconds": round(end - start, 3)}
+
+
+def _source_info(source: Any) -> Dict[str, Any]:
+    return {
+        "kind": "live",
+        "arch": source.layout.arch,
+        "layout": source.layout.name,
+        "kernel": platform.release(),
+        "host": platform.node(),
+    }
+
+
