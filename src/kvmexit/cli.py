@@ -24,8 +24,14 @@ def fail(error: KvmexitError, prog: str = "kvmexit") -> int:
     return error.exit_code
 
 
-def run_command(prepare: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int],
-                argv: List[str], prog: str, description: str, epilog: str = "") -> int:
+def run_command(
+    prepare: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    argv: List[str],
+    prog: str,
+    description: str,
+    epilog: str = "",
+) -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -121,7 +121,9 @@ def detect(formats: Dict[str, str]) -> Layout:
         return Layout("arm64", ARCH_ARM64, "ret", "esr_ec", defines=("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1"))
     if names[:2] == ["idx", "exit_reason"]:
         name = "arm64-openeuler-4.19" if "vcpu_id" in entry_names else "arm64-4.19"
-        return Layout(name, ARCH_ARM64, "idx", "exit_reason", defines=("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1"))
+        return Layout(
+            name, ARCH_ARM64, "idx", "exit_reason", defines=("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1")
+        )
     if names[:2] == ["vcpu_id", "ret"] and "esr_ec" not in names:
         trap = formats.get("kvm_trap_enter")
         trap_names = _names(parse_format(trap)) if trap else []

@@ -17,14 +17,42 @@ __all__ = ["add_filter_options", "add_output_options", "make_report", "Emitter"]
 
 def add_filter_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("filters")
-    g.add_argument("-p", "--pid", dest="pids", type=int, action="append", default=[], metavar="TGID",
-                   help="only this VM process (repeatable)")
-    g.add_argument("-t", "--tid", dest="tids", type=int, action="append", default=[], metavar="TID",
-                   help="only this thread (repeatable)")
-    g.add_argument("--vm", dest="vms", action="append", default=[], metavar="NAME",
-                   help="only this guest, by QEMU -name or libvirt domain (repeatable)")
-    g.add_argument("--reason", dest="reasons", action="append", default=[], metavar="NAME",
-                   help="only this exit reason, e.g. WFx, IRQ, HLT, EC_0x2a (repeatable)")
+    g.add_argument(
+        "-p",
+        "--pid",
+        dest="pids",
+        type=int,
+        action="append",
+        default=[],
+        metavar="TGID",
+        help="only this VM process (repeatable)",
+    )
+    g.add_argument(
+        "-t",
+        "--tid",
+        dest="tids",
+        type=int,
+        action="append",
+        default=[],
+        metavar="TID",
+        help="only this thread (repeatable)",
+    )
+    g.add_argument(
+        "--vm",
+        dest="vms",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this guest, by QEMU -name or libvirt domain (repeatable)",
+    )
+    g.add_argument(
+        "--reason",
+        dest="reasons",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this exit reason, e.g. WFx, IRQ, HLT, EC_0x2a (repeatable)",
+    )
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:

@@ -45,15 +45,15 @@ def format_compat(report: Report) -> str:
 def run(args: argparse.Namespace) -> int:
     import signal
 
-    live_args = argparse.Namespace(
-        tracefs=None, pids=[], tids=[], vms=[], max_threads=16384, max_keys=65536
-    )
+    live_args = argparse.Namespace(tracefs=None, pids=[], tids=[], vms=[], max_threads=16384, max_keys=65536)
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         source = open_live(live_args, NameResolver())
         try:
-            print("kvmexit: tracing, %s" % ("for %gs" % args.duration if args.duration else "Ctrl-C to end"),
-                  file=sys.stderr)
+            print(
+                "kvmexit: tracing, %s" % ("for %gs" % args.duration if args.duration else "Ctrl-C to end"),
+                file=sys.stderr,
+            )
             first = source.snapshot()
             wait_for_end(args.duration)
             report = build_report(delta(source.snapshot(), first), label, sort="tid")

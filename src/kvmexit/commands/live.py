@@ -90,7 +90,9 @@ def open_live(args: argparse.Namespace, resolver: NameResolver) -> Any:
     if args.vms:
         found = resolver.tgids_of_vm(args.vms)
         if not found:
-            raise KvmexitError("no running VM named %s" % ", ".join(args.vms), hint="names come from QEMU -name or libvirt")
+            raise KvmexitError(
+                "no running VM named %s" % ", ".join(args.vms), hint="names come from QEMU -name or libvirt"
+            )
         tgids += sorted(found)
     source = live.LiveSource(
         layout, tgids=tgids, tids=args.tids, max_threads=args.max_threads, max_keys=args.max_keys, resolver=resolver
@@ -171,8 +173,11 @@ def _fallback(args: argparse.Namespace, why: str) -> int:
 def _trace(source: Any, args: argparse.Namespace) -> int:
     """Run the tracing loop; returns the number of exits seen."""
     emitter = Emitter(args, _source_info(source))
-    print("kvmexit: tracing %s exits (layout %s)%s" % (
-        source.layout.arch, source.layout.name, "" if args.duration else ", Ctrl-C to end"), file=sys.stderr)
+    print(
+        "kvmexit: tracing %s exits (layout %s)%s"
+        % (source.layout.arch, source.layout.name, "" if args.duration else ", Ctrl-C to end"),
+        file=sys.stderr,
+    )
     sys.stderr.flush()
     start = time.time()
     first = source.snapshot()
@@ -204,8 +209,9 @@ def _trace(source: Any, args: argparse.Namespace) -> int:
     return seen
 
 
-def _emit_interval(source: Any, args: argparse.Namespace, emitter: Emitter, prev: Snapshot, prev_t: float,
-                   index: int) -> tuple:
+def _emit_interval(
+    source: Any, args: argparse.Namespace, emitter: Emitter, prev: Snapshot, prev_t: float, index: int
+) -> tuple:
     now_t = time.time()
     snap = source.snapshot()
     report = make_report(delta(snap, prev), args)
@@ -225,5 +231,3 @@ def _source_info(source: Any) -> Dict[str, Any]:
         "kernel": platform.release(),
         "host": platform.node(),
     }
-
-

@@ -12,6 +12,8 @@ Unknown values are named by their number, never dropped.
 
 from __future__ import annotations
 
+from typing import Tuple
+
 from . import arm64, svm, vmx
 
 __all__ = ["ARCH_ARM64", "ARCH_X86", "ISA_VMX", "ISA_SVM", "label", "normalize_arm64"]
@@ -24,7 +26,7 @@ ISA_SVM = 2  # KVM_ISA_SVM
 SERROR_FLAG = arm64.SERROR_PENDING_BIT
 
 
-def normalize_arm64(ret: int, esr_ec: int) -> tuple[int, int]:
+def normalize_arm64(ret: int, esr_ec: int) -> Tuple[int, int]:
     """Reduce a raw arm64 ``(ret, esr_ec)`` to ``(code, detail)``.
 
     Applies what the upstream tracepoint record does (mask the SError bit, zero a stale class

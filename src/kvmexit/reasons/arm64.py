@@ -9,6 +9,8 @@ Mirrors the kernel's own definitions:
 
 from __future__ import annotations
 
+from typing import Tuple
+
 __all__ = [
     "EXCEPTION_TYPES",
     "EXCEPTION_CLASSES",
@@ -83,7 +85,7 @@ EXCEPTION_CLASSES = {
 }
 
 
-def split_ret(ret: int) -> tuple[int, bool]:
+def split_ret(ret: int) -> Tuple[int, bool]:
     """Split a raw ``ret`` into (exception code, SError pending), as ``ARM_EXCEPTION_CODE``."""
     ret &= 0xFFFFFFFF
     return ret & ~SERROR_PENDING_BIT, bool(ret & SERROR_PENDING_BIT)

@@ -78,13 +78,16 @@ def import_bcc() -> Any:
             continue
     raise BccMissing(
         "the bcc Python module is not available to %s" % sys.executable,
-        hint="apt-get install python3-bpfcc (Debian/Ubuntu) or dnf install python3-bcc, and run with the system python3",
+        hint="apt-get install python3-bpfcc (Debian) or dnf install python3-bcc, and use the system python3",
     )
 
 
 def check_privileges() -> None:
     if os.geteuid() != 0:
-        raise NotRoot("live tracing needs root (CAP_BPF and CAP_PERFMON)", hint="run with sudo, or use `kvmexit report` on a trace")
+        raise NotRoot(
+            "live tracing needs root (CAP_BPF and CAP_PERFMON)",
+            hint="run with sudo, or use `kvmexit report` on a trace",
+        )
 
 
 def check_headers(release: Optional[str] = None) -> None:
@@ -94,7 +97,8 @@ def check_headers(release: Optional[str] = None) -> None:
         return
     raise HeadersMissing(
         "kernel headers for %s not found (bcc compiles against %s)" % (release, build),
-        hint="install linux-headers-%s, or modprobe kheaders; or record with `kvmexit record` and report offline" % release,
+        hint="install linux-headers-%s, or modprobe kheaders; or record with `kvmexit record` and report offline"
+        % release,
     )
 
 
@@ -135,7 +139,9 @@ class LiveSource:
         try:
             self.bpf = bcc.BPF(text=self.program.text, cflags=list(self.program.cflags))
         except Exception as e:  # bcc raises bare Exception on compile errors
-            raise KvmexitError("BPF program failed to compile or load: %s" % e, hint="run with --ebpf to see the program") from e
+            raise KvmexitError(
+                "BPF program failed to compile or load: %s" % e, hint="run with --ebpf to see the program"
+            ) from e
         try:
             self._fill_filters()
             if self._attach:
@@ -165,7 +171,10 @@ class LiveSource:
     @staticmethod
     def _tracepoint_exists(tracepoint: str) -> bool:
         category, event = tracepoint.split(":", 1)
-        return any(os.path.isdir(os.path.join(r, "events", category, event)) for r in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
+        return any(
+            os.path.isdir(os.path.join(r, "events", category, event))
+            for r in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+        )
 
     def close(self) -> None:
         if self.bpf is not None:
@@ -240,5 +249,3 @@ def _stats_from_leaf(v: Any, open_exits: int) -> ExitStats:
         halt_ns=v.halt_ns,
         hist=tuple(v.hist[:HIST_SLOTS]),
     )
-
-

@@ -89,7 +89,7 @@ def format_hist(row: Row, width: int = 40) -> str:
     for slot in range(used[0], used[-1] + 1):
         lo, hi = bucket_bounds(slot)
         n = hist[slot]
-        bar = "*" * int(round(width * n / peak)) if n else ""
+        bar = "*" * round(width * n / peak) if n else ""
         lines.append("%11d -> %-10d : %-10d |%-*s|" % (lo, hi, n, width, bar))
     return "\n".join(lines)
 
