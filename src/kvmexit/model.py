@@ -10,7 +10,9 @@ The pairing rules are those of the kernel side (``bpf/kvmexit.bpf.c``):
   completes it (a *pair*), and only pairs contribute time;
 - an exit still waiting for its entry when a snapshot is taken is *open*;
 - an exit followed by another exit on the same thread, with no entry between, is *unfinished*;
-- an entry with no exit before it is an *unpaired entry* and is ignored.
+- an entry with no exit before it is an *unpaired entry* and is ignored;
+- an open exit whose thread has died is *abandoned*: counted as unfinished and in the health
+  totals, and removed, so thread churn cannot leak map entries.
 
 So ``exits = pairs + unfinished + open``, and averages divide by ``pairs`` only.
 """
@@ -152,8 +154,9 @@ def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
         if d.pairs or d.unfinished or d.open:
             stats[key] = d
     for key, prev in previous.stats.items():
-        if key not in current.stats and prev.open:
-            # A key can only vanish when its thread's open exit was abandoned.
+        if key not in current.stats:
+            # Only a key that held nothing but an open exit can vanish: the exit was then recorded
+            # under another key (openEuler: its class arrives after kvm_exit). Drop the gauge.
             stats[key] = ExitStats(open=-prev.open)
     threads = dict(previous.threads)
     threads.update(current.threads)

@@ -118,4 +118,5 @@ EXIT_REASONS = {
     0x80000012: "vmgexit_ext_guest_request",
     0x80000013: "vmgexit_ap_creation",
     0x8000FFFD: "vmgexit_hypervisor_feature",
+    0xFFFFFFFF: "invalid_guest_state",  # SVM_EXIT_ERR (-1)
 }

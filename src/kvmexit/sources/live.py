@@ -130,7 +130,8 @@ class LiveSource:
         )
         self._attach = attach
         self.bpf: Any = None
-        self._abandoned = 0
+        #: Open exits of threads that died before their entry, per key; they count as unfinished.
+        self._abandoned: Dict[ExitKey, int] = {}
         self._comms: Dict[int, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -195,27 +196,23 @@ class LiveSource:
             unpaired_entries=values[0],
             start_map_full=values[1],
             stats_map_full=values[2],
-            abandoned=self._abandoned,
+            abandoned=sum(self._abandoned.values()),
         )
 
     def _open_exits(self) -> Dict[ExitKey, int]:
         """Exits still waiting for their entry; those of dead threads are removed and counted."""
         starts = self.bpf["starts"]
         opened: Dict[ExitKey, int] = {}
-        dead = []
         for k, s in starts.items():
-            tid = k.value
-            if not self.resolver.alive(s.tgid, tid):
-                dead.append(k)
+            key = ExitKey(s.tgid, k.value, s.code, s.detail)
+            if self.resolver.alive(s.tgid, k.value):
+                opened[key] = opened.get(key, 0) + 1
                 continue
-            key = ExitKey(s.tgid, tid, s.code, s.detail)
-            opened[key] = opened.get(key, 0) + 1
-        for k in dead:
             try:
                 del starts[k]
-                self._abandoned += 1
             except KeyError:
-                pass  # the thread's entry came after all
+                continue  # its entry came after all
+            self._abandoned[key] = self._abandoned.get(key, 0) + 1
         return opened
 
     def snapshot(self) -> Snapshot:
@@ -227,21 +224,23 @@ class LiveSource:
         threads: Dict[int, ThreadInfo] = {}
         for k, v in self.bpf["stats"].items():
             key = ExitKey(k.tgid, k.tid, k.code, k.detail)
-            stats[key] = _stats_from_leaf(v, opened.pop(key, 0))
+            stats[key] = _stats_from_leaf(v, opened.pop(key, 0), self._abandoned.get(key, 0))
             if k.tid not in threads:
                 threads[k.tid] = self.resolver.thread(k.tgid, k.tid, v.comm.decode("utf-8", "replace"))
-        for key, n in opened.items():
-            stats[key] = ExitStats(open=n)
+        for key in set(opened) | set(self._abandoned):
+            if key in stats:
+                continue
+            stats[key] = ExitStats(open=opened.get(key, 0), unfinished=self._abandoned.get(key, 0))
             if key.tid not in threads:
                 threads[key.tid] = self.resolver.thread(key.tgid, key.tid)
         return Snapshot(arch=self.layout.arch, stats=stats, health=health, threads=threads, time_ns=now)
 
 
-def _stats_from_leaf(v: Any, open_exits: int) -> ExitStats:
+def _stats_from_leaf(v: Any, open_exits: int, abandoned: int) -> ExitStats:
     pairs = v.pairs
     return ExitStats(
         pairs=pairs,
-        unfinished=v.unfinished,
+        unfinished=v.unfinished + abandoned,
         open=open_exits,
         total_ns=v.total_ns,
         min_ns=v.min_ns if pairs and v.min_ns != _U64_MAX else None,
