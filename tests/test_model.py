@@ -71,13 +71,13 @@ K3 = ExitKey(100, 102, 2, 0x16)  # HVC64
 K4 = ExitKey(200, 201, 2, 0x01)  # WFx, another VM
 
 
-def snapshot(entries, health=Health(), t=0) -> Snapshot:
+def snapshot(entries, health=None, t=0) -> Snapshot:
     threads = {
         101: ThreadInfo("CPU 0/KVM", "vm-a", 0),
         102: ThreadInfo("CPU 1/KVM", "vm-a", 1),
         201: ThreadInfo("CPU 0/KVM", "vm-b", 0),
     }
-    return Snapshot("arm64", dict(entries), health, threads, t)
+    return Snapshot("arm64", dict(entries), health or Health(), threads, t)
 
 
 def test_delta_subtracts_counters_and_keeps_open_as_gauge():

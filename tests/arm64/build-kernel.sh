@@ -67,8 +67,17 @@ done
 i=0
 while [ ! -b /dev/vdb ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 fail() { echo "E2E-INITRAMFS-FAIL: $*"; echo o > /proc/sysrq-trigger; sleep 10; }
-mount -t ext4 /dev/vda /newroot || fail "mount vda"
-mount -t ext4 /dev/vdb /newroot/mnt/work || fail "mount vdb"
+# virtio-mmio probes in reverse order: find the disks by label, not by name
+rootdev=""; workdev=""
+for d in /dev/vd?; do
+    # ext4 volume label: superblock at 1024, s_volume_name at +120
+    case "$(dd if="$d" bs=1 skip=1144 count=7 2>/dev/null)" in
+        e2eroot) rootdev=$d ;;
+        e2ework) workdev=$d ;;
+    esac
+done
+mount -t ext4 "$rootdev" /newroot || fail "mount root ($rootdev)"
+mount -t ext4 "$workdev" /newroot/mnt/work || fail "mount work ($workdev)"
 umount /proc /sys
 umount /dev
 exec switch_root /newroot /mnt/work/guest/init.sh

@@ -134,7 +134,7 @@ cmd_run() {
         [ -e "$f" ] || { log "missing cached image $f: run '$0 build'"; exit 2; }
     done
     mkdir -p "$out" "$cache/logs"
-    local stage
+    # global: the EXIT trap runs after this function returns
     stage=$(mktemp -d /tmp/kvmexit-arm64-run.XXXXXX)
     trap 'cleanup_qemu; rm -rf "$stage"' EXIT
     trap 'cleanup_qemu; exit 130' INT TERM
