@@ -1,0 +1,146 @@
+"""Parsers for the raw material the arm64 guest scenarios bring back.
+
+Used by test_arm64_kvm.py (host side) and save_reference.py.  Python 3.7.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from typing import Dict, List, Optional, Tuple
+
+# kvm_exit's `ret` symbols as printed by the 6.1 tracepoint -> kvmexit labels.
+_TYPE_LABELS = {"IRQ": "IRQ", "SERROR": "EL1_SERROR", "ILLEGAL": "IL", "IL": "IL", "HYP_GONE": "HYP_GONE"}
+
+_LINE = re.compile(
+    r"^\s*(?P<comm>.*?)-(?P<tid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+\S+\s+"
+    r"(?P<ts>[\d.]+):\s+(?P<event>kvm_exit|kvm_entry):\s*(?P<body>.*)$"
+)
+_EXIT = re.compile(r"^(?P<type>[A-Za-z_0-9]+): HSR_EC: 0x(?P<ec>[0-9a-f]+) \((?P<ecname>[^)]*)\)")
+
+
+def exit_label(body: str) -> str:
+    """kvmexit's reason label for one kvm_exit line body (arm64 6.1 format)."""
+    m = _EXIT.match(body)
+    if not m:
+        raise ValueError("unparsed kvm_exit body: %r" % body)
+    if m.group("type") == "TRAP":
+        return m.group("ecname")
+    return _TYPE_LABELS.get(m.group("type"), m.group("type"))
+
+
+class Ftrace:
+    """Per-thread counts from the text of a tracefs `trace` file."""
+
+    def __init__(self, text: str) -> None:
+        self.exits: Dict[int, Counter] = defaultdict(Counter)
+        self.pairs: Dict[int, Counter] = defaultdict(Counter)
+        self.entries: Counter = Counter()
+        self.comms: Dict[int, str] = {}
+        self.lines = 0
+        self.entries_written: Optional[Tuple[int, int]] = None
+        open_exit: Dict[int, str] = {}
+        for line in text.splitlines():
+            if line.startswith("#"):
+                m = re.search(r"entries-in-buffer/entries-written: (\d+)/(\d+)", line)
+                if m:
+                    self.entries_written = (int(m.group(1)), int(m.group(2)))
+                continue
+            m = _LINE.match(line)
+            if not m:
+                continue
+            self.lines += 1
+            tid = int(m.group("tid"))
+            self.comms[tid] = m.group("comm").strip()
+            if m.group("event") == "kvm_exit":
+                label = exit_label(m.group("body"))
+                self.exits[tid][label] += 1
+                open_exit[tid] = label
+            else:
+                self.entries[tid] += 1
+                label = open_exit.pop(tid, None)
+                if label is not None:
+                    self.pairs[tid][label] += 1
+
+    def counts(self, tid: int) -> Dict[str, int]:
+        return dict(self.exits.get(tid, {}))
+
+
+def overruns(stats_text: str) -> int:
+    """Sum of lost events over per_cpu/cpuN/stats ("overrun" and "dropped events")."""
+    total = 0
+    for line in stats_text.splitlines():
+        m = re.match(r"^(overrun|dropped events):\s*(\d+)", line.strip())
+        if m:
+            total += int(m.group(2))
+    return total
+
+
+def parse_vmm(text: str) -> Tuple[Dict[int, Dict[str, int]], Dict[str, int]]:
+    """E2EVMM lines -> ({vcpu index: fields}, {pid, wall_ns})."""
+    vcpus: Dict[int, Dict[str, int]] = {}
+    done: Dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.startswith("E2EVMM "):
+            continue
+        fields = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+        if line.startswith("E2EVMM done"):
+            done = {k: int(v) for k, v in fields.items()}
+        else:
+            d = {k: int(v) for k, v in fields.items()}
+            vcpus[d["vcpu"]] = d
+    return vcpus, done
+
+
+def expected_traps(v: Dict[str, int]) -> Dict[str, int]:
+    """Trap exits the guest code of e2evmm.c makes, exactly (WFx is checked apart)."""
+    return {"DABT_LOW": v["mmio"] + 1, "HVC64": v["hvc"], "SYS64": v["sys"], "IABT_LOW": 1}
+
+
+def json_docs(text: str) -> List[dict]:
+    """One or more JSON documents (one per line, or a single pretty-printed one)."""
+    text = text.strip()
+    if not text:
+        return []
+    try:
+        return [json.loads(text)]
+    except ValueError:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def rows_by_thread(docs: List[dict]) -> Dict[int, Counter]:
+    """Sum of row counts per tid and reason over all documents."""
+    out: Dict[int, Counter] = defaultdict(Counter)
+    for doc in docs:
+        for row in doc.get("rows", []):
+            out[int(row["tid"])][row["reason"]] += int(row["count"])
+    return out
+
+
+def parse_compat(text: str) -> Tuple[List[str], List[dict]]:
+    """kvmexit-aarch64 table -> (header columns, rows). COMM may contain spaces."""
+    header: List[str] = []
+    rows: List[dict] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "TGID":
+            header = parts
+            continue
+        if not header or not parts[0].isdigit() or len(parts) < 5:
+            continue
+        rows.append({
+            "tgid": int(parts[0]),
+            "tid": int(parts[1]),
+            "comm": " ".join(parts[2:-3]),
+            "reason": parts[-3],
+            "count": int(parts[-2]),
+            "avg": parts[-1],
+        })
+    return header, rows
+
+
+def bpf_progs(text: str) -> List[dict]:
+    text = text.strip()
+    return json.loads(text) if text else []

@@ -1,0 +1,316 @@
+"""Guest side of the arm64 e2e harness: runs inside the emulated arm64 host.
+
+Runs every scenario in sequence and writes raw material (VMM output, kvmexit
+output, the ftrace instance's trace text, bpftool listings) to
+/mnt/work/results/<scenario>/; the host-side pytest tests judge it.
+Progress goes to the serial console as lines starting with "E2E:".
+Python 3.7 syntax (runs on Debian 12's python3, the project targets 3.7).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+WORK = "/mnt/work"
+GUEST = os.path.join(WORK, "guest")
+RESULTS = os.path.join(WORK, "results")
+PYDIR = os.path.join(WORK, "py")
+VMM = os.path.join(GUEST, "e2evmm")
+TRACEFS = "/sys/kernel/tracing"
+INSTANCE = os.path.join(TRACEFS, "instances", "kvmexit-e2e")
+READY = "kvmexit: tracing"
+ATTACH_TIMEOUT = 420
+STOP_TIMEOUT = 180
+
+
+def say(msg):
+    sys.stdout.write("E2E: %s\n" % msg)
+    sys.stdout.flush()
+
+
+def read_conf(path):
+    conf = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.split("#", 1)[0].strip()
+                if "=" in line:
+                    k, v = line.split("=", 1)
+                    conf[k.strip()] = v.strip()
+    return conf
+
+
+CONF = read_conf(os.path.join(GUEST, "scenario.conf"))
+ENV = read_conf(os.path.join(GUEST, "env.conf"))
+
+
+def write(path, text):
+    d = os.path.dirname(path)
+    if d and not os.path.isdir(d):
+        os.makedirs(d)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def run(cmd, timeout=120):
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        return p.returncode, p.stdout, p.stderr
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return -1, "", str(e)
+
+
+def bpftool_progs():
+    """bpftool prog list as JSON text ('' when bpftool is unavailable)."""
+    for exe in ("bpftool", "/usr/sbin/bpftool"):
+        rc, out, _err = run([exe, "-j", "prog", "list"], timeout=60)
+        if rc == 0:
+            return out
+    return ""
+
+
+class Ftrace:
+    """kvm:kvm_exit + kvm:kvm_entry in a private tracefs instance."""
+
+    def __init__(self):
+        if not os.path.isdir(INSTANCE):
+            os.mkdir(INSTANCE)
+        self._w("buffer_size_kb", "16384")
+        self._w("tracing_on", "0")
+        for ev in ("kvm_exit", "kvm_entry"):
+            self._w("events/kvm/%s/enable" % ev, "1")
+
+    def _w(self, rel, val):
+        with open(os.path.join(INSTANCE, rel), "w") as f:
+            f.write(val)
+
+    def start(self):
+        self._w("trace", "")  # O_TRUNC clears the buffer (and the stats)
+        self._w("tracing_on", "1")
+
+    def stop(self, outdir):
+        self._w("tracing_on", "0")
+        with open(os.path.join(INSTANCE, "trace")) as f:
+            text = f.read()
+        write(os.path.join(outdir, "trace"), text)
+        stats = []
+        cpus = sorted(os.listdir(os.path.join(INSTANCE, "per_cpu")))
+        for cpu in cpus:
+            with open(os.path.join(INSTANCE, "per_cpu", cpu, "stats")) as f:
+                stats.append("[%s]\n%s" % (cpu, f.read()))
+        write(os.path.join(outdir, "ftrace_stats"), "\n".join(stats))
+        return text
+
+
+def vmm_args(specs=None):
+    specs = specs or [CONF["VCPU0"], CONF["VCPU1"]]
+    return [VMM, "-name", "guest=e2e-vm,debug-threads=on", *specs]
+
+
+def run_vmm(outdir, tag="vmm", specs=None):
+    t0 = time.time()
+    rc, out, err = run(vmm_args(specs), timeout=300)
+    wall = time.time() - t0
+    write(os.path.join(outdir, tag + ".out"), out)
+    write(os.path.join(outdir, tag + ".err"), err + "\nrc=%d\nwall_s=%.6f\n" % (rc, wall))
+    say("%s rc=%d wall=%.3fs" % (tag, rc, wall))
+    return rc, wall
+
+
+class Kvmexit:
+    """A kvmexit process; start() waits for the 'kvmexit: tracing' marker."""
+
+    def __init__(self, outdir, args, module="kvmexit"):
+        self.outdir = outdir
+        self.args = args
+        if module == "kvmexit" and ENV.get("KVMEXIT_E2E_TOOL") == "mini":
+            module = "mini_kvmexit"  # harness development only
+        self.module = module
+        self.proc = None
+        self.ready = threading.Event()
+        self.attach_s = None
+        self.err_lines = []
+
+    def start(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = PYDIR + ":" + GUEST
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = ["python3", "-m", self.module, *self.args]
+        write(os.path.join(self.outdir, "cmd"), " ".join(cmd) + "\n")
+        self.out = open(os.path.join(self.outdir, "kvmexit.out"), "w")
+        t0 = time.time()
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.PIPE, universal_newlines=True, env=env)
+        t = threading.Thread(target=self._stderr_reader)
+        t.daemon = True
+        t.start()
+        deadline = time.time() + ATTACH_TIMEOUT
+        while time.time() < deadline:
+            if self.ready.wait(1.0):
+                break
+            if self.proc.poll() is not None:
+                break
+        if self.ready.is_set():
+            self.attach_s = time.time() - t0
+            say("%s attached after %.1fs" % (self.module, self.attach_s))
+            return True
+        say("%s did not attach (rc=%s)" % (self.module, self.proc.poll()))
+        self.stop()
+        return False
+
+    def _stderr_reader(self):
+        for line in self.proc.stderr:
+            self.err_lines.append(line)
+            if line.startswith(READY):
+                self.ready.set()
+
+    def stop(self, sig=signal.SIGINT):
+        rc = self.proc.poll()
+        if rc is None:
+            self.proc.send_signal(sig)
+            try:
+                rc = self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                rc = self.proc.wait()
+                self.err_lines.append("e2e: killed after %ds\n" % STOP_TIMEOUT)
+        time.sleep(0.5)  # let the stderr reader drain
+        self.out.close()
+        write(
+            os.path.join(self.outdir, "kvmexit.err"),
+            "".join(self.err_lines) + "\ne2e: rc=%s attach_s=%s\n" % (rc, self.attach_s),
+        )
+        write(os.path.join(self.outdir, "rc"), "%s\n" % rc)
+        say("%s exited rc=%s" % (self.module, rc))
+        return rc
+
+
+def traced_scenario(name, args, module="kvmexit", ftrace=None):
+    """Attach kvmexit, run the VMM under ftrace, stop kvmexit with SIGINT."""
+    outdir = os.path.join(RESULTS, name)
+    os.makedirs(outdir)
+    say("scenario %s: %s %s" % (name, module, " ".join(args)))
+    write(os.path.join(outdir, "bpftool_before.json"), bpftool_progs())
+    k = Kvmexit(outdir, args, module)
+    if not k.start():
+        write(os.path.join(outdir, "attach_failed"), "1\n")
+        write(os.path.join(outdir, "bpftool_after.json"), bpftool_progs())
+        return
+    write(os.path.join(outdir, "bpftool_attached.json"), bpftool_progs())
+    if ftrace is not None:
+        ftrace.start()
+    run_vmm(outdir)
+    if ftrace is not None:
+        ftrace.stop(outdir)
+    time.sleep(1.5)  # at least one more interval tick for -i 1
+    k.stop()
+    time.sleep(1)
+    write(os.path.join(outdir, "bpftool_after.json"), bpftool_progs())
+
+
+def scenario_meta():
+    outdir = os.path.join(RESULTS, "meta")
+    os.makedirs(outdir)
+    rc, dmesg, _ = run(["dmesg"])
+    write(os.path.join(outdir, "dmesg"), dmesg)
+    info = {
+        "uname": os.uname()[2],
+        "kvm_dev": os.path.exists("/dev/kvm"),
+        "kvm_dmesg": [line for line in dmesg.splitlines() if "kvm" in line.lower()][:20],
+        "python": sys.version.split()[0],
+        "kvmexit_present": os.path.isdir(os.path.join(PYDIR, "kvmexit")),
+        "conf": CONF,
+        "tool": ENV.get("KVMEXIT_E2E_TOOL", "kvmexit"),
+    }
+    _rc, out, _err = run(["dpkg-query", "-W", "python3-bpfcc", "bpftool", "linux-headers-%s" % os.uname()[2]])
+    info["packages"] = out.split("\n")
+    write(os.path.join(outdir, "meta.json"), json.dumps(info, indent=2, sort_keys=True))
+    fmt_dir = os.path.join(RESULTS, "formats")
+    os.makedirs(fmt_dir)
+    for ev in ("kvm_exit", "kvm_entry"):
+        src = os.path.join(TRACEFS, "events", "kvm", ev, "format")
+        if os.path.exists(src):
+            with open(src) as f:
+                write(os.path.join(fmt_dir, ev, "format"), f.read())
+    say("meta: %s kvm=%s" % (info["uname"], info["kvm_dev"]))
+    return info
+
+
+def compat_module():
+    """kvmexit.compat_aarch64 per the CLI contract; the package has it under commands/."""
+    if os.path.exists(os.path.join(PYDIR, "kvmexit", "compat_aarch64.py")):
+        return "kvmexit.compat_aarch64"
+    return "kvmexit.commands.compat_aarch64"
+
+
+def scenario_cost():
+    outdir = os.path.join(RESULTS, "cost")
+    os.makedirs(outdir)
+    reps = int(CONF.get("COST_REPEAT", "3"))
+    args = [CONF.get("COST_VCPU0", CONF["VCPU0"]), CONF.get("COST_VCPU1", CONF["VCPU1"])]
+    base = []
+    run_vmm(outdir, "warmup", args)
+    for i in range(reps):
+        rc, wall = run_vmm(outdir, "base%d" % i, args)
+        base.append(wall if rc == 0 else None)
+    write(os.path.join(outdir, "bpftool_before.json"), bpftool_progs())
+    k = Kvmexit(outdir, ["--json"])
+    traced = []
+    if k.start():
+        write(os.path.join(outdir, "bpftool_attached.json"), bpftool_progs())
+        for i in range(reps):
+            rc, wall = run_vmm(outdir, "traced%d" % i, args)
+            traced.append(wall if rc == 0 else None)
+        k.stop()
+        time.sleep(1)
+        for i in range(reps):  # and again after detaching, against drift
+            rc, wall = run_vmm(outdir, "after%d" % i, args)
+            base.append(wall if rc == 0 else None)
+    write(os.path.join(outdir, "bpftool_after.json"), bpftool_progs())
+    write(os.path.join(outdir, "cost.json"), json.dumps({"base_s": base, "traced_s": traced}))
+
+
+def main():
+    if os.path.isdir(RESULTS):
+        shutil.rmtree(RESULTS)
+    os.makedirs(RESULTS)
+    t0 = time.time()
+    info = scenario_meta()
+    steps = []
+    if not info["kvm_dev"]:
+        write(os.path.join(RESULTS, "no_kvm"), "1\n")
+    else:
+        ftrace = Ftrace()
+        only = ENV.get("KVMEXIT_E2E_ONLY", "")
+        if only == "ftrace":
+            outdir = os.path.join(RESULTS, "ftrace_only")
+            os.makedirs(outdir)
+            ftrace.start()
+            run_vmm(outdir)
+            ftrace.stop(outdir)
+        else:
+            steps = [
+                ("live", lambda: traced_scenario("live", ["--json", "--by", "thread"], ftrace=ftrace)),
+                ("interval", lambda: traced_scenario("interval", ["-i", "1", "--json"], ftrace=ftrace)),
+                ("compat", lambda: traced_scenario("compat", [], module=compat_module(), ftrace=ftrace)),
+                ("cost", scenario_cost),
+            ]
+    for name, fn in steps:
+        try:
+            fn()
+        except Exception as e:  # record and go on with the next scenario
+            say("scenario %s crashed: %r" % (name, e))
+            write(os.path.join(RESULTS, name + ".crash"), repr(e) + "\n")
+    write(os.path.join(RESULTS, "guest_seconds"), "%.1f\n" % (time.time() - t0))
+    write(os.path.join(RESULTS, "done"), "1\n")
+    say("all scenarios done in %.1fs" % (time.time() - t0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""End-to-end tests of kvmexit against real KVM exits on an emulated arm64 host.
+
+One boot of the emulated host (tests/arm64/harness.sh run) runs every guest
+scenario; these tests judge what it brought back.  They skip when
+qemu-system-aarch64 or the cached guest images are missing, or KVM is
+unavailable inside the guest, and fail instead when KVMEXIT_REQUIRE_ARM64=1.
+Build the images first with scripts/arm64-harness.sh (which also runs this).
+Set KVMEXIT_ARM64_RESULTS=DIR to judge an earlier run's DIR/results instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import e2e_results as er  # noqa: E402
+
+pytestmark = pytest.mark.arm64
+
+CACHE = os.environ.get("KVMEXIT_ARM64_CACHE", "/var/cache/kvmexit-arm64")
+VM_NAME = "e2e-vm"
+TRAPS = ("DABT_LOW", "HVC64", "SYS64", "IABT_LOW", "WFx")
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("KVMEXIT_REQUIRE_ARM64") == "1":
+        pytest.fail("arm64 e2e required (KVMEXIT_REQUIRE_ARM64=1) but " + reason)
+    pytest.skip(reason)
+
+
+def _read(*parts: str) -> str:
+    with open(os.path.join(*parts)) as f:
+        return f.read()
+
+
+def _exists(*parts: str) -> bool:
+    return os.path.exists(os.path.join(*parts))
+
+
+def _boot() -> str:
+    if shutil.which("qemu-system-aarch64") is None:
+        _unavailable("qemu-system-aarch64 is not installed (run scripts/arm64-harness.sh)")
+    env_file = os.path.join(CACHE, "current.env")
+    if not os.path.exists(env_file):
+        _unavailable("no cached arm64 guest image in %s (run scripts/arm64-harness.sh)" % CACHE)
+    conf = dict(line.strip().split("=", 1) for line in _read(env_file).splitlines() if "=" in line)
+    for key in ("KERNEL", "INITRD", "ROOTFS"):
+        if not os.path.exists(conf.get(key, "")):
+            _unavailable("cached arm64 guest image %s is missing (run scripts/arm64-harness.sh)" % conf.get(key))
+    runs = os.path.join(CACHE, "runs")
+    os.makedirs(runs, exist_ok=True)
+    out = os.path.join(runs, time.strftime("%Y%m%d-%H%M%S"))
+    for old in sorted(os.listdir(runs))[:-4]:
+        shutil.rmtree(os.path.join(runs, old), ignore_errors=True)
+    cmd = ["bash", os.path.join(HERE, "harness.sh"), "run", out]
+    t0 = time.time()
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+    print("\narm64 e2e: harness run took %.0fs, output in %s" % (time.time() - t0, out))
+    if p.returncode != 0:
+        pytest.fail("arm64 harness run failed (rc=%d):\n%s" % (p.returncode, p.stdout[-4000:]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def results() -> str:
+    """Directory of one run's results; boots the emulated host at most once."""
+    given = os.environ.get("KVMEXIT_ARM64_RESULTS")
+    out = given if given else _boot()
+    res = os.path.join(out, "results")
+    if not _exists(res, "done"):
+        pytest.fail("guest scenarios did not finish; see %s/serial.log" % out)
+    if _exists(res, "no_kvm"):
+        _unavailable("/dev/kvm is missing inside the emulated arm64 host")
+    meta = json.loads(_read(res, "meta", "meta.json"))
+    if meta.get("tool", "kvmexit") != "kvmexit" and os.environ.get("KVMEXIT_E2E_TOOL") != meta["tool"]:
+        pytest.fail("results were produced by the stand-in tool %r, not kvmexit" % meta["tool"])
+    return res
+
+
+class Scenario:
+    """What one traced scenario produced: VMM output, ftrace, kvmexit output."""
+
+    def __init__(self, res: str, name: str) -> None:
+        self.dir = os.path.join(res, name)
+        if not os.path.isdir(self.dir):
+            pytest.fail("scenario %s produced nothing (crash: %s)" % (name, self._crash(res, name)))
+        if _exists(self.dir, "attach_failed"):
+            pytest.fail("kvmexit never printed its ready marker in scenario %s:\n%s" % (name, self.err[-3000:]))
+        self.vcpus, self.done = er.parse_vmm(_read(self.dir, "vmm.out"))
+        assert sorted(self.vcpus) == [0, 1], "VMM did not finish both vCPUs:\n" + _read(self.dir, "vmm.err")
+        self.ftrace = er.Ftrace(_read(self.dir, "trace"))
+        self.stats = _read(self.dir, "ftrace_stats")
+        self.out = _read(self.dir, "kvmexit.out")
+        self.rc = int(_read(self.dir, "rc").strip())
+
+    @staticmethod
+    def _crash(res: str, name: str) -> str:
+        return _read(res, name + ".crash") if _exists(res, name + ".crash") else "none recorded"
+
+    @property
+    def err(self) -> str:
+        return _read(self.dir, "kvmexit.err") if _exists(self.dir, "kvmexit.err") else ""
+
+    def tids(self):
+        return {v["tid"]: i for i, v in self.vcpus.items()}
+
+    def check_ftrace_complete(self) -> None:
+        assert er.overruns(self.stats) == 0, "ftrace lost events:\n" + self.stats
+        ew = self.ftrace.entries_written
+        assert ew is not None and ew[0] == ew[1], "ftrace buffer dropped entries: %r" % (ew,)
+
+    def expected_by_tid(self):
+        """ftrace per-thread counts of the vCPU threads (the exact reference)."""
+        return {tid: self.ftrace.counts(tid) for tid in self.tids()}
+
+
+@pytest.fixture(scope="session")
+def live(results):
+    return Scenario(results, "live")
+
+
+@pytest.fixture(scope="session")
+def interval(results):
+    return Scenario(results, "interval")
+
+
+@pytest.fixture(scope="session")
+def compat(results):
+    return Scenario(results, "compat")
+
+
+def test_guest_has_kvm(results):
+    meta = json.loads(_read(results, "meta", "meta.json"))
+    assert meta["kvm_dev"]
+    assert any("initialized successfully" in line for line in meta["kvm_dmesg"]), meta["kvm_dmesg"]
+    print("\nguest kernel %s, python %s, packages %s" % (meta["uname"], meta["python"], meta["packages"]))
+
+
+@pytest.mark.parametrize("name", ["live", "interval", "compat"])
+def test_workload_matches_guest_code(results, name):
+    """Harness self-check: ftrace saw exactly the traps the guest code makes."""
+    sc = Scenario(results, name)
+    sc.check_ftrace_complete()
+    for tid, idx in sc.tids().items():
+        v = sc.vcpus[idx]
+        got = sc.ftrace.counts(tid)
+        for reason, n in er.expected_traps(v).items():
+            assert got.get(reason, 0) == n, "vCPU %d %s: ftrace %r, guest code %d" % (idx, reason, got, n)
+        # A trapped WFI needs the emulated CPU to have no pending interrupt
+        # (QEMU's HELPER(wfi) returns early when cpu_has_work()), so <= W.
+        assert 0 < got.get("WFx", 0) <= v["wfi"]
+        assert set(got) <= set(TRAPS) | {"IRQ"}, got
+        assert sc.ftrace.comms[tid] == "CPU %d/KVM" % idx
+
+
+def _rows(sc):
+    docs = er.json_docs(sc.out)
+    assert docs, "kvmexit printed no JSON (rc=%d):\n%s" % (sc.rc, sc.err[-3000:])
+    for doc in docs:
+        assert doc.get("schema") == "kvmexit/1", doc.get("schema")
+    return docs
+
+
+def test_live_counts_equal_ftrace(live):
+    assert live.rc == 0, live.err[-3000:]
+    live.check_ftrace_complete()
+    docs = _rows(live)
+    assert len(docs) == 1
+    got = er.rows_by_thread(docs)
+    want = live.expected_by_tid()
+    for tid, idx in sorted(live.tids().items()):
+        print("\nvCPU %d tid %d  kvmexit %s\n%s  ftrace  %s" % (
+            idx, tid, dict(sorted(got.get(tid, {}).items())), " " * len(str(tid)), dict(sorted(want[tid].items()))))
+        assert dict(got.get(tid, {})) == want[tid], "vCPU %d (tid %d)" % (idx, tid)
+    assert set(got) == set(want), "rows for threads other than the vCPUs: %r" % (set(got) - set(want))
+
+
+def test_live_trap_counts_equal_guest_code(live):
+    got = er.rows_by_thread(_rows(live))
+    for tid, idx in live.tids().items():
+        v = live.vcpus[idx]
+        for reason, n in er.expected_traps(v).items():
+            assert got[tid][reason] == n, "vCPU %d %s" % (idx, reason)
+        assert 0 < got[tid]["WFx"] <= v["wfi"]
+
+
+def test_live_names_and_labels(live):
+    doc = _rows(live)[0]
+    tids = live.tids()
+    pid = live.done["pid"]
+    for row in doc["rows"]:
+        idx = tids[row["tid"]]
+        assert row["tgid"] == pid
+        assert row["vm"] == VM_NAME
+        assert row["vcpu"] == idx
+        assert row["comm"] == "CPU %d/KVM" % idx
+        assert row["reason"] in (*TRAPS, "IRQ"), row["reason"]
+    # IRQ exits (ftrace: exception type IRQ, whatever stale EC it prints) are "IRQ" rows.
+    ftrace_irq = sum(live.ftrace.counts(t).get("IRQ", 0) for t in tids)
+    rows_irq = sum(r["count"] for r in doc["rows"] if r["reason"] == "IRQ")
+    assert rows_irq == ftrace_irq
+
+
+def test_live_times(live):
+    doc = _rows(live)[0]
+    for row in doc["rows"]:
+        want_pairs = live.ftrace.pairs[row["tid"]][row["reason"]]
+        assert row["pairs"] == want_pairs, row
+        if row["pairs"]:
+            assert row["min_ns"] > 0, row
+            assert row["min_ns"] <= row["avg_ns"] <= row["max_ns"], row
+
+
+def test_interval_deltas_sum_to_totals(interval):
+    assert interval.rc == 0, interval.err[-3000:]
+    interval.check_ftrace_complete()
+    docs = _rows(interval)
+    assert len(docs) >= 2, "expected several interval documents, got %d" % len(docs)
+    for i, doc in enumerate(docs):
+        assert doc.get("interval") is not None, "document %d has no interval" % i
+    got = er.rows_by_thread(docs)
+    want = interval.expected_by_tid()
+    for tid in want:
+        assert dict(got.get(tid, {})) == want[tid], "tid %d: sum of interval deltas vs ftrace" % tid
+    assert set(got) == set(want)
+    print("\n%d interval documents; per-thread sums equal ftrace" % len(docs))
+
+
+def test_compat_front_end_counts(compat):
+    assert compat.rc == 0, compat.err[-3000:]
+    compat.check_ftrace_complete()
+    header, rows = er.parse_compat(compat.out)
+    assert header == ["TGID", "TID", "COMM", "KVM_EXIT_REASON", "COUNT", "AVG_TIME(ns)"], compat.out[:500]
+    got = {}
+    for r in rows:
+        got.setdefault(r["tid"], {})
+        got[r["tid"]][r["reason"]] = got[r["tid"]].get(r["reason"], 0) + r["count"]
+        assert r["tgid"] == compat.done["pid"]
+    want = compat.expected_by_tid()
+    for tid, idx in compat.tids().items():
+        assert got.get(tid) == want[tid], "vCPU %d (tid %d)" % (idx, tid)
+        assert {r["comm"] for r in rows if r["tid"] == tid} == {"CPU %d/KVM" % idx}
+    assert set(got) == set(want)
+
+
+@pytest.mark.parametrize("name", ["live", "interval", "compat", "cost"])
+def test_clean_detach(results, name):
+    d = os.path.join(results, name)
+    if not _exists(d, "bpftool_after.json"):
+        pytest.fail("scenario %s recorded no bpftool listing" % name)
+    before = er.bpf_progs(_read(d, "bpftool_before.json")) if _exists(d, "bpftool_before.json") else None
+    attached = er.bpf_progs(_read(d, "bpftool_attached.json")) if _exists(d, "bpftool_attached.json") else None
+    after = er.bpf_progs(_read(d, "bpftool_after.json"))
+    if attached is not None:
+        ours = [p.get("name", "") for p in attached if p.get("name", "").startswith("kvmexit_")]
+        assert ours, "no kvmexit_* BPF program while attached: %r" % [p.get("name") for p in attached]
+    left = [p.get("name", "") for p in after if p.get("name", "").startswith("kvmexit_")]
+    assert left == [], "kvmexit BPF programs left after SIGINT: %r" % left
+    if before is not None:
+        assert len(after) == len(before), "BPF program count %d before, %d after" % (len(before), len(after))
+
+
+def test_cost_ratio(results):
+    """Workload wall time with and without kvmexit attached (reported, not asserted)."""
+    d = os.path.join(results, "cost")
+    if not _exists(d, "cost.json"):
+        pytest.fail("cost scenario produced nothing")
+    cost = json.loads(_read(d, "cost.json"))
+    base = sorted(x for x in cost["base_s"] if x is not None)
+    traced = sorted(x for x in cost["traced_s"] if x is not None)
+    assert base and traced, cost
+    ratio = traced[len(traced) // 2] / base[len(base) // 2]
+    print("\ncost: workload median %.3fs without, %.3fs with kvmexit attached: ratio %.2f (runs %s / %s)"
+          % (base[len(base) // 2], traced[len(traced) // 2], ratio, cost["base_s"], cost["traced_s"]))
