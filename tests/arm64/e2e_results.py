@@ -2,6 +2,7 @@
 
 Used by test_arm64_kvm.py (host side) and save_reference.py.  Python 3.7.
 """
+
 from __future__ import annotations
 
 import json
@@ -130,14 +131,16 @@ def parse_compat(text: str) -> Tuple[List[str], List[dict]]:
             continue
         if not header or not parts[0].isdigit() or len(parts) < 5:
             continue
-        rows.append({
-            "tgid": int(parts[0]),
-            "tid": int(parts[1]),
-            "comm": " ".join(parts[2:-3]),
-            "reason": parts[-3],
-            "count": int(parts[-2]),
-            "avg": parts[-1],
-        })
+        rows.append(
+            {
+                "tgid": int(parts[0]),
+                "tid": int(parts[1]),
+                "comm": " ".join(parts[2:-3]),
+                "reason": parts[-3],
+                "count": int(parts[-2]),
+                "avg": parts[-1],
+            }
+        )
     return header, rows
 
 

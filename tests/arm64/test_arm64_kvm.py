@@ -7,6 +7,7 @@ unavailable inside the guest, and fail instead when KVMEXIT_REQUIRE_ARM64=1.
 Build the images first with scripts/arm64-harness.sh (which also runs this).
 Set KVMEXIT_ARM64_RESULTS=DIR to judge an earlier run's DIR/results instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -177,8 +178,10 @@ def test_live_counts_equal_ftrace(live):
     got = er.rows_by_thread(docs)
     want = live.expected_by_tid()
     for tid, idx in sorted(live.tids().items()):
-        print("\nvCPU %d tid %d  kvmexit %s\n%s  ftrace  %s" % (
-            idx, tid, dict(sorted(got.get(tid, {}).items())), " " * len(str(tid)), dict(sorted(want[tid].items()))))
+        print(
+            "\nvCPU %d tid %d  kvmexit %s\n%s  ftrace  %s"
+            % (idx, tid, dict(sorted(got.get(tid, {}).items())), " " * len(str(tid)), dict(sorted(want[tid].items())))
+        )
         assert dict(got.get(tid, {})) == want[tid], "vCPU %d (tid %d)" % (idx, tid)
     assert set(got) == set(want), "rows for threads other than the vCPUs: %r" % (set(got) - set(want))
 
@@ -278,5 +281,7 @@ def test_cost_ratio(results):
     traced = sorted(x for x in cost["traced_s"] if x is not None)
     assert base and traced, cost
     ratio = traced[len(traced) // 2] / base[len(base) // 2]
-    print("\ncost: workload median %.3fs without, %.3fs with kvmexit attached: ratio %.2f (runs %s / %s)"
-          % (base[len(base) // 2], traced[len(traced) // 2], ratio, cost["base_s"], cost["traced_s"]))
+    print(
+        "\ncost: workload median %.3fs without, %.3fs with kvmexit attached: ratio %.2f (runs %s / %s)"
+        % (base[len(base) // 2], traced[len(traced) // 2], ratio, cost["base_s"], cost["traced_s"])
+    )

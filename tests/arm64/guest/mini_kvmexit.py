@@ -5,6 +5,7 @@ that variable is also set for pytest.  Implements the slice of the kvmexit CLI
 contract the scenarios use: ``[--json] [--by thread] [-i SECS] [DURATION]``,
 the ``kvmexit: tracing`` marker on stderr, and kvmexit/1-like rows.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,9 +74,21 @@ def rows(now, before):
         except OSError:
             comm = ""
         total = v[2] - b[2]
-        res.append({"tgid": tgid, "tid": tid, "comm": comm, "vm": None, "vcpu": None, "reason": reason,
-                    "count": count, "pairs": pairs, "avg_ns": total / pairs if pairs else None,
-                    "min_ns": v[3], "max_ns": v[4]})
+        res.append(
+            {
+                "tgid": tgid,
+                "tid": tid,
+                "comm": comm,
+                "vm": None,
+                "vcpu": None,
+                "reason": reason,
+                "count": count,
+                "pairs": pairs,
+                "avg_ns": total / pairs if pairs else None,
+                "min_ns": v[3],
+                "max_ns": v[4],
+            }
+        )
     return res
 
 

@@ -217,7 +217,7 @@ def traced_scenario(name, args, module="kvmexit", ftrace=None):
 def scenario_meta():
     outdir = os.path.join(RESULTS, "meta")
     os.makedirs(outdir)
-    rc, dmesg, _ = run(["dmesg"])
+    _rc, dmesg, _ = run(["dmesg"])
     write(os.path.join(outdir, "dmesg"), dmesg)
     info = {
         "uname": os.uname()[2],
