@@ -12,6 +12,7 @@ from kvmexit.model import (
     bucket_bounds,
     build_report,
     delta,
+    hist_slot,
     percentile,
 )
 from kvmexit.reasons import label
@@ -28,25 +29,52 @@ def stats(pairs=0, total=0, lo=None, hi=None, h=None, **kw) -> ExitStats:
     return ExitStats(pairs=pairs, total_ns=total, min_ns=lo, max_ns=hi, hist=h or (0,) * HIST_SLOTS, **kw)
 
 
-def test_bucket_bounds_match_bpf_log2l():
-    assert bucket_bounds(0) == (0, 1)
-    assert bucket_bounds(1) == (2, 3)
-    assert bucket_bounds(10) == (1024, 2047)
-    for v in (1, 2, 3, 1000, 1023, 1024, 10**9):
-        lo, hi = bucket_bounds(max(0, v.bit_length() - 1))
-        assert lo <= v <= hi
+def bpf_log2l(v: int) -> int:
+    """bcc's helper, transcribed from bcc's src/cc/export/helpers.h."""
+
+    def log2(v: int) -> int:
+        r = int(v > 0xFFFF) << 4
+        v >>= r
+        shift = int(v > 0xFF) << 3
+        v >>= shift
+        r |= shift
+        shift = int(v > 0xF) << 2
+        v >>= shift
+        r |= shift
+        shift = int(v > 0x3) << 1
+        v >>= shift
+        r |= shift
+        return r | (v >> 1)
+
+    hi = v >> 32
+    return log2(hi) + 32 + 1 if hi else log2(v) + 1
+
+
+@pytest.mark.parametrize("v", [0, 1, 2, 3, 4, 1000, 1023, 1024, 2**32 - 1, 2**32, 10**9, 2**38, 2**60])
+def test_hist_slot_is_bcc_bpf_log2l_capped(v):
+    assert hist_slot(v) == min(bpf_log2l(v), HIST_SLOTS - 1)
+    lo, hi = bucket_bounds(hist_slot(v))
+    assert lo <= v <= hi or hist_slot(v) == HIST_SLOTS - 1
+
+
+def test_bucket_bounds_are_contiguous():
+    assert bucket_bounds(1) == (0, 1)
+    assert bucket_bounds(2) == (2, 3)
+    assert bucket_bounds(11) == (1024, 2047)
+    for slot in range(2, HIST_SLOTS):
+        assert bucket_bounds(slot)[0] == bucket_bounds(slot - 1)[1] + 1
 
 
 def test_percentile_is_bucket_upper_bound_clamped_to_max():
     # 99 pairs in [1024, 2047], 1 pair in [2^20, 2^21): p50 and p90 in the first bucket.
-    st = stats(pairs=100, total=1, lo=1100, hi=1_500_000, h=hist(s10=99, s20=1))
+    st = stats(pairs=100, total=1, lo=1100, hi=1_500_000, h=hist(s11=99, s21=1))
     assert percentile(st, 50) == 2047
     assert percentile(st, 99) == 2047
     assert percentile(st, 100) == 1_500_000  # clamped to the max, not 2^21-1
 
 
 def test_percentile_clamped_to_min_and_none_without_pairs():
-    st = stats(pairs=1, total=1500, lo=1500, hi=1500, h=hist(s10=1))
+    st = stats(pairs=1, total=1500, lo=1500, hi=1500, h=hist(s11=1))
     assert percentile(st, 99) == 1500
     assert percentile(ExitStats(open=3), 99) is None
 
@@ -123,10 +151,10 @@ def test_unchanged_keys_leave_the_delta():
 
 SNAP = snapshot(
     {
-        K1: stats(pairs=10, total=1000, lo=50, hi=200, h=hist(s6=5, s7=5), halt_ns=900),
-        K2: stats(pairs=4, total=40, lo=5, hi=15, h=hist(s2=2, s3=2)),
-        K3: stats(pairs=6, total=60, lo=8, hi=12, h=hist(s3=6), open=1),
-        K4: stats(pairs=1, total=7, lo=7, hi=7, h=hist(s2=1), unfinished=2),
+        K1: stats(pairs=10, total=1000, lo=50, hi=200, h=hist(s6=1, s7=4, s8=5), halt_ns=900),
+        K2: stats(pairs=4, total=40, lo=5, hi=15, h=hist(s3=2, s4=2)),
+        K3: stats(pairs=6, total=60, lo=8, hi=12, h=hist(s4=6), open=1),
+        K4: stats(pairs=1, total=7, lo=7, hi=7, h=hist(s3=1), unfinished=2),
     }
 )
 

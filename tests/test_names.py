@@ -49,5 +49,7 @@ def test_kernel_comm_wins_and_dead_threads_keep_names(resolver):
 
 def test_alive_and_vm_lookup(resolver):
     assert resolver.alive(4242, 4243)
+    assert resolver.alive(5000, 5001)  # a comm with spaces and parentheses
+    assert not resolver.alive(4242, 4244)  # zombie
     assert not resolver.alive(4242, 1)
     assert resolver.tgids_of_vm(["web01", "db02"]) == {4242: "web01", 6000: "db02"}

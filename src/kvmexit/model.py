@@ -35,6 +35,7 @@ __all__ = [
     "GROUPINGS",
     "SORT_KEYS",
     "bucket_bounds",
+    "hist_slot",
     "percentile",
     "delta",
     "build_report",
@@ -169,11 +170,20 @@ def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
     )
 
 
+def hist_slot(ns: int) -> int:
+    """The log2 bucket of a duration, exactly as the BPF side computes it.
+
+    bcc's ``bpf_log2l(v)`` is ``floor(log2(v)) + 1`` for ``v >= 1`` and 1 for 0, so slot ``i``
+    holds ``[2**(i-1), 2**i - 1]``; the last slot also holds everything longer.
+    """
+    return min(max(ns.bit_length(), 1), HIST_SLOTS - 1)
+
+
 def bucket_bounds(slot: int) -> Tuple[int, int]:
-    """Inclusive ns range of a log2 bucket, as filled by bcc's ``bpf_log2l``."""
-    if slot == 0:
+    """Inclusive ns range of a log2 bucket (as bcc's ``print_log2_hist`` labels it)."""
+    if slot <= 1:
         return 0, 1
-    return 1 << slot, (1 << (slot + 1)) - 1
+    return 1 << (slot - 1), (1 << slot) - 1
 
 
 def percentile(stats: ExitStats, q: float) -> Optional[int]:

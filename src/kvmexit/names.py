@@ -93,7 +93,13 @@ class NameResolver:
         return ThreadInfo(comm=name, vm=self.vm(tgid), vcpu=vcpu_from_comm(name))
 
     def alive(self, tgid: int, tid: int) -> bool:
-        return os.path.exists(os.path.join(self.procfs, str(tgid), "task", str(tid)))
+        """Whether the thread still runs; a zombie waiting to be reaped counts as gone."""
+        raw = self._read(str(tgid), "task", str(tid), "stat")
+        if raw is None:
+            return False
+        # "pid (comm) S ...": comm may hold spaces and parentheses, so split at the last ')'.
+        state = raw[raw.rfind(b")") + 2 : raw.rfind(b")") + 3]
+        return state not in (b"Z", b"X", b"x")
 
     def tgids_of_vm(self, names: Iterable[str]) -> Dict[int, str]:
         """Running processes whose VM name is one of ``names``."""

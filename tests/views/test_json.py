@@ -34,5 +34,5 @@ def test_row_values_and_histogram():
     row = doc["rows"][0]
     assert (row["tid"], row["reason"], row["code"], row["detail"]) == (101, "WFx", 2, 1)
     assert (row["count"], row["pairs"], row["avg_ns"], row["min_ns"], row["max_ns"]) == (10, 10, 100.0, 50, 200)
-    assert row["hist"] == [[64, 127, 5], [128, 255, 5]]
+    assert row["hist"] == [[32, 63, 1], [64, 127, 4], [128, 255, 5]]
     assert doc["totals"]["exits"] == 24

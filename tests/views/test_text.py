@@ -44,7 +44,7 @@ def test_histogram_covers_used_buckets_only():
     text = format_hist(row)
     lines = text.splitlines()
     assert lines[0] == "100 101 vm-a WFx: 10 pairs"
-    assert [ln.split()[0] for ln in lines[2:]] == ["64", "128"]
+    assert [ln.split()[0] for ln in lines[2:]] == ["32", "64", "128"]
     assert all("|" in ln for ln in lines[1:])
 
 

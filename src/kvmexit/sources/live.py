@@ -216,17 +216,22 @@ class LiveSource:
         return opened
 
     def snapshot(self) -> Snapshot:
-        """Cumulative state. Nothing is cleared, so deltas between snapshots lose nothing."""
+        """Cumulative state. Nothing is cleared, so deltas between snapshots lose nothing.
+
+        Maps cannot be read atomically. Statistics are read before open exits, so an exit that
+        completes during the read is never counted twice; it may be missing from this snapshot
+        and then shows up in the next one (deltas still add up exactly).
+        """
         now = time.monotonic_ns() if hasattr(time, "monotonic_ns") else int(time.monotonic() * 1e9)
         health = self.health()
+        leaves = [(ExitKey(k.tgid, k.tid, k.code, k.detail), v) for k, v in self.bpf["stats"].items()]
         opened = self._open_exits()
         stats: Dict[ExitKey, ExitStats] = {}
         threads: Dict[int, ThreadInfo] = {}
-        for k, v in self.bpf["stats"].items():
-            key = ExitKey(k.tgid, k.tid, k.code, k.detail)
-            stats[key] = _stats_from_leaf(v, opened.pop(key, 0), self._abandoned.get(key, 0))
-            if k.tid not in threads:
-                threads[k.tid] = self.resolver.thread(k.tgid, k.tid, v.comm.decode("utf-8", "replace"))
+        for key, v in leaves:
+            stats[key] = _stats_from_leaf(v, opened.get(key, 0), self._abandoned.get(key, 0))
+            if key.tid not in threads:
+                threads[key.tid] = self.resolver.thread(key.tgid, key.tid, v.comm.decode("utf-8", "replace"))
         for key in set(opened) | set(self._abandoned):
             if key in stats:
                 continue

@@ -1,0 +1,221 @@
+"""Pairing of trace events into a :class:`~kvmexit.model.Snapshot`, by the kernel's rules.
+
+This mirrors ``bpf/kvmexit.bpf.c`` exactly (see the rules in :mod:`kvmexit.model`):
+
+- ``kvm_exit`` opens a timed exit for its thread; if one is already open, that one is counted
+  *unfinished* under its own key and replaced;
+- ``kvm_entry`` closes the open exit (a *pair*: time, min, max, log2 histogram slot
+  ``max(0, ns.bit_length() - 1)`` capped at ``HIST_SLOTS - 1`` as bcc's ``bpf_log2l``) or, with
+  none open, counts an *unpaired entry*;
+- ``kvm_trap_enter`` (openEuler 5.10+) sets the class of an open TRAP exit, keeping the SError flag;
+- ``kvm_vcpu_wakeup`` adds its ``ns`` to the open exit's halt time;
+- at the end, exits still open are reported as ``open``.
+
+Trace files add one rule the kernel does not need: a ring-buffer overrun on a CPU (``[LOST N
+EVENTS]``) makes pairing across the gap unreliable, so open exits that started on that CPU are
+closed as *unfinished* (and counted in :class:`TraceHealth`).
+
+State is kept in plain dicts and lists so that :mod:`.reader` can run the same rules inline on its
+hot path; :class:`Pairer`'s methods are the reference implementation and are used by the slow
+path and by the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from ...model import HIST_SLOTS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo
+from ...reasons import arm64
+
+__all__ = ["Pairer", "TraceHealth", "hist_slot", "LAST_SLOT"]
+
+LAST_SLOT = HIST_SLOTS - 1
+_TRAP = arm64.ARM_EXCEPTION_TRAP
+_SERROR = arm64.SERROR_PENDING_BIT
+
+# Indexes into a start record: [ts_ns, key, halt_ns, cpu]; key = (tid, code, detail).
+S_TS, S_KEY, S_HALT, S_CPU = 0, 1, 2, 3
+# Indexes into an accumulator: [pairs, unfinished, total_ns, min_ns, max_ns, halt_ns, hist].
+A_PAIRS, A_UNFIN, A_TOTAL, A_MIN, A_MAX, A_HALT, A_HIST = 0, 1, 2, 3, 4, 5, 6
+
+
+def hist_slot(ns: int) -> int:
+    """bcc's ``bpf_log2l`` as used by the BPF side, capped to the histogram."""
+    slot = ns.bit_length() - 1
+    if slot < 0:
+        return 0
+    return slot if slot < LAST_SLOT else LAST_SLOT
+
+
+def new_acc() -> list:
+    return [0, 0, 0, None, None, 0, [0] * HIST_SLOTS]
+
+
+@dataclass
+class TraceHealth:
+    """What the trace itself could not tell: losses, bad lines, clock oddities."""
+
+    lines: int = 0
+    events: int = 0  # kvm events used (exit, entry, trap, wakeup)
+    other_events: int = 0  # well-formed events of other tracepoints
+    ignored: int = 0  # comments, headers, blank lines, loss markers
+    malformed: int = 0
+    malformed_lines: List[int] = field(default_factory=list)
+    #: CPU -> events reported lost (None: unknown number, e.g. "buffer started").
+    lost: Dict[int, Optional[int]] = field(default_factory=dict)
+    #: Open exits closed as unfinished because their CPU lost events.
+    reset_by_loss: int = 0
+    reset_threads: Dict[int, int] = field(default_factory=dict)
+    #: Pairs whose entry timestamp was before the exit's (clamped to 0 ns).
+    negative: int = 0
+    filtered: int = 0  # kvm events of threads excluded by -p/-t
+
+    def note_malformed(self, lineno: int, keep: int = 5) -> None:
+        self.malformed += 1
+        if len(self.malformed_lines) < keep:
+            self.malformed_lines.append(lineno)
+
+    def add_lost(self, cpu: int, n: Optional[int]) -> None:
+        if cpu in self.lost:
+            old = self.lost[cpu]
+            self.lost[cpu] = None if old is None or n is None else old + n
+        else:
+            self.lost[cpu] = n
+
+    @property
+    def accounted(self) -> int:
+        return self.events + self.other_events + self.ignored + self.malformed
+
+
+class Pairer:
+    """Per-thread pairing state and cumulative statistics (kernel rules, in Python)."""
+
+    def __init__(self) -> None:
+        #: tid -> [ts_ns, key, halt_ns, cpu]
+        self.starts: Dict[int, list] = {}
+        #: (tid, code, detail) -> accumulator list
+        self.stats: Dict[Tuple[int, int, int], list] = {}
+        self.tgid: Dict[int, int] = {}
+        self.comm: Dict[int, str] = {}
+        self.unpaired_entries = 0
+        self.health = TraceHealth()
+        self.first_ns: Optional[int] = None
+        self.last_ns = 0
+
+    # -- reference implementation of the rules (the reader inlines exit/entry) -----------------
+
+    def exit(self, ts: int, tid: int, code: int, detail: int, cpu: int = -1) -> None:
+        prev = self.starts.get(tid)
+        if prev is not None:
+            acc = self.stats.get(prev[S_KEY])
+            if acc is None:
+                acc = self.stats[prev[S_KEY]] = new_acc()
+            acc[A_UNFIN] += 1
+        self.starts[tid] = [ts, (tid, code, detail), 0, cpu]
+
+    def entry(self, ts: int, tid: int) -> None:
+        s = self.starts.pop(tid, None)
+        if s is None:
+            self.unpaired_entries += 1
+            return
+        d = ts - s[S_TS]
+        if d < 0:
+            self.health.negative += 1
+            d = 0
+        acc = self.stats.get(s[S_KEY])
+        if acc is None:
+            acc = self.stats[s[S_KEY]] = new_acc()
+        acc[A_PAIRS] += 1
+        acc[A_TOTAL] += d
+        acc[A_HALT] += s[S_HALT]
+        if acc[A_MIN] is None or d < acc[A_MIN]:
+            acc[A_MIN] = d
+        if acc[A_MAX] is None or d > acc[A_MAX]:
+            acc[A_MAX] = d
+        acc[A_HIST][hist_slot(d)] += 1
+
+    def trap(self, tid: int, esr_ec: int) -> None:
+        s = self.starts.get(tid)
+        if s is not None:
+            t, code, detail = s[S_KEY]
+            if code == _TRAP:
+                s[S_KEY] = (t, code, (detail & _SERROR) | (esr_ec & 0x3F))
+
+    def wakeup(self, tid: int, ns: int) -> None:
+        s = self.starts.get(tid)
+        if s is not None:
+            s[S_HALT] += ns
+
+    def lost(self, cpu: int, n: Optional[int]) -> None:
+        """A gap in ``cpu``'s events: close the open exits that started there as unfinished."""
+        self.health.add_lost(cpu, n)
+        for tid in [t for t, s in self.starts.items() if s[S_CPU] == cpu]:
+            s = self.starts.pop(tid)
+            acc = self.stats.get(s[S_KEY])
+            if acc is None:
+                acc = self.stats[s[S_KEY]] = new_acc()
+            acc[A_UNFIN] += 1
+            self.health.reset_by_loss += 1
+            self.health.reset_threads[tid] = self.health.reset_threads.get(tid, 0) + 1
+
+    # -- results -------------------------------------------------------------------------------
+
+    def snapshot(
+        self,
+        arch: str,
+        names: Optional[Mapping[int, ThreadInfo]] = None,
+        tgids: Optional[Mapping[int, int]] = None,
+    ) -> Snapshot:
+        """The cumulative state now; open exits become the ``open`` gauge.
+
+        ``tgids``/``names`` (from a names side file) fill in what the trace does not show; a tgid
+        nobody knows is reported as 0.
+        """
+        names = names or {}
+        tgids = tgids or {}
+        acc_by_key: Dict[Tuple[int, int, int], list] = {k: list(v) for k, v in self.stats.items()}
+        opens: Dict[Tuple[int, int, int], int] = {}
+        for s in self.starts.values():
+            opens[s[S_KEY]] = opens.get(s[S_KEY], 0) + 1
+        stats: Dict[ExitKey, ExitStats] = {}
+        for key in set(acc_by_key) | set(opens):
+            tid, code, detail = key
+            acc = acc_by_key.get(key) or new_acc()
+            tgid = self.tgid.get(tid, tgids.get(tid, 0))
+            ek = ExitKey(tgid, tid, code, detail)
+            st = ExitStats(
+                pairs=acc[A_PAIRS],
+                unfinished=acc[A_UNFIN],
+                open=opens.get(key, 0),
+                total_ns=acc[A_TOTAL],
+                min_ns=acc[A_MIN],
+                max_ns=acc[A_MAX],
+                halt_ns=acc[A_HALT],
+                hist=tuple(acc[A_HIST]),
+            )
+            stats[ek] = stats[ek].merge(st) if ek in stats else st
+        threads: Dict[int, ThreadInfo] = {}
+        for tid in {k.tid for k in stats}:
+            side = names.get(tid)
+            comm = self.comm.get(tid) or (side.comm if side else "")
+            if side is not None:
+                threads[tid] = ThreadInfo(
+                    comm=comm, vm=side.vm, vcpu=side.vcpu if side.vcpu is not None else _vcpu(comm)
+                )
+            else:
+                threads[tid] = ThreadInfo(comm=comm, vm=None, vcpu=_vcpu(comm))
+        span = self.last_ns - self.first_ns if self.first_ns is not None else 0
+        return Snapshot(
+            arch=arch,
+            stats=stats,
+            health=Health(unpaired_entries=self.unpaired_entries),
+            threads=threads,
+            time_ns=span,
+        )
+
+
+def _vcpu(comm: str) -> Optional[int]:
+    from ...names import vcpu_from_comm
+
+    return vcpu_from_comm(comm)

@@ -1,0 +1,361 @@
+"""Streaming reader: text trace in, :class:`~kvmexit.model.Snapshot` out.
+
+The file is read line by line and never held in memory: memory grows with the number of threads
+and distinct exit reasons, not with the length of the trace. Every line is accounted for as a kvm
+event, a known non-kvm line (other events, headers, loss markers) or a malformed line.
+
+The hot loop inlines :meth:`Pairer.exit` and :meth:`Pairer.entry` (same state, same rules; the
+tests check both paths agree): one compiled regex per line, ``int`` on the numbers that are
+needed, and a cache from the printed reason to ``(code, detail)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from ...errors import BadTrace, UnsupportedLayout
+from ...layouts import detect as detect_layout_from_formats
+from ...model import Snapshot, ThreadInfo
+from ...names import vcpu_from_comm
+from .decode import LAYOUTS, Decoder, arch_of, detect_layout
+from .formats import FORMATS, GRAMMARS, GROUPS, classify_other, detect_format, head_lines, open_input
+from .pairing import A_HALT, A_HIST, A_MAX, A_MIN, A_PAIRS, A_TOTAL, A_UNFIN, LAST_SLOT, Pairer, TraceHealth, new_acc
+
+__all__ = ["TraceInfo", "TraceResult", "read_trace", "read_stream", "load_names", "NAMES_SUFFIX"]
+
+NAMES_SUFFIX = ".names.json"
+
+#: ns per unit for a timestamp fraction of n digits (0 digits: a raw counter, taken as ns).
+_SCALE = tuple([1] + [10 ** (9 - n) if n <= 9 else 1 for n in range(1, 20)])
+
+
+@dataclass
+class TraceInfo:
+    path: str
+    format: str
+    layout: str
+    arch: str
+    compression: Optional[str] = None
+    names_file: Optional[str] = None
+
+    def source(self) -> Dict[str, Any]:
+        """The ``source`` object of JSON reports."""
+        return {
+            "kind": "trace",
+            "path": self.path,
+            "format": self.format,
+            "layout": self.layout,
+            "arch": self.arch,
+            "compression": self.compression,
+            "names": self.names_file,
+        }
+
+
+@dataclass
+class TraceResult:
+    snapshot: Snapshot
+    info: TraceInfo
+    health: TraceHealth
+
+
+@dataclass
+class Names:
+    """What ``kvmexit record`` saved next to the trace (all optional)."""
+
+    layout: Optional[str] = None
+    tgid_of: Dict[int, int] = None  # type: ignore[assignment]
+    vm_of: Dict[int, str] = None  # type: ignore[assignment]
+    threads: Dict[int, ThreadInfo] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.tgid_of = self.tgid_of or {}
+        self.vm_of = self.vm_of or {}
+        self.threads = self.threads or {}
+
+
+def load_names(path: str) -> Names:
+    """Read a names side file (``FILE.names.json``); bad content raises :class:`BadTrace`."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        vm_of = {int(k): str(v) for k, v in (doc.get("vms") or {}).items() if v is not None}
+        tgid_of: Dict[int, int] = {}
+        threads: Dict[int, ThreadInfo] = {}
+        for k, t in (doc.get("threads") or {}).items():
+            tid = int(k)
+            if t.get("tgid") is not None:
+                tgid_of[tid] = int(t["tgid"])
+            comm = str(t.get("comm") or "")
+            vcpu = t.get("vcpu")
+            threads[tid] = ThreadInfo(
+                comm=comm,
+                vm=vm_of.get(tgid_of.get(tid, -1)),
+                vcpu=int(vcpu) if vcpu is not None else vcpu_from_comm(comm),
+            )
+        layout = doc.get("layout")
+        if layout is None and doc.get("formats"):
+            layout = detect_layout_from_formats(doc["formats"]).name
+        return Names(layout=layout, tgid_of=tgid_of, vm_of=vm_of, threads=threads)
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise BadTrace("cannot read names file %s: %s" % (path, e)) from e
+
+
+def read_trace(
+    path: str,
+    fmt: Optional[str] = None,
+    layout: Optional[str] = None,
+    tids: Iterable[int] = (),
+    tgids: Iterable[int] = (),
+    names_path: Optional[str] = None,
+    use_names: bool = True,
+    display_path: Optional[str] = None,
+) -> TraceResult:
+    """Read a trace file (``-`` for stdin; gzip/xz transparently) into a snapshot.
+
+    ``names_path`` defaults to ``path + ".names.json"`` when that file exists.
+    """
+    names: Optional[Names] = None
+    if use_names:
+        if names_path is None and path != "-" and os.path.exists(path + NAMES_SUFFIX):
+            names_path = path + NAMES_SUFFIX
+        if names_path is not None:
+            names = load_names(names_path)
+    stream, compression = open_input(path)
+    try:
+        result = read_stream(stream, fmt=fmt, layout=layout, tids=tids, tgids=tgids, names=names)
+    except EOFError as e:  # truncated gzip/xz stream
+        raise BadTrace("%s: compressed stream is truncated: %s" % (path, e)) from e
+    except (OSError, lzma_error()) as e:
+        raise BadTrace("%s: cannot read: %s" % (path, e)) from e
+    finally:
+        if stream is not None and path != "-":
+            stream.close()
+    result.info.path = display_path or path
+    result.info.compression = compression
+    result.info.names_file = names_path
+    return result
+
+
+def lzma_error() -> type:
+    import lzma
+
+    return lzma.LZMAError
+
+
+def read_stream(
+    stream: IO[bytes],
+    fmt: Optional[str] = None,
+    layout: Optional[str] = None,
+    tids: Iterable[int] = (),
+    tgids: Iterable[int] = (),
+    names: Optional[Names] = None,
+) -> TraceResult:
+    """Read an uncompressed binary line stream (see :func:`read_trace`)."""
+    if fmt is not None and fmt not in FORMATS:
+        raise BadTrace("unknown format %r" % fmt)
+    if layout is not None:
+        arch_of(layout)  # validates
+    head = head_lines(stream)
+    if fmt is None:
+        fmt = detect_format(head) or "ftrace"
+    rx = GRAMMARS[fmt]
+    order = tuple(rx.groupindex[g] for g in GROUPS)
+    if layout is None and names is not None and names.layout:
+        layout = names.layout
+    if layout is None:
+        samples = []
+        for line in head:
+            m = rx.match(line)
+            if m is not None:
+                samples.append(m.group(rx.groupindex["event"], rx.groupindex["payload"]))
+        layout = detect_layout(samples)
+    pairer = Pairer()
+    decoder = Decoder(layout) if layout is not None else None
+    decoder = _loop(itertools.chain(head, stream), rx, order, decoder, pairer, set(tids), set(tgids), names)
+    h = pairer.health
+    if h.events == 0 or decoder is None:
+        raise BadTrace(
+            "no KVM exit/entry events in this %s trace (%d lines: %d other events, %d ignored, %d malformed)"
+            % (fmt, h.lines, h.other_events, h.ignored, h.malformed),
+            hint="trace the kvm:kvm_exit and kvm:kvm_entry events (kvmexit record)",
+        )
+    threads: Dict[int, ThreadInfo] = {}
+    tgid_of: Dict[int, int] = {}
+    if names is not None:
+        tgid_of = names.tgid_of
+        for tid in set(pairer.comm) | set(names.threads):
+            side = names.threads.get(tid)
+            tgid = pairer.tgid.get(tid, tgid_of.get(tid))
+            vm = names.vm_of.get(tgid) if tgid is not None else None
+            comm = pairer.comm.get(tid) or (side.comm if side else "")
+            vcpu = side.vcpu if side is not None and side.vcpu is not None else vcpu_from_comm(comm)
+            threads[tid] = ThreadInfo(comm=comm, vm=vm or (side.vm if side else None), vcpu=vcpu)
+    snap = pairer.snapshot(decoder.arch, names=threads, tgids=tgid_of)
+    info = TraceInfo(path="", format=fmt, layout=decoder.layout, arch=decoder.arch)
+    return TraceResult(snapshot=snap, info=info, health=h)
+
+
+def _loop(
+    lines: Iterator[bytes],
+    rx: Any,
+    order: Tuple[int, ...],
+    decoder: Optional[Decoder],
+    pairer: Pairer,
+    tids: set,
+    tgids: set,
+    names: Optional[Names],
+) -> Optional[Decoder]:
+    """The hot loop. Returns the decoder (created on the first exit when the head had none)."""
+    match = rx.match
+    starts = pairer.starts
+    starts_get = starts.get
+    starts_pop = starts.pop
+    stats = pairer.stats
+    stats_get = stats.get
+    comm_of = pairer.comm
+    tgid_of = pairer.tgid
+    health = pairer.health
+    scale = _SCALE
+    side_tgid = names.tgid_of if names is not None else {}
+    filtering = bool(tids or tgids)
+    dec_exit = decoder.exit if decoder is not None else None
+    n = n_exit = n_entry = n_other = n_ignored = n_filtered = unpaired = negative = 0
+    first_ns: Optional[int] = None
+    last_ns = 0
+    for line in lines:
+        n += 1
+        m = match(line)
+        if m is None:
+            kind, lost = classify_other(line)
+            if kind == "lost" and lost is not None:
+                n_ignored += 1
+                pairer.lost(lost[0], lost[1])
+            elif kind == "ignored":
+                n_ignored += 1
+            else:
+                health.note_malformed(n)
+            continue
+        comm, tid_b, tgid_b, cpu_b, sec, frac, ev, payload = m.group(*order)
+        if ev == b"kvm_entry":
+            tid = int(tid_b)
+            if filtering and not _wanted(tid, tgid_b, tids, tgids, side_tgid):
+                n_filtered += 1
+                continue
+            ts = int(sec + frac) * scale[len(frac)]
+            n_entry += 1
+            last_ns = ts
+            if first_ns is None:
+                first_ns = ts
+            s = starts_pop(tid, None)
+            if s is None:
+                unpaired += 1
+                continue
+            d = ts - s[0]
+            if d < 0:
+                negative += 1
+                d = 0
+            key = s[1]
+            acc = stats_get(key)
+            if acc is None:
+                acc = stats[key] = new_acc()
+            acc[A_PAIRS] += 1
+            acc[A_TOTAL] += d
+            acc[A_HALT] += s[2]
+            mn = acc[A_MIN]
+            if mn is None or d < mn:
+                acc[A_MIN] = d
+            mx = acc[A_MAX]
+            if mx is None or d > mx:
+                acc[A_MAX] = d
+            slot = d.bit_length() - 1
+            acc[A_HIST][0 if slot < 0 else (slot if slot < LAST_SLOT else LAST_SLOT)] += 1
+        elif ev == b"kvm_exit":
+            if dec_exit is None:
+                layout = detect_layout([(ev, payload)])
+                if layout is None:
+                    health.note_malformed(n)
+                    continue
+                decoder = Decoder(layout)
+                dec_exit = decoder.exit
+            val = dec_exit(payload)
+            if val is None:
+                health.note_malformed(n)
+                continue
+            tid = int(tid_b)
+            if filtering and not _wanted(tid, tgid_b, tids, tgids, side_tgid):
+                n_filtered += 1
+                continue
+            ts = int(sec + frac) * scale[len(frac)]
+            n_exit += 1
+            last_ns = ts
+            if first_ns is None:
+                first_ns = ts
+            if tid not in comm_of:
+                comm_of[tid] = comm.strip().decode("utf-8", "replace")
+            if tgid_b is not None and tid not in tgid_of and tgid_b[:1] != b"-":
+                tgid_of[tid] = int(tgid_b)
+            key = (tid, val[0], val[1])
+            prev = starts_get(tid)
+            if prev is not None:
+                pk = prev[1]
+                acc = stats_get(pk)
+                if acc is None:
+                    acc = stats[pk] = new_acc()
+                acc[A_UNFIN] += 1
+            starts[tid] = [ts, key, 0, int(cpu_b)]
+        elif ev == b"kvm_vcpu_wakeup" or ev == b"kvm_trap_enter":
+            tid = int(tid_b)
+            if ev == b"kvm_trap_enter":
+                ec = decoder.trap(payload) if decoder is not None else Decoder("arm64-openeuler-5.10").trap(payload)
+                if ec is None:
+                    health.note_malformed(n)
+                    continue
+                if filtering and not _wanted(tid, tgid_b, tids, tgids, side_tgid):
+                    n_filtered += 1
+                    continue
+                pairer.trap(tid, ec)
+            else:
+                ns = Decoder.wakeup(payload)
+                if ns is None:
+                    health.note_malformed(n)
+                    continue
+                if filtering and not _wanted(tid, tgid_b, tids, tgids, side_tgid):
+                    n_filtered += 1
+                    continue
+                pairer.wakeup(tid, ns)
+            n_other += 0
+            health.events += 1
+        else:
+            n_other += 1
+    pairer.unpaired_entries += unpaired
+    health.negative += negative
+    health.lines += n
+    health.events += n_exit + n_entry
+    health.other_events += n_other
+    health.ignored += n_ignored + n_filtered
+    health.filtered += n_filtered
+    pairer.first_ns = first_ns
+    pairer.last_ns = last_ns
+    return decoder
+
+
+def _wanted(tid: int, tgid_b: Optional[bytes], tids: set, tgids: set, side_tgid: Dict[int, int]) -> bool:
+    if tids and tid not in tids:
+        return False
+    if tgids:
+        tgid = int(tgid_b) if tgid_b is not None and tgid_b[:1] != b"-" else side_tgid.get(tid)
+        if tgid not in tgids:
+            return False
+    return True
+
+
+def layouts() -> List[str]:
+    return list(LAYOUTS)
+
+
+def _unused(_: UnsupportedLayout) -> None:  # pragma: no cover - keeps the import for typing
+    pass

@@ -1,0 +1,441 @@
+"""The kernel side, for real: compile, verify, attach, and drive the pairing logic of every
+layout through this kernel with BPF_PROG_TEST_RUN, then read the real maps back.
+
+x86's production programs are perf-tracepoint programs, which BPF_PROG_TEST_RUN cannot run; the
+x86 pairing is driven through the same C compiled with SYNTHETIC_X86 (a raw tracepoint taking
+exit_reason and isa as arguments). The production x86 variant is compiled, verified and attached.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from typing import Dict, Tuple
+
+import pytest
+
+from bpf_testrun import test_run_raw
+from kvmexit.layouts import Layout, detect
+from kvmexit.model import ExitKey, Snapshot, hist_slot
+from kvmexit.reasons import label
+
+pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_env")]
+
+COMMON = (
+    "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
+    "\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n"
+    "\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n"
+    "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n"
+)
+
+
+def fmt(*fields: Tuple[str, int, int]) -> str:
+    body = "".join("\tfield:%s;\toffset:%d;\tsize:%d;\tsigned:0;\n" % f for f in fields)
+    return "name: x\nID: 1\nformat:\n" + COMMON + body + '\nprint fmt: ""\n'
+
+
+FORMATS: Dict[str, Dict[str, str]] = {
+    "arm64": {
+        "kvm_exit": fmt(("int ret", 8, 4), ("unsigned int esr_ec", 12, 4), ("unsigned long vcpu_pc", 16, 8)),
+        "kvm_entry": fmt(("unsigned long vcpu_pc", 8, 8)),
+    },
+    "arm64-4.19": {
+        "kvm_exit": fmt(("int idx", 8, 4), ("unsigned int exit_reason", 12, 4), ("unsigned long vcpu_pc", 16, 8)),
+        "kvm_entry": fmt(("unsigned long vcpu_pc", 8, 8)),
+    },
+    "arm64-openeuler-5.10": {
+        "kvm_exit": fmt(("unsigned int vcpu_id", 8, 4), ("int ret", 12, 4), ("unsigned long vcpu_pc", 16, 8)),
+        "kvm_entry": fmt(("unsigned int vcpu_id", 8, 4), ("unsigned long vcpu_pc", 16, 8)),
+        "kvm_trap_enter": fmt(("unsigned int vcpu_id", 8, 4), ("unsigned int esr_ec", 12, 4)),
+    },
+}
+
+TRAP, IRQ = 2, 0
+SERROR = 1 << 31
+EC_WFX, EC_HVC64, EC_SYS64, EC_DABT_LOW = 0x01, 0x16, 0x18, 0x24
+
+
+def live_layout() -> Layout:
+    from kvmexit.commands.live import detect_layout
+
+    return detect_layout(None)
+
+
+class Driver:
+    """Loads a layout's programs without attaching and feeds them synthetic events."""
+
+    def __init__(self, layout: Layout, **options) -> None:
+        from kvmexit.sources.live import LiveSource
+
+        self.layout = layout
+        synthetic = layout.arch == "x86"
+        self.source = LiveSource(layout, attach=False, synthetic_x86=synthetic, **options).open()
+        bpf = self.source.bpf
+        raw = bpf.RAW_TRACEPOINT
+        self.fds = {
+            fn: bpf.load_func(fn, raw).fd for kind, _, fn in self.source.program.attach if kind == "raw" or synthetic
+        }
+
+    def exit(self, *args: int) -> None:
+        test_run_raw(self.fds["kvmexit_exit"], *args)
+
+    def arm64_exit(self, ret: int, ec: int) -> None:
+        """Arguments in the layout's raw-tracepoint order."""
+        if self.layout.name == "arm64-openeuler-5.10":
+            self.exit(0, ret & 0xFFFFFFFF, 0x1000)
+        else:
+            self.exit(ret & 0xFFFFFFFF, ec, 0x1000)
+
+    def trap(self, ec: int) -> None:
+        test_run_raw(self.fds["kvmexit_trap"], 0, ec)
+
+    def entry(self) -> None:
+        test_run_raw(self.fds["kvmexit_entry"], 0x1000)
+
+    def wakeup(self, ns: int) -> None:
+        test_run_raw(self.fds["kvmexit_wakeup"], ns, 1, 1)
+
+    def snapshot(self) -> Snapshot:
+        return self.source.snapshot()
+
+    def close(self) -> None:
+        self.source.close()
+
+
+@pytest.fixture
+def arm64():
+    d = Driver(detect(FORMATS["arm64"]))
+    yield d
+    d.close()
+
+
+def by_label(snap: Snapshot, tid: int) -> Dict[str, Tuple[int, int, int, int]]:
+    """{label: (exits, pairs, open, unfinished)} for one thread."""
+    out = {}
+    for k, s in snap.stats.items():
+        if k.tid == tid:
+            out[label(snap.arch, k.code, k.detail)] = (s.exits, s.pairs, s.open, s.unfinished)
+    return out
+
+
+def in_thread(fn, *args):
+    """Run fn in a new thread (a new tid for bpf_get_current_pid_tgid) and return that tid."""
+    box = {}
+
+    def body():
+        box["tid"] = threading.get_native_id()
+        fn(*args)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    return box["tid"]
+
+
+# -- compile, verify, attach --------------------------------------------------------------------
+
+
+def prog_names() -> str:
+    return subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True, check=True).stdout
+
+
+def kvmexit_programs_after_release(timeout: float = 5.0) -> str:
+    """The kernel frees a closed program after an RCU grace period, so poll briefly."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [ln for ln in prog_names().splitlines() if "kvmexit_" in ln]
+        if not left or time.monotonic() > deadline:
+            return "\n".join(left)
+        time.sleep(0.05)
+
+
+def test_production_program_attaches_here_and_detaches_cleanly():
+    from kvmexit.sources.live import LiveSource
+
+    layout = live_layout()
+    src = LiveSource(layout).open()
+    try:
+        listing = prog_names()
+        assert "kvmexit_exit" in listing and "kvmexit_entry" in listing
+    finally:
+        src.close()
+    assert kvmexit_programs_after_release() == ""
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+@pytest.mark.parametrize("filters", [False, True])
+def test_every_arm64_variant_compiles_and_passes_the_verifier(name, filters):
+    opts = {"tgids": [1], "tids": [1]} if filters else {}
+    d = Driver(detect(FORMATS[name]), **opts)
+    try:
+        assert set(d.fds) >= {"kvmexit_exit", "kvmexit_entry", "kvmexit_wakeup"}
+        if name == "arm64-openeuler-5.10":
+            assert "kvmexit_trap" in d.fds
+    finally:
+        d.close()
+
+
+def test_x86_tracepoint_variant_loads_as_tracepoint_program():
+    from kvmexit.sources.live import LiveSource
+
+    src = LiveSource(live_layout(), attach=False).open()
+    try:
+        for fn in ("kvmexit_exit", "kvmexit_entry"):
+            assert src.bpf.load_func(fn, src.bpf.TRACEPOINT).fd > 0
+    finally:
+        src.close()
+
+
+# -- pairing, through the real kernel -----------------------------------------------------------
+
+
+def test_irq_and_trap_are_told_apart_despite_a_stale_class(arm64):
+    tid = threading.get_native_id()
+    arm64.arm64_exit(IRQ, EC_HVC64)  # raw esr_ec is stale on IRQ exits
+    arm64.entry()
+    for _ in range(3):
+        arm64.arm64_exit(TRAP, EC_WFX)
+        arm64.entry()
+    arm64.arm64_exit(SERROR | TRAP, EC_DABT_LOW)
+    arm64.entry()
+    got = by_label(arm64.snapshot(), tid)
+    assert got == {"IRQ": (1, 1, 0, 0), "WFx": (3, 3, 0, 0), "DABT_LOW+SERROR": (1, 1, 0, 0)}
+
+
+def test_unpaired_entries_open_exits_and_unfinished_exits(arm64):
+    tid = threading.get_native_id()
+    arm64.entry()  # no exit before it
+    arm64.entry()
+    arm64.arm64_exit(TRAP, EC_SYS64)
+    arm64.arm64_exit(TRAP, EC_HVC64)  # the SYS64 exit never saw its entry
+    arm64.entry()
+    arm64.arm64_exit(TRAP, EC_WFX)  # still open when the snapshot is taken
+    snap = arm64.snapshot()
+    assert by_label(snap, tid) == {"SYS64": (1, 0, 0, 1), "HVC64": (1, 1, 0, 0), "WFx": (1, 0, 1, 0)}
+    assert snap.health.unpaired_entries == 2
+    sys64 = next(s for k, s in snap.stats.items() if k.tid == tid and k.detail == EC_SYS64)
+    assert sys64.min_ns is None and sys64.total_ns == 0  # no time from an exit without entry
+
+
+def test_times_are_measured_from_exit_to_entry(arm64):
+    tid = threading.get_native_id()
+    for pause in (0.002, 0.004):
+        arm64.arm64_exit(TRAP, EC_HVC64)
+        time.sleep(pause)
+        arm64.entry()
+    st = next(s for k, s in arm64.snapshot().stats.items() if k.tid == tid)
+    assert st.pairs == 2
+    assert 2_000_000 <= st.min_ns < 4_000_000 <= st.max_ns < 1_000_000_000
+    assert st.total_ns >= 6_000_000
+    assert sum(st.hist) == 2
+    assert st.hist[hist_slot(st.min_ns)] >= 1 and st.hist[hist_slot(st.max_ns)] >= 1
+
+
+def test_halt_time_reported_by_kvm_vcpu_wakeup_is_kept(arm64):
+    tid = threading.get_native_id()
+    arm64.arm64_exit(TRAP, EC_WFX)
+    arm64.wakeup(5000)
+    arm64.wakeup(7000)
+    arm64.entry()
+    arm64.wakeup(1_000_000)  # outside any exit: ignored
+    st = next(s for k, s in arm64.snapshot().stats.items() if k.tid == tid)
+    assert st.halt_ns == 12000
+
+
+def test_threads_are_kept_apart(arm64):
+    def vcpu(n_wfx, n_hvc):
+        for _ in range(n_wfx):
+            arm64.arm64_exit(TRAP, EC_WFX)
+            arm64.entry()
+        for _ in range(n_hvc):
+            arm64.arm64_exit(TRAP, EC_HVC64)
+            arm64.entry()
+
+    tids = [in_thread(vcpu, 3, 5), in_thread(vcpu, 7, 0), in_thread(vcpu, 0, 11)]
+    snap = arm64.snapshot()
+    assert by_label(snap, tids[0]) == {"WFx": (3, 3, 0, 0), "HVC64": (5, 5, 0, 0)}
+    assert by_label(snap, tids[1]) == {"WFx": (7, 7, 0, 0)}
+    assert by_label(snap, tids[2]) == {"HVC64": (11, 11, 0, 0)}
+
+
+def test_open_exit_of_an_exited_thread_is_abandoned_not_leaked(arm64):
+    tid = in_thread(arm64.arm64_exit, TRAP, EC_WFX)  # the thread exits with its exit open
+    deadline = time.monotonic() + 5
+    snap = arm64.snapshot()
+    while snap.health.abandoned == 0 and time.monotonic() < deadline:  # until the task is reaped
+        time.sleep(0.02)
+        snap = arm64.snapshot()
+    assert snap.health.abandoned == 1
+    assert by_label(snap, tid) == {"WFx": (1, 0, 0, 1)}
+    assert len(arm64.source.bpf["starts"]) == 0
+    assert arm64.snapshot().health.abandoned == 1  # counted once
+
+
+def test_full_start_map_is_counted():
+    d = Driver(detect(FORMATS["arm64"]), max_threads=2)
+    try:
+        gate = threading.Event()
+
+        def hold_open():
+            d.arm64_exit(TRAP, EC_WFX)
+            gate.wait(10)
+
+        threads = [threading.Thread(target=hold_open) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        snap = d.snapshot()
+        gate.set()
+        for t in threads:
+            t.join()
+        assert snap.health.start_map_full == 1
+        assert sum(s.open for s in snap.stats.values()) == 2
+    finally:
+        d.close()
+
+
+def test_full_stats_map_is_counted():
+    d = Driver(detect(FORMATS["arm64"]), max_keys=2)
+    try:
+        for ec in (EC_WFX, EC_HVC64, EC_SYS64, EC_SYS64):
+            d.arm64_exit(TRAP, ec)
+            d.entry()
+        snap = d.snapshot()
+        assert snap.health.stats_map_full == 2
+        assert sum(s.pairs for s in snap.stats.values()) == 2
+    finally:
+        d.close()
+
+
+def test_interval_deltas_lose_nothing(arm64):
+    from kvmexit.model import delta
+
+    stop = threading.Event()
+    sent = []
+
+    def vcpu():
+        n = 0
+        while not stop.is_set():
+            arm64.arm64_exit(TRAP, EC_HVC64)
+            arm64.entry()
+            n += 1
+        sent.append(n)
+
+    prev = arm64.snapshot()
+    t = threading.Thread(target=vcpu)
+    t.start()
+    seen = 0
+    for _ in range(8):
+        time.sleep(0.05)
+        cur = arm64.snapshot()
+        seen += sum(s.exits for s in delta(cur, prev).stats.values())
+        prev = cur
+    stop.set()
+    t.join()
+    final = arm64.snapshot()
+    seen += sum(s.exits for s in delta(final, prev).stats.values())
+    assert sent[0] > 100
+    assert seen == sent[0] == sum(s.exits for s in final.stats.values())
+
+
+def test_tid_filter_is_applied_in_the_kernel():
+    me = threading.get_native_id()
+    d = Driver(detect(FORMATS["arm64"]), tids=[me])
+    try:
+
+        def other():
+            d.arm64_exit(TRAP, EC_WFX)
+            d.entry()
+
+        other_tid = in_thread(other)
+        d.arm64_exit(TRAP, EC_HVC64)
+        d.entry()
+        snap = d.snapshot()
+        assert {k.tid for k in snap.stats} == {me}
+        assert other_tid != me
+    finally:
+        d.close()
+
+
+def test_openeuler_class_comes_from_kvm_trap_enter():
+    d = Driver(detect(FORMATS["arm64-openeuler-5.10"]))
+    try:
+        tid = threading.get_native_id()
+        for _ in range(2):
+            d.arm64_exit(TRAP, 0)
+            d.trap(EC_SYS64)
+            d.entry()
+        d.arm64_exit(IRQ, 0)
+        d.trap(EC_HVC64)  # cannot happen for an IRQ exit; must not rename it
+        d.entry()
+        d.arm64_exit(SERROR | TRAP, 0)
+        d.trap(EC_DABT_LOW)
+        d.entry()
+        assert by_label(d.snapshot(), tid) == {
+            "SYS64": (2, 2, 0, 0),
+            "IRQ": (1, 1, 0, 0),
+            "DABT_LOW+SERROR": (1, 1, 0, 0),
+        }
+    finally:
+        d.close()
+
+
+def test_arm64_419_raw_record_is_masked_like_upstream():
+    d = Driver(detect(FORMATS["arm64-4.19"]))
+    try:
+        tid = threading.get_native_id()
+        d.arm64_exit(IRQ, EC_DABT_LOW)  # stale class
+        d.entry()
+        d.arm64_exit(SERROR | 1, 0)  # EL1_SERROR with the pending bit
+        d.entry()
+        assert by_label(d.snapshot(), tid) == {"IRQ": (1, 1, 0, 0), "EL1_SERROR+SERROR": (1, 1, 0, 0)}
+    finally:
+        d.close()
+
+
+def test_x86_pairing_keeps_isa_and_failed_vmentry():
+    layout = detect(
+        {
+            "kvm_exit": fmt(("unsigned int exit_reason", 8, 4), ("unsigned long guest_rip", 16, 8), ("u32 isa", 24, 4)),
+            "kvm_entry": fmt(("unsigned int vcpu_id", 8, 4)),
+        }
+    )
+    d = Driver(layout)
+    try:
+        tid = threading.get_native_id()
+        for _ in range(3):
+            d.exit(12, 1)  # VMX HLT
+            d.entry()
+        d.exit(0x80000021, 1)
+        d.entry()
+        d.exit(0x78, 2)  # SVM hlt
+        d.entry()
+        assert by_label(d.snapshot(), tid) == {
+            "HLT": (3, 3, 0, 0),
+            "INVALID_STATE+FAILED_VMENTRY": (1, 1, 0, 0),
+            "hlt": (1, 1, 0, 0),
+        }
+    finally:
+        d.close()
+
+
+def test_comm_is_recorded_by_the_kernel(arm64):
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+
+    def named():
+        libc.prctl(15, b"CPU 5/KVM", 0, 0, 0)  # PR_SET_NAME
+        arm64.arm64_exit(TRAP, EC_WFX)
+        arm64.entry()
+
+    tid = in_thread(named)
+    info = arm64.snapshot().threads[tid]
+    assert (info.comm, info.vcpu) == ("CPU 5/KVM", 5)
+
+
+def test_snapshot_keys_are_typed(arm64):
+    arm64.arm64_exit(TRAP, EC_WFX)
+    arm64.entry()
+    assert all(isinstance(k, ExitKey) for k in arm64.snapshot().stats)
