@@ -84,6 +84,8 @@ def find_tracefs(candidates: Tuple[str, ...] = TRACEFS_ROOTS) -> str:
     for root in candidates:
         if os.path.isdir(os.path.join(root, "events")):
             return root
+        if os.path.isdir(root) and not os.access(root, os.R_OK | os.X_OK):
+            raise KvmexitError("cannot read %s" % root, hint="run as root")
     raise TracepointsMissing(
         "tracefs is not mounted",
         hint="mount -t tracefs nodev /sys/kernel/tracing",

@@ -82,8 +82,8 @@ def open_live(args: argparse.Namespace, resolver: NameResolver) -> Any:
     from ..sources import live
 
     check_machine()
-    layout = detect_layout(args.tracefs)
     live.check_privileges()
+    layout = detect_layout(args.tracefs)
     live.import_bcc()
     live.check_headers()
     tgids = list(args.pids)

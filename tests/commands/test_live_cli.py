@@ -1,0 +1,189 @@
+"""The ``kvmexit`` and ``kvmexit-aarch64`` commands, run as users run them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((ROOT / "src/kvmexit/schema/report-v1.json").read_text())
+ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+
+
+def kvmexit(*args: str, python=(sys.executable,), module="kvmexit", prefix=(), timeout=120):
+    cmd = [*prefix, *python, "-m", module, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def one_error_line(proc) -> str:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_help_lists_real_examples():
+    proc = kvmexit("-h")
+    assert proc.returncode == 0
+    assert "examples:" in proc.stdout
+    for example in ("kvmexit -i 1 -c 5", "--vm web01", "kvmexit report trace.txt", "--json 5"):
+        assert example in proc.stdout
+
+
+def test_compat_help_keeps_the_original_usage():
+    proc = kvmexit("-h", module="kvmexit.commands.compat_aarch64")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: kvmexit-aarch64 [-h] [duration]")
+
+
+def test_count_without_interval_is_refused():
+    line = one_error_line(kvmexit("-c", "3"))
+    assert "-c/--count needs -i/--interval" in line
+
+
+def test_missing_tracepoints(tmp_path):
+    (tmp_path / "events").mkdir()
+    line = one_error_line(kvmexit("--tracefs", str(tmp_path), "1"))
+    assert line.startswith("kvmexit: error: kvm:kvm_exit/kvm:kvm_entry tracepoints not found (hint: load the kvm")
+
+
+def test_unknown_layout(tmp_path):
+    for ev, body in (("kvm_exit", "\tfield:u64 mystery;\toffset:8;\tsize:8;\tsigned:0;\n"), ("kvm_entry", "")):
+        d = tmp_path / "events" / "kvm" / ev
+        d.mkdir(parents=True)
+        (d / "format").write_text("name: %s\nformat:\n%s" % (ev, body))
+    line = one_error_line(kvmexit("--tracefs", str(tmp_path), "1"))
+    assert "unknown kvm_exit layout with fields mystery" in line
+
+
+@pytest.mark.skipif(not shutil.which("setarch"), reason="setarch (util-linux) not installed")
+def test_unsupported_architecture():
+    line = one_error_line(kvmexit("1", prefix=("setarch", "i686")))
+    assert line == "kvmexit: error: unsupported architecture i686 (hint: kvmexit supports aarch64 and x86_64 hosts)"
+
+
+needs_kvm_tracefs = pytest.mark.usefixtures("bpf_env")
+
+
+@needs_kvm_tracefs
+def test_not_root():
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) not installed")
+    # Layout detection reads tracefs, which only root may read: give the format files to nobody.
+    proc = kvmexit("1", prefix=("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"))
+    line = one_error_line(proc)
+    assert "root" in line and line.startswith("kvmexit: error:")
+
+
+@needs_kvm_tracefs
+def test_bcc_missing():
+    # -S: no site packages, so Debian's bcc module cannot be imported.
+    line = one_error_line(kvmexit("1", python=(sys.executable, "-S")))
+    assert line.startswith("kvmexit: error: the bcc Python module is not available")
+    assert "python3-bpfcc" in line
+
+
+@needs_kvm_tracefs
+def test_headers_missing():
+    if not shutil.which("unshare"):
+        pytest.skip("unshare (util-linux) not installed")
+    script = "mount -t tmpfs none /lib/modules && exec %s -m kvmexit 1" % sys.executable
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=ENV, timeout=60)
+    line = one_error_line(proc)
+    assert "kernel headers for %s not found" % os.uname().release in line
+    assert "hint: install linux-headers" in line
+
+
+def no_kvmexit_programs(timeout=5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True, check=True).stdout
+        if "kvmexit_" not in out:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def start_tracing(*args: str, module="kvmexit"):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    line = proc.stderr.readline()  # blocks until attached (or failed)
+    assert line.startswith("kvmexit: tracing"), line + proc.stderr.read()
+    out = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True, check=True).stdout
+    assert "kvmexit_exit" in out
+    return proc
+
+
+@needs_kvm_tracefs
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_ends_tracing_with_a_valid_report_and_detaches(sig):
+    proc = start_tracing("--json")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["source"]["kind"] == "live"
+    assert "kvmexit: no KVM exits traced" in err
+    assert no_kvmexit_programs()
+
+
+@needs_kvm_tracefs
+def test_intervals_print_one_json_document_each_and_detach():
+    proc = kvmexit("-i", "0.3", "-c", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    docs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [d["interval"]["index"] for d in docs] == [0, 1, 2]
+    for d in docs:
+        jsonschema.validate(d, SCHEMA)
+    assert no_kvmexit_programs()
+
+
+@needs_kvm_tracefs
+def test_csv_and_text_views():
+    csv_out = kvmexit("--csv", "0.2")
+    assert csv_out.returncode == 0 and csv_out.stdout.startswith("time,tgid,tid,comm,vm,vcpu,reason,count")
+    text = kvmexit("0.2")
+    assert text.returncode == 0
+    assert text.stdout.splitlines()[1].split()[:5] == ["TGID", "TID", "VM", "VCPU", "REASON"]
+    assert text.stdout.rstrip().splitlines()[-1].startswith("kvmexit: no KVM exits traced")
+
+
+@needs_kvm_tracefs
+def test_compat_front_end_prints_the_original_columns_and_detaches():
+    proc = start_tracing(module="kvmexit.commands.compat_aarch64")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert out.splitlines()[0].split() == ["TGID", "TID", "COMM", "KVM_EXIT_REASON", "COUNT", "AVG_TIME(ns)"]
+    assert no_kvmexit_programs()
+
+
+@needs_kvm_tracefs
+def test_ebpf_prints_the_program_with_its_defines():
+    proc = kvmexit("--ebpf", "-p", "1")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("// cflags: -DLAYOUT_")
+    assert "-DFILTER_TGID" in proc.stdout.splitlines()[0]
+    assert "int kvmexit_exit(" in proc.stdout
+
+
+@needs_kvm_tracefs
+def test_unknown_vm_name_is_an_error():
+    line = one_error_line(kvmexit("--vm", "no-such-vm-here", "1"))
+    assert "no running VM named no-such-vm-here" in line
