@@ -15,13 +15,13 @@ import itertools
 import json
 import os
 from dataclasses import dataclass
-from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import IO, Any, Dict, Iterable, Iterator, Optional, Tuple
 
-from ...errors import BadTrace, UnsupportedLayout
+from ...errors import BadTrace
 from ...layouts import detect as detect_layout_from_formats
 from ...model import Snapshot, ThreadInfo
 from ...names import vcpu_from_comm
-from .decode import LAYOUTS, Decoder, arch_of, detect_layout
+from .decode import Decoder, arch_of, detect_layout
 from .formats import FORMATS, GRAMMARS, GROUPS, classify_other, detect_format, head_lines, open_input
 from .pairing import A_HALT, A_HIST, A_MAX, A_MIN, A_PAIRS, A_TOTAL, A_UNFIN, LAST_SLOT, Pairer, TraceHealth, new_acc
 
@@ -351,11 +351,3 @@ def _wanted(tid: int, tgid_b: Optional[bytes], tids: set, tgids: set, side_tgid:
         if tgid not in tgids:
             return False
     return True
-
-
-def layouts() -> List[str]:
-    return list(LAYOUTS)
-
-
-def _unused(_: UnsupportedLayout) -> None:  # pragma: no cover - keeps the import for typing
-    pass

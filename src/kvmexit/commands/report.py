@@ -1,0 +1,162 @@
+"""``kvmexit report FILE|-``: the live tool's views, from a recorded text trace.
+
+Reads ftrace text (``trace``/``trace_pipe``, also of instances), ``trace-cmd report`` or
+``perf script`` output of kvm:kvm_exit/kvm:kvm_entry (plain, gzip or xz; ``-`` is stdin), pairs
+the events by the kernel's rules and prints the same table, histogram, JSON or CSV as ``kvmexit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from ..errors import KvmexitError
+from ..sources.trace import FORMATS, LAYOUTS, TraceResult, read_trace
+from ..sources.trace.pairing import TraceHealth
+from .common import Emitter, add_filter_options, add_output_options, make_report
+
+__all__ = [
+    "DESCRIPTION",
+    "EPILOG",
+    "EXAMPLE_TRACE",
+    "EXAMPLE_NOTE",
+    "prepare_parser",
+    "run",
+    "report_example",
+    "report_trace",
+    "summarize_health",
+]
+
+DESCRIPTION = "Report KVM exits from a recorded trace: same views as the live tool, offline."
+EPILOG = """\
+inputs (detected, or forced with --format):
+  ftrace     /sys/kernel/tracing/trace, trace_pipe, instances/NAME/trace (record-tgid optional)
+  trace-cmd  trace-cmd report -i trace.dat
+  perf       perf script (kvm:kvm_exit, kvm:kvm_entry)
+  gzip and xz files are read transparently, also on stdin.
+
+examples:
+  kvmexit record -o vm.trace -d 10 && kvmexit report vm.trace
+  kvmexit report --by vm --sort total vm.trace
+  trace-cmd report -i trace.dat | kvmexit report --format trace-cmd -
+  kvmexit report --example          the small arm64 trace shipped with kvmexit
+"""
+
+_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "data")
+#: The shipped example trace (package data) and its provenance note.
+EXAMPLE_TRACE = os.path.join(_DATA, "example-arm64.trace.gz")
+EXAMPLE_NOTE = os.path.join(_DATA, "EXAMPLE.md")
+
+
+def prepare_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", metavar="FILE|-", help="trace file, or - for standard input")
+    parser.add_argument("--example", action="store_true", help="report on the small arm64 trace shipped with kvmexit")
+    parser.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, help="kernel tracepoint layout (default: from the names file or detected)"
+    )
+    parser.add_argument(
+        "--names", metavar="FILE", help="names side file written by kvmexit record (default: FILE.names.json)"
+    )
+    parser.add_argument("--no-names", action="store_true", help="ignore the names side file")
+    add_filter_options(parser)
+    add_output_options(parser)
+
+
+def _fmt_list(items: List[str], limit: int = 8) -> str:
+    text = ", ".join(items[:limit])
+    return text + (", ..." if len(items) > limit else "")
+
+
+def summarize_health(h: TraceHealth, prog: str = "kvmexit report") -> List[str]:
+    """One-line notes for stderr: malformed lines, ring-buffer losses, clock oddities."""
+    out = []
+    if h.malformed:
+        out.append(
+            "%s: %d malformed line%s skipped (line %s)"
+            % (prog, h.malformed, "" if h.malformed == 1 else "s", _fmt_list([str(n) for n in h.malformed_lines], 5))
+        )
+    if h.lost:
+        cpus = [
+            "CPU %d (%s)" % (c, "unknown number" if n is None else "%d events" % n) for c, n in sorted(h.lost.items())
+        ]
+        msg = "%s: events lost on %s; pairing across the gap is unreliable" % (prog, _fmt_list(cpus))
+        if h.reset_by_loss:
+            msg += ": %d open exit%s of thread%s %s closed as unfinished" % (
+                h.reset_by_loss,
+                "" if h.reset_by_loss == 1 else "s",
+                "" if len(h.reset_threads) == 1 else "s",
+                _fmt_list([str(t) for t in sorted(h.reset_threads)]),
+            )
+        out.append(msg)
+    if h.negative:
+        out.append("%s: %d pairs had the entry before the exit (clock skew), counted as 0ns" % (prog, h.negative))
+    return out
+
+
+def report_trace(result: TraceResult, args: argparse.Namespace, source: Optional[Dict[str, Any]] = None) -> int:
+    """Print the views of one trace result with the shared options; notes go to stderr."""
+    for line in summarize_health(result.health):
+        print(line, file=sys.stderr)
+    report = make_report(result.snapshot, args)
+    why = None
+    if not report.rows and (args.reasons or args.vms or args.pids or args.tids):
+        why = "nothing matched the filters"
+    Emitter(args, source or result.info.source()).emit(report, why_empty=why)
+    return 0
+
+
+def report_example(args: argparse.Namespace, why: Optional[str] = None) -> int:
+    """Report on the shipped arm64 example trace, saying so on stderr (one line).
+
+    ``args`` needs the attributes of :func:`add_filter_options` and :func:`add_output_options`
+    (the live command has them); ``why`` (e.g. "live tracing needs root") is appended to the note.
+    The live command can call this as its fallback when live tracing is impossible.
+    """
+    note = "kvmexit: showing the example trace shipped with kvmexit (%s), not this machine" % _example_kind()
+    if why:
+        note += ": " + why
+    print(note, file=sys.stderr)
+    result = read_trace(
+        EXAMPLE_TRACE,
+        tids=getattr(args, "tids", ()) or (),
+        tgids=getattr(args, "pids", ()) or (),
+        use_names=False,
+        display_path="example:" + os.path.basename(EXAMPLE_TRACE),
+    )
+    source = result.info.source()
+    source["example"] = True
+    return report_trace(result, args, source)
+
+
+def _example_kind() -> str:
+    try:
+        with open(EXAMPLE_NOTE) as f:
+            first = f.readline().strip().lstrip("# ")
+        return first or "arm64"
+    except OSError:
+        return "arm64"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.example:
+        if args.file:
+            raise KvmexitError("give either FILE or --example, not both")
+        return report_example(args)
+    if not args.file:
+        raise KvmexitError("no trace file given", hint="kvmexit report FILE (or - for stdin), or --example")
+    if args.top is not None and args.top < 1:
+        raise KvmexitError("--top must be at least 1")
+    result = read_trace(
+        args.file,
+        fmt=args.format,
+        layout=args.layout,
+        tids=args.tids,
+        tgids=args.pids,
+        names_path=args.names,
+        use_names=not args.no_names,
+        display_path="<stdin>" if args.file == "-" else args.file,
+    )
+    return report_trace(result, args)
