@@ -272,6 +272,22 @@ def test_open_exit_of_an_exited_thread_is_abandoned_not_leaked(arm64):
     assert arm64.snapshot().health.abandoned == 1  # counted once
 
 
+def test_thread_churn_leaves_no_slots_behind(arm64):
+    def short_lived_vcpu():
+        arm64.arm64_exit(TRAP, EC_HVC64)
+        arm64.entry()
+
+    tids = [in_thread(short_lived_vcpu) for _ in range(40)]
+    deadline = time.monotonic() + 5
+    while len(arm64.source.bpf["starts"]) and time.monotonic() < deadline:
+        arm64.source.sweep()
+        time.sleep(0.02)
+    assert len(arm64.source.bpf["starts"]) == 0
+    snap = arm64.snapshot()
+    assert snap.health.abandoned == 0
+    assert sum(s.pairs for k, s in snap.stats.items() if k.tid in tids) == 40
+
+
 def test_full_start_map_is_counted():
     d = Driver(detect(FORMATS["arm64"]), max_threads=2)
     try:

@@ -69,29 +69,36 @@ static __always_inline struct kvmexit_value *value_for(struct kvmexit_start *s, 
 	return stats.lookup(&key);
 }
 
+/*
+ * A thread's start slot is created on its first exit and then reused: ts != 0 while an exit waits
+ * for its entry, 0 otherwise. Reusing it saves a hash update and a delete per exit; user space
+ * removes the slots of threads that have exited, so thread churn cannot fill the map.
+ */
 static __always_inline int on_exit(u32 code, u32 detail)
 {
+	u64 now = bpf_ktime_get_ns();
 	u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id))
 		return 0;
 	u32 tid = id;
-	struct kvmexit_start s = {};
-	s.ts = bpf_ktime_get_ns();
-	s.tgid = id >> 32;
-	s.code = code;
-	s.detail = detail;
-
-	struct kvmexit_start *prev = starts.lookup(&tid);
-	if (prev) {
-		/* The previous exit never saw its entry (missed event): keep it visible. */
-		struct kvmexit_value *v = value_for(prev, tid);
-		if (v)
-			v->unfinished++;
-		*prev = s;
+	struct kvmexit_start *s = starts.lookup(&tid);
+	if (!s) {
+		struct kvmexit_start fresh = {.ts = now, .tgid = id >> 32, .code = code, .detail = detail};
+		if (starts.update(&tid, &fresh))
+			count(KVMEXIT_START_MAP_FULL);
 		return 0;
 	}
-	if (starts.update(&tid, &s))
-		count(KVMEXIT_START_MAP_FULL);
+	if (s->ts) {
+		/* The previous exit never saw its entry (missed event): keep it visible. */
+		struct kvmexit_value *v = value_for(s, tid);
+		if (v)
+			v->unfinished++;
+	}
+	s->ts = now;
+	s->halt_ns = 0;
+	s->tgid = id >> 32;
+	s->code = code;
+	s->detail = detail;
 	return 0;
 }
 
@@ -103,19 +110,18 @@ static __always_inline int on_entry(void)
 		return 0;
 	u32 tid = id;
 	struct kvmexit_start *s = starts.lookup(&tid);
-	if (!s) {
+	if (!s || !s->ts) {
 		count(KVMEXIT_UNPAIRED_ENTRIES);
 		return 0;
 	}
 	u64 delta = now - s->ts;
-	u64 halt = s->halt_ns;
+	s->ts = 0;
 	struct kvmexit_value *v = value_for(s, tid);
-	starts.delete(&tid);
 	if (!v)
 		return 0;
 	v->pairs++;
 	v->total_ns += delta;
-	v->halt_ns += halt;
+	v->halt_ns += s->halt_ns;
 	if (delta < v->min_ns)
 		v->min_ns = delta;
 	if (delta > v->max_ns)
@@ -153,7 +159,7 @@ int kvmexit_trap(struct bpf_raw_tracepoint_args *ctx)
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = id;
 	struct kvmexit_start *s = starts.lookup(&tid);
-	if (s && s->code == ARM_EXCEPTION_TRAP)
+	if (s && s->ts && s->code == ARM_EXCEPTION_TRAP)
 		s->detail = (s->detail & (1U << ARM_EXIT_WITH_SERROR_BIT)) |
 			    ((u32)ctx->args[TRAP_EC_ARG] & 0x3f);
 	return 0;
@@ -191,7 +197,7 @@ int kvmexit_wakeup(struct bpf_raw_tracepoint_args *ctx)
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = id;
 	struct kvmexit_start *s = starts.lookup(&tid);
-	if (s)
+	if (s && s->ts)
 		s->halt_ns += ctx->args[0];
 	return 0;
 }

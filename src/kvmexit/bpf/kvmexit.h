@@ -10,7 +10,7 @@
 #define KVMEXIT_STATS_MAP_FULL 2   /* pair or unfinished exit not recorded: stats map full */
 #define KVMEXIT_NR_COUNTERS 3
 
-/* One exit, waiting for its entry. */
+/* Per thread: the exit waiting for its entry, if ts != 0. */
 struct kvmexit_start {
 	u64 ts;
 	u64 halt_ns; /* time in kvm_vcpu_halt/block reported by kvm_vcpu_wakeup since the exit */

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             first = source.snapshot()
-            wait_for_end(args.duration)
+            wait_for_end(args.duration, source.sweep)
             report = build_report(delta(source.snapshot(), first), label, sort="tid")
         finally:
             source.close()

@@ -8,7 +8,7 @@ import platform
 import signal
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ..errors import KvmexitError, UnsupportedArch
 from ..layouts import Layout, detect, find_tracefs, read_formats
@@ -113,14 +113,23 @@ def _why_empty(args: argparse.Namespace) -> str:
     return "%d VMs exist but kvm_exit never fired; this host's KVM may not use these tracepoints" % len(vms)
 
 
-def wait_for_end(duration: Optional[float]) -> None:
-    """Sleep for ``duration`` seconds, or until Ctrl-C/SIGTERM; either ends the wait normally."""
+#: How often a long run removes the per-thread slots of exited threads.
+SWEEP_SECONDS = 10.0
+
+
+def wait_for_end(duration: Optional[float], sweep: Callable[[], object]) -> None:
+    """Sleep for ``duration`` seconds, or until Ctrl-C/SIGTERM; either ends the wait normally.
+
+    ``sweep`` runs every SWEEP_SECONDS so thread churn over a long run cannot fill the maps.
+    """
+    end = time.monotonic() + duration if duration else None
     try:
-        if duration:
-            time.sleep(duration)
-        else:
-            while True:
-                time.sleep(3600)
+        while True:
+            left = SWEEP_SECONDS if end is None else end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, SWEEP_SECONDS))
+            sweep()
     except (KeyboardInterrupt, Stopped):
         pass
 
@@ -183,7 +192,7 @@ def _trace(source: Any, args: argparse.Namespace) -> int:
     first = source.snapshot()
     seen = 0
     if args.interval is None:
-        wait_for_end(args.duration)
+        wait_for_end(args.duration, source.sweep)
         snap = delta(source.snapshot(), first)
         report = make_report(snap, args)
         emitter.emit(report, _interval(0, start, time.time()), _why_empty(args))

@@ -199,20 +199,27 @@ class LiveSource:
             abandoned=sum(self._abandoned.values()),
         )
 
+    def sweep(self) -> None:
+        """Remove the slots of exited threads (as every snapshot does)."""
+        self._open_exits()
+
     def _open_exits(self) -> Dict[ExitKey, int]:
-        """Exits still waiting for their entry; those of dead threads are removed and counted."""
+        """Exits still waiting for their entry. Slots of exited threads are removed; an exit
+        still open there is counted as abandoned."""
         starts = self.bpf["starts"]
         opened: Dict[ExitKey, int] = {}
         for k, s in starts.items():
             key = ExitKey(s.tgid, k.value, s.code, s.detail)
             if self.resolver.alive(s.tgid, k.value):
-                opened[key] = opened.get(key, 0) + 1
+                if s.ts:
+                    opened[key] = opened.get(key, 0) + 1
                 continue
             try:
                 del starts[k]
             except KeyError:
-                continue  # its entry came after all
-            self._abandoned[key] = self._abandoned.get(key, 0) + 1
+                continue
+            if s.ts:
+                self._abandoned[key] = self._abandoned.get(key, 0) + 1
         return opened
 
     def snapshot(self) -> Snapshot:
