@@ -142,8 +142,10 @@ cmd_run() {
     # The code under test and the guest scripts go on a fresh work disk.
     mkdir -p "$stage/work/guest" "$stage/work/py" "$stage/work/results"
     cp -a "$here/guest/." "$stage/work/guest/"
-    if [ -d "$repo/src/kvmexit" ]; then
-        cp -a "$repo/src/kvmexit" "$stage/work/py/kvmexit"
+    # KVMEXIT_ARM64_SRC: test another kvmexit package directory (default: this tree's)
+    local src=${KVMEXIT_ARM64_SRC:-$repo/src/kvmexit}
+    if [ -d "$src" ]; then
+        cp -a "$src" "$stage/work/py/kvmexit"
         find "$stage/work/py" -name __pycache__ -prune -exec rm -rf {} +
     fi
     aarch64-linux-gnu-gcc -O2 -static -pthread -Wall -Werror -o "$stage/work/guest/e2evmm" "$here/vmm/e2evmm.c"

@@ -1,0 +1,134 @@
+"""Store one harness run's real arm64 capture as test data for the rest of the suite.
+
+    python3 tests/arm64/save_reference.py RUN_DIR
+
+RUN_DIR is what `tests/arm64/harness.sh run RUN_DIR` wrote (the pytest fixture
+keeps runs under /var/cache/kvmexit-arm64/runs/).  Writes
+tests/data/traces/arm64-6.1-e2e.trace (the `live` scenario's ftrace instance
+text), tests/data/traces/README.md and tests/data/formats/arm64-6.1/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import e2e_results as er  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def read(*parts: str) -> str:
+    with open(os.path.join(*parts)) as f:
+        return f.read()
+
+
+def qemu_command() -> str:
+    """The qemu-system-aarch64 invocation of harness.sh, as written there."""
+    lines = read(HERE, "harness.sh").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("qemu-system-aarch64"))
+    out = []
+    for line in lines[start:]:
+        out.append(line.strip())
+        if not line.rstrip().endswith("\\"):
+            break
+    return "\n".join(out)
+
+
+def main(run_dir: str) -> int:
+    res = os.path.join(run_dir, "results")
+    meta = json.loads(read(res, "meta", "meta.json"))
+    trace = read(res, "live", "trace")
+    if len(trace) > 1024 * 1024:
+        print("trace is over 1 MB; use a smaller workload", file=sys.stderr)
+        return 1
+    ft = er.Ftrace(trace)
+    vcpus, done = er.parse_vmm(read(res, "live", "vmm.out"))
+    cmd = read(res, "live", "cmd").strip() if os.path.exists(os.path.join(res, "live", "cmd")) else "kvmexit"
+    tdir = os.path.join(REPO, "tests", "data", "traces")
+    os.makedirs(tdir, exist_ok=True)
+    with open(os.path.join(tdir, "arm64-6.1-e2e.trace"), "w") as f:
+        f.write(trace)
+    for ev in ("kvm_exit", "kvm_entry"):
+        d = os.path.join(REPO, "tests", "data", "formats", "arm64-6.1", ev)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "format"), "w") as f:
+            f.write(read(res, "formats", ev, "format"))
+
+    rows = []
+    for idx in sorted(vcpus):
+        v = vcpus[idx]
+        tid = v["tid"]
+        counts = ft.counts(tid)
+        exp = er.expected_traps(v)
+        for reason in sorted(counts):
+            if reason in exp:
+                why = "guest code: exactly %d" % exp[reason]
+            elif reason == "WFx":
+                why = "guest code: at most %d (%d wfi)" % (v["wfi"], v["wfi"])
+            else:
+                why = "host interrupts, varies per run"
+            rows.append(
+                "| %d | %d | CPU %d/KVM | %s | %d | %d | %s |"
+                % (idx, tid, idx, reason, counts[reason], ft.pairs[tid][reason], why)
+            )
+    qemu = qemu_command()
+    text = """# Real kernel traces
+
+## `arm64-6.1-e2e.trace` (captured)
+
+The `trace` file of a tracefs instance (`/sys/kernel/tracing/instances/kvmexit-e2e`, events
+`kvm:kvm_exit` and `kvm:kvm_entry`, `buffer_size_kb` 16384, no lost events: every
+`per_cpu/cpuN/stats` overrun 0, entries-in-buffer == entries-written) recorded inside an emulated
+arm64 host by the arm64 harness (`scripts/arm64-harness.sh`, scenario `live`, with
+`{cmd}` attached at the same time). Written by `tests/arm64/save_reference.py`.
+
+- Guest kernel: Debian `{uname}` (package linux-image-{uname}:arm64), KVM in VHE mode
+  ("kvm [1]: VHE mode initialized successfully"), 2 vCPUs of the emulated host.
+- Emulated host (x86_64 Debian 12 host, QEMU 7.2 TCG):
+
+```
+{qemu}
+```
+
+- Workload: `tests/arm64/vmm/e2evmm.c`, a tiny KVM VMM, process {pid} run as
+  `e2evmm -name guest=e2e-vm,debug-threads=on {spec0} {spec1}` (MMIO:HVC:SYS:WFI per vCPU): one VM,
+  two vCPU threads named `CPU 0/KVM` and `CPU 1/KVM`. Each vCPU runs from its own memslot:
+  MMIO x 32-bit store to a GPA without memslot (TRAP DABT_LOW, KVM_EXIT_MMIO), HVC x `hvc #0` with
+  x0=0 (TRAP HVC64, handled in the kernel), SYS x `mrs x1, id_aa64pfr0_el1` (TRAP SYS64), WFI x `wfi`
+  (TRAP WFx; the VMM wakes the thread with a signal), then one store to a "done" doorbell GPA
+  (one more DABT_LOW, after which the thread never re-enters: that exit has no kvm_entry). The first
+  instruction fetch of each vCPU is a stage-2 fault (IABT_LOW). IRQ exits come from host
+  interrupts and signals and vary per run; ftrace prints a stale EC for them (label by exception
+  type, not EC). A trapped WFI needs no pending interrupt on the emulated CPU (QEMU's WFI helper
+  returns early when the CPU has work), so WFx can be below the number of `wfi` executed.
+- {lines} event lines. Per thread (kvm_exit lines; "paired" = exits followed by a kvm_entry on the
+  same thread):
+
+| vCPU | tid | comm | reason | exits | paired | expected |
+|---|---|---|---|---|---|---|
+{rows}
+
+Other files in this directory are synthetic (see their own headers and `tests/data/formats/README.md`).
+""".format(
+        cmd=cmd.replace("python3 -m ", ""),
+        uname=meta["uname"],
+        qemu=qemu,
+        pid=done.get("pid"),
+        spec0=meta["conf"]["VCPU0"],
+        spec1=meta["conf"]["VCPU1"],
+        lines=ft.lines,
+        rows="\n".join(rows),
+    )
+    with open(os.path.join(tdir, "README.md"), "w") as f:
+        f.write(text)
+    print("wrote %s/arm64-6.1-e2e.trace (%d lines), README.md, formats/arm64-6.1 from %s" % (tdir, ft.lines, run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
