@@ -48,7 +48,7 @@ _FTRACE = (
     rb"^\s*(?P<comm>.*?)-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
     rb"(?:[^\s\[\]]{4,6}\s+)?(?P<sec>\d+)\.?(?P<frac>\d*):\s+(?P<event>\w+):\s*(?P<payload>.*)"
 )
-_TRACECMD = rb"^(?:\S+: )?" + _FTRACE[1:]
+_TRACECMD = rb"^(?:(?P<buffer>\S+): )?" + _FTRACE[1:]
 _PERF = (
     rb"^\s*(?P<comm>.*?)\s+(?:(?P<tgid>\d+)/)?(?P<tid>\d+)\s+\[(?P<cpu>\d+)\]\s+"
     rb"(?P<sec>\d+)\.?(?P<frac>\d*):\s+(?:\d+\s+)?\w+:(?P<event>\w+):\s*(?P<payload>.*)"
@@ -104,6 +104,7 @@ def detect_format(lines: Iterable[bytes]) -> Optional[str]:
     lines = list(lines)
     hits = {f: 0 for f in FORMATS}
     header: Optional[str] = None
+    buffers = 0
     for line in lines:
         s = line.lstrip()
         if s.startswith(b"# tracer:") or s.startswith(b"# entries-in-buffer"):
@@ -111,11 +112,16 @@ def detect_format(lines: Iterable[bytes]) -> Optional[str]:
         elif s.startswith(b"cpus=") or s.startswith(b"version ="):
             header = header or "trace-cmd"
         for f in FORMATS:
-            if GRAMMARS[f].match(line):
+            m = GRAMMARS[f].match(line)
+            if m:
                 hits[f] += 1
+                if f == "trace-cmd" and m.group("buffer"):
+                    buffers += 1
     best = max(FORMATS, key=lambda f: (hits[f], f == header, f == "ftrace"))
     if hits[best] == 0:
         return header
+    if header is None and best == "ftrace" and buffers * 2 > hits["trace-cmd"]:
+        header = "trace-cmd"  # "BUFFER: comm-pid [cpu]": trace-cmd report of an instance
     if best in ("ftrace", "trace-cmd") and header in ("ftrace", "trace-cmd"):
         # The two grammars differ only by the optional buffer prefix.
         return header if hits[header] >= hits[best] else best
