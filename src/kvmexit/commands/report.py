@@ -21,6 +21,7 @@ __all__ = [
     "DESCRIPTION",
     "EPILOG",
     "EXAMPLE_TRACE",
+    "EXAMPLE_NAMES",
     "EXAMPLE_NOTE",
     "prepare_parser",
     "run",
@@ -44,9 +45,10 @@ examples:
   kvmexit report --example          the small arm64 trace shipped with kvmexit
 """
 
-_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "data")
+_DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "data"))
 #: The shipped example trace (package data) and its provenance note.
 EXAMPLE_TRACE = os.path.join(_DATA, "example-arm64.trace.gz")
+EXAMPLE_NAMES = EXAMPLE_TRACE[: -len(".gz")] + ".names.json"
 EXAMPLE_NOTE = os.path.join(_DATA, "EXAMPLE.md")
 
 
@@ -123,7 +125,7 @@ def report_example(args: argparse.Namespace, why: Optional[str] = None) -> int:
         EXAMPLE_TRACE,
         tids=getattr(args, "tids", ()) or (),
         tgids=getattr(args, "pids", ()) or (),
-        use_names=False,
+        names_path=EXAMPLE_NAMES,
         display_path="example:" + os.path.basename(EXAMPLE_TRACE),
     )
     source = result.info.source()

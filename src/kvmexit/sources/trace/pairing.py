@@ -5,7 +5,7 @@ This mirrors ``bpf/kvmexit.bpf.c`` exactly (see the rules in :mod:`kvmexit.model
 - ``kvm_exit`` opens a timed exit for its thread; if one is already open, that one is counted
   *unfinished* under its own key and replaced;
 - ``kvm_entry`` closes the open exit (a *pair*: time, min, max, log2 histogram slot
-  ``max(0, ns.bit_length() - 1)`` capped at ``HIST_SLOTS - 1`` as bcc's ``bpf_log2l``) or, with
+  :func:`kvmexit.model.hist_slot`, i.e. bcc's ``bpf_log2l``) or, with
   none open, counts an *unpaired entry*;
 - ``kvm_trap_enter`` (openEuler 5.10+) sets the class of an open TRAP exit, keeping the SError flag;
 - ``kvm_vcpu_wakeup`` adds its ``ns`` to the open exit's halt time;
@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from ...model import HIST_SLOTS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo
+from ...model import HIST_SLOTS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo, hist_slot
 from ...reasons import arm64
 
 __all__ = ["Pairer", "TraceHealth", "hist_slot", "LAST_SLOT"]
@@ -38,14 +38,6 @@ _SERROR = arm64.SERROR_PENDING_BIT
 S_TS, S_KEY, S_HALT, S_CPU = 0, 1, 2, 3
 # Indexes into an accumulator: [pairs, unfinished, total_ns, min_ns, max_ns, halt_ns, hist].
 A_PAIRS, A_UNFIN, A_TOTAL, A_MIN, A_MAX, A_HALT, A_HIST = 0, 1, 2, 3, 4, 5, 6
-
-
-def hist_slot(ns: int) -> int:
-    """bcc's ``bpf_log2l`` as used by the BPF side, capped to the histogram."""
-    slot = ns.bit_length() - 1
-    if slot < 0:
-        return 0
-    return slot if slot < LAST_SLOT else LAST_SLOT
 
 
 def new_acc() -> list:

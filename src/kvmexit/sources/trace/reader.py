@@ -271,8 +271,8 @@ def _loop(
             mx = acc[A_MAX]
             if mx is None or d > mx:
                 acc[A_MAX] = d
-            slot = d.bit_length() - 1
-            acc[A_HIST][0 if slot < 0 else (slot if slot < LAST_SLOT else LAST_SLOT)] += 1
+            slot = d.bit_length()  # model.hist_slot (bcc's bpf_log2l), inlined
+            acc[A_HIST][1 if slot < 1 else (slot if slot < LAST_SLOT else LAST_SLOT)] += 1
         elif ev == b"kvm_exit":
             if dec_exit is None:
                 layout = detect_layout([(ev, payload)])

@@ -1,0 +1,119 @@
+"""Inputs: plain, gzip and xz files and stdin (by magic bytes), bad files, names side files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmexit.errors import BadTrace
+from kvmexit.sources.trace import read_trace
+
+TRACES = Path(__file__).resolve().parent.parent / "data" / "traces"
+SRC = Path(__file__).resolve().parent.parent.parent / "src"
+ARM = TRACES / "arm64-upstream.synthetic.trace"
+
+
+def numbers(r):
+    return {(k.tid, k.code, k.detail): v for k, v in r.snapshot.stats.items()}
+
+
+@pytest.mark.parametrize("compress,kind", [(gzip.compress, "gzip"), (lzma.compress, "xz")])
+def test_compressed_files(tmp_path, compress, kind):
+    plain = read_trace(str(ARM))
+    p = tmp_path / "t.bin"  # no telling suffix: detected by magic bytes
+    p.write_bytes(compress(ARM.read_bytes()))
+    r = read_trace(str(p))
+    assert r.info.compression == kind
+    assert numbers(r) == numbers(plain)
+
+
+@pytest.mark.parametrize("compress", [lambda b: b, gzip.compress, lzma.compress])
+def test_stdin(compress):
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from kvmexit.sources.trace import read_trace\n"
+        "r = read_trace('-'); print(sum(s.exits for s in r.snapshot.stats.values()), r.info.format)\n" % str(SRC)
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=compress(ARM.read_bytes()), capture_output=True,
+                         check=True)
+    assert out.stdout.split() == [b"26", b"ftrace"]
+
+
+def test_truncated_gzip_is_a_bad_trace(tmp_path):
+    data = gzip.compress(ARM.read_bytes())
+    p = tmp_path / "t.gz"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadTrace, match="truncated"):
+        read_trace(str(p))
+
+
+def test_truncated_last_line_is_counted_not_fatal(tmp_path):
+    text = ARM.read_bytes()
+    p = tmp_path / "t"
+    p.write_bytes(text[:-40])  # cut inside the last line
+    r = read_trace(str(p))
+    assert r.health.lines == r.health.accounted
+    assert r.health.malformed + r.health.events + r.health.other_events + r.health.ignored == r.health.lines
+
+
+@pytest.mark.parametrize("content", [b"", b"hello\nworld\n", b"# tracer: nop\n#\n"])
+def test_no_kvm_events_is_an_error(tmp_path, content):
+    p = tmp_path / "t"
+    p.write_bytes(content)
+    with pytest.raises(BadTrace, match="no KVM exit/entry events"):
+        read_trace(str(p))
+
+
+def test_missing_file():
+    with pytest.raises(BadTrace, match="cannot open"):
+        read_trace("/nonexistent/trace")
+
+
+def test_names_side_file(tmp_path):
+    """ftrace text without tgids + the names file of kvmexit record: VM names and tgids."""
+    src = (TRACES / "arm64-4.19.synthetic.trace").read_bytes()
+    p = tmp_path / "vm.trace"
+    p.write_bytes(src)
+    (tmp_path / "vm.trace.names.json").write_text(json.dumps({
+        "kvmexit_names": 1,
+        "layout": "arm64-4.19",
+        "vms": {"1200": "web", "1300": "db"},
+        "threads": {"1201": {"tgid": 1200, "comm": "CPU 0/KVM", "vcpu": 0},
+                    "1202": {"tgid": 1200, "comm": "CPU 1/KVM", "vcpu": 1},
+                    "1301": {"tgid": 1300, "comm": "CPU 0/KVM", "vcpu": 0}},
+    }))
+    r = read_trace(str(p))
+    assert r.info.names_file == str(p) + ".names.json"
+    assert {k.tid: k.tgid for k in r.snapshot.stats} == {1201: 1200, 1202: 1200, 1301: 1300}
+    assert {t: i.vm for t, i in r.snapshot.threads.items()} == {1201: "web", 1202: "web", 1301: "db"}
+    r = read_trace(str(p), use_names=False)
+    assert {k.tgid for k in r.snapshot.stats} == {0}
+
+
+def test_names_file_layout_from_format_files(tmp_path):
+    """A names file with the kvm format files decides the layout (here 4.19: "TRAP" is code 1)."""
+    fmt_dir = TRACES.parent / "formats" / "arm64-4.19"
+    if not fmt_dir.is_dir():
+        pytest.skip("no arm64-4.19 format files in tests/data/formats")
+    formats = {ev: (fmt_dir / ev / "format").read_text() for ev in ("kvm_exit", "kvm_entry")}
+    p = tmp_path / "t"
+    p.write_bytes(b"  a-1 [000] d..1. 1.000001: kvm_exit: TRAP: HSR_EC: 0x0016 (HVC64), PC: 0x1\n")
+    (tmp_path / "t.names.json").write_text(json.dumps({"formats": formats}))
+    r = read_trace(str(p))
+    assert r.info.layout == "arm64-4.19"
+    (key,) = r.snapshot.stats
+    assert key.code == 1
+
+
+def test_bad_names_file(tmp_path):
+    p = tmp_path / "t"
+    p.write_bytes(ARM.read_bytes())
+    (tmp_path / "t.names.json").write_text("{not json")
+    with pytest.raises(BadTrace, match="names file"):
+        read_trace(str(p))

@@ -1,0 +1,127 @@
+"""Pairing: the reader's inlined hot path equals the reference :class:`Pairer` (kernel rules)."""
+
+from __future__ import annotations
+
+import io
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvmexit.model import HIST_SLOTS
+from kvmexit.reasons import SERROR_FLAG
+from kvmexit.sources.trace import Pairer, hist_slot, read_stream
+from kvmexit.sources.trace.render import Event, entry_payload, exit_payload, render_line, trap_payload, wakeup_payload
+
+
+def bpf_log2(v: int) -> int:
+    """bcc's bpf_log2 (helpers.h), literally."""
+    r = int(v > 0xFFFF) << 4
+    v >>= r
+    shift = int(v > 0xFF) << 3
+    v >>= shift
+    r |= shift
+    shift = int(v > 0xF) << 2
+    v >>= shift
+    r |= shift
+    shift = int(v > 0x3) << 1
+    v >>= shift
+    r |= shift
+    r |= v >> 1
+    return r
+
+
+def bpf_log2l(v: int) -> int:
+    """bcc's bpf_log2l (helpers.h), literally."""
+    hi = v >> 32
+    if hi:
+        return bpf_log2(hi) + 32 + 1
+    return bpf_log2(v) + 1
+
+
+@given(st.integers(min_value=0, max_value=(1 << 64) - 1))
+@settings(max_examples=500)
+def test_hist_slot_is_bpf_log2l_capped(v):
+    assert hist_slot(v) == min(bpf_log2l(v), HIST_SLOTS - 1)
+
+
+def test_rules():
+    p = Pairer()
+    p.entry(5, 1)  # unpaired
+    p.exit(10, 1, 2, 0x16)
+    p.exit(20, 1, 0, 0)  # the first becomes unfinished
+    p.wakeup(1, 3)
+    p.wakeup(2, 99)  # no open exit on tid 2: ignored
+    p.entry(30, 1)
+    p.exit(40, 2, 2, 0)
+    p.trap(2, 0x24)  # openEuler: class after the exit
+    p.exit(50, 3, 0, 0)
+    p.trap(3, 0x24)  # not a TRAP exit: unchanged
+    snap = p.snapshot("arm64")
+    by = {(k.tid, k.code, k.detail): v for k, v in snap.stats.items()}
+    assert by[(1, 2, 0x16)].unfinished == 1
+    assert by[(1, 0, 0)].pairs == 1 and by[(1, 0, 0)].total_ns == 10 and by[(1, 0, 0)].halt_ns == 3
+    assert by[(2, 2, 0x24)].open == 1
+    assert by[(3, 0, 0)].open == 1
+    assert snap.health.unpaired_entries == 1
+
+
+def test_trap_keeps_the_serror_flag():
+    p = Pairer()
+    p.exit(1, 1, 2, SERROR_FLAG)
+    p.trap(1, 0x16)
+    (key,) = p.snapshot("arm64").stats
+    assert key.detail == 0x16 | SERROR_FLAG
+
+
+# Random event sequences, rendered as ftrace text and read back, against the reference rules.
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["exit", "entry", "wakeup", "trap"]),
+        st.integers(min_value=1, max_value=3),  # tid
+        st.sampled_from([(2, 0x16), (2, 0x01), (0, 0), (1, 0), (2, 0x24)]),
+        st.integers(min_value=0, max_value=5_000_000),  # ns step
+        st.integers(min_value=0, max_value=1 << 20),  # wakeup ns
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(EVENTS, st.sampled_from(["arm64", "arm64-openeuler-5.10"]))
+def test_reader_equals_reference(events, layout):
+    ref = Pairer()
+    lines = []
+    ts = 1_000_000_000
+    for kind, tid, (ret, ec), step, ns in events:
+        ts += step
+        cpu = tid
+        if kind == "exit":
+            if layout == "arm64":
+                ref.exit(ts, tid, ret, ec if ret == 2 else 0, cpu)
+                payload = exit_payload(layout, ret, ec)
+            else:
+                ref.exit(ts, tid, ret, 0, cpu)
+                payload = exit_payload(layout, ret, ec, vcpu=tid)
+            name = "kvm_exit"
+        elif kind == "entry":
+            ref.entry(ts, tid)
+            name, payload = "kvm_entry", entry_payload(layout, tid)
+        elif kind == "wakeup":
+            ref.wakeup(tid, ns)
+            name, payload = "kvm_vcpu_wakeup", wakeup_payload(ns)
+        else:
+            if layout == "arm64":
+                continue
+            ref.trap(tid, ec)
+            name, payload = "kvm_trap_enter", trap_payload(tid, ec)
+        lines.append(render_line("ftrace", Event(ts, cpu, tid, 100, "CPU %d/KVM" % tid, name, payload),
+                                 tgid_column=True, digits=9))
+    if not lines or not any(e[0] in ("exit", "entry") for e in events):
+        return
+    text = ("\n".join(lines) + "\n").encode()
+    got = read_stream(io.BytesIO(text), layout=layout)
+    want = ref.snapshot("arm64")
+    assert {(k.tid, k.code, k.detail): v for k, v in got.snapshot.stats.items()} == {
+        (k.tid, k.code, k.detail): v for k, v in want.stats.items()
+    }
+    assert got.snapshot.health.unpaired_entries == want.health.unpaired_entries
