@@ -25,6 +25,7 @@ cmd_deps() {
         || need+=(qemu-user-static)
     command -v update-binfmts >/dev/null || need+=(binfmt-support)
     command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+    command -v arch-test >/dev/null || need+=(arch-test)
     command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
     command -v mke2fs >/dev/null || need+=(e2fsprogs)
     command -v debugfs >/dev/null || need+=(e2fsprogs)
@@ -159,7 +160,7 @@ cmd_run() {
     local t0 t1
     t0=$(date +%s)
     qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu max,pauth-impdef=on \
-        -smp 2 -m 2048 -nographic -no-reboot -monitor none -serial "file:$serial" \
+        -smp 2 -m 2048 -nographic -no-reboot -nic none -monitor none -serial "file:$serial" \
         -kernel "$KERNEL" -initrd "$INITRD" \
         -append "console=ttyAMA0 panic=-1 loglevel=4 rw" \
         -drive "if=none,id=root,file=$ROOTFS,format=raw,snapshot=on" -device virtio-blk-device,drive=root \
@@ -200,10 +201,13 @@ cmd_all() {
     cmd_deps
     cmd_build
     cd "$repo"
-    if ! python3 -c 'import pytest' 2>/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pytest >/dev/null
+    local py=python3
+    [ -x "$repo/.venv/bin/python" ] && py="$repo/.venv/bin/python"
+    if ! "$py" -c 'import pytest' 2>/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pytest >/dev/null
+        py=/usr/bin/python3
     fi
-    KVMEXIT_REQUIRE_ARM64=1 python3 -m pytest -v -s tests/arm64 "$@"
+    KVMEXIT_REQUIRE_ARM64=1 "$py" -m pytest -v -s -p no:cacheprovider tests/arm64 "$@"
 }
 
 case "${1:-all}" in
