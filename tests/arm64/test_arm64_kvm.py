@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -63,10 +64,22 @@ def _boot() -> str:
         shutil.rmtree(os.path.join(runs, old), ignore_errors=True)
     cmd = ["bash", os.path.join(HERE, "harness.sh"), "run", out]
     t0 = time.time()
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+    # Own session, so a timeout kills the harness and its QEMU together.
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = p.communicate(timeout=1800)
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(3)
+        output, _ = p.communicate()
+        pytest.fail("arm64 harness run timed out after 1800s:\n%s" % output[-4000:])
     print("\narm64 e2e: harness run took %.0fs, output in %s" % (time.time() - t0, out))
     if p.returncode != 0:
-        pytest.fail("arm64 harness run failed (rc=%d):\n%s" % (p.returncode, p.stdout[-4000:]))
+        pytest.fail("arm64 harness run failed (rc=%d):\n%s" % (p.returncode, output[-4000:]))
     return out
 
 
