@@ -78,7 +78,12 @@ def summarize_health(h: TraceHealth, prog: str = "kvmexit report") -> List[str]:
     if h.malformed:
         out.append(
             "%s: %d malformed line%s skipped (line %s)"
-            % (prog, h.malformed, "" if h.malformed == 1 else "s", _fmt_list([str(n) for n in h.malformed_lines], 5))
+            % (
+                prog,
+                h.malformed,
+                "" if h.malformed == 1 else "s",
+                ", ".join(str(n) for n in h.malformed_lines) + (", ..." if h.malformed > len(h.malformed_lines) else ""),
+            )
         )
     if h.lost:
         cpus = [
@@ -106,7 +111,7 @@ def report_trace(result: TraceResult, args: argparse.Namespace, source: Optional
     why = None
     if not report.rows and (args.reasons or args.vms or args.pids or args.tids):
         why = "nothing matched the filters"
-    Emitter(args, source or result.info.source()).emit(report, why_empty=why)
+    Emitter(args, source or result.info.source(), out=sys.stdout).emit(report, why_empty=why)
     return 0
 
 
