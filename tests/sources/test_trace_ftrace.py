@@ -141,8 +141,7 @@ def test_x86_numbers_take_the_isa_of_named_reasons():
 @pytest.mark.parametrize(
     "layout,payload",
     [
-        ("arm64", b"TRAP: HSR_EC: 0x0016 (HVC64), PC: 0x"),  # truncated
-        ("arm64", b"TRAP: HSR_EC: 0x00"),
+        ("arm64", b"TRAP: HSR_EC: 0x00"),  # truncated inside the reason
         ("arm64", b"FOO: HSR_EC: 0x0016 (HVC64), PC: 0x1"),
         ("arm64", b"garbage"),
         ("x86", b"vcpu 0 reason NOT_A_REASON rip 0x1 info"),
@@ -152,6 +151,10 @@ def test_x86_numbers_take_the_isa_of_named_reasons():
 )
 def test_undecodable(layout, payload):
     assert Decoder(layout).exit(payload) is None
+
+
+def test_truncated_after_the_reason_still_decodes():
+    assert Decoder("arm64").exit(b"TRAP: HSR_EC: 0x0016 (HVC64), PC: 0x") == (2, 0x16)
 
 
 def test_wakeup():

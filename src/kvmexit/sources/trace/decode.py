@@ -100,8 +100,8 @@ class Decoder:
     def exit(self, payload: bytes) -> Optional[Tuple[int, int]]:
         """``(code, detail)`` of a ``kvm_exit`` payload; ``None`` if it cannot be read."""
         i = payload.find(self._cut)
-        if i < 0 or len(payload) <= i + len(self._cut):
-            return None  # truncated or foreign
+        if i < 0:
+            return None  # foreign, or truncated before the reason was complete
         key = payload[:i]
         hit = self.cache.get(key)
         if hit is not None:

@@ -51,7 +51,7 @@ _FTRACE = (
 _TRACECMD = rb"^(?:(?P<buffer>\S+): )?" + _FTRACE[1:]
 _PERF = (
     rb"^\s*(?P<comm>.*?)\s+(?:(?P<tgid>\d+)/)?(?P<tid>\d+)\s+\[(?P<cpu>\d+)\]\s+"
-    rb"(?P<sec>\d+)\.?(?P<frac>\d*):\s+(?:\d+\s+)?\w+:(?P<event>\w+):\s*(?P<payload>.*)"
+    rb"(?P<sec>\d+)\.?(?P<frac>\d*):\s+(?:\d+\s+)?(?P<sys>\w+):(?P<event>\w+):\s*(?P<payload>.*)"
 )
 
 GROUPS = ("comm", "tid", "tgid", "cpu", "sec", "frac", "event", "payload")

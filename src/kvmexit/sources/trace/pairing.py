@@ -40,8 +40,13 @@ S_TS, S_KEY, S_HALT, S_CPU = 0, 1, 2, 3
 A_PAIRS, A_UNFIN, A_TOTAL, A_MIN, A_MAX, A_HALT, A_HIST = 0, 1, 2, 3, 4, 5, 6
 
 
+#: Sentinels for min/max before the first pair (reported as None).
+NO_MIN = 1 << 64
+NO_MAX = -1
+
+
 def new_acc() -> list:
-    return [0, 0, 0, None, None, 0, [0] * HIST_SLOTS]
+    return [0, 0, 0, NO_MIN, NO_MAX, 0, [0] * HIST_SLOTS]
 
 
 @dataclass
@@ -121,9 +126,9 @@ class Pairer:
         acc[A_PAIRS] += 1
         acc[A_TOTAL] += d
         acc[A_HALT] += s[S_HALT]
-        if acc[A_MIN] is None or d < acc[A_MIN]:
+        if d < acc[A_MIN]:
             acc[A_MIN] = d
-        if acc[A_MAX] is None or d > acc[A_MAX]:
+        if d > acc[A_MAX]:
             acc[A_MAX] = d
         acc[A_HIST][hist_slot(d)] += 1
 
@@ -181,8 +186,8 @@ class Pairer:
                 unfinished=acc[A_UNFIN],
                 open=opens.get(key, 0),
                 total_ns=acc[A_TOTAL],
-                min_ns=acc[A_MIN],
-                max_ns=acc[A_MAX],
+                min_ns=acc[A_MIN] if acc[A_PAIRS] else None,
+                max_ns=acc[A_MAX] if acc[A_PAIRS] else None,
                 halt_ns=acc[A_HALT],
                 hist=tuple(acc[A_HIST]),
             )

@@ -175,7 +175,7 @@ def read_stream(
         layout = detect_layout(samples)
     pairer = Pairer()
     decoder = Decoder(layout) if layout is not None else None
-    decoder = _loop(itertools.chain(head, stream), rx, order, decoder, pairer, set(tids), set(tgids), names)
+    decoder = _loop(itertools.chain(head, stream), rx, order, decoder, pairer, set(tids), set(tgids), names, fmt)
     h = pairer.health
     if h.events == 0 or decoder is None:
         raise BadTrace(
@@ -208,9 +208,17 @@ def _loop(
     tids: set,
     tgids: set,
     names: Optional[Names],
+    fmt: str = "ftrace",
 ) -> Optional[Decoder]:
-    """The hot loop. Returns the decoder (created on the first exit when the head had none)."""
+    """The hot loop. Returns the decoder (created on the first exit when the head had none).
+
+    Fast path: ``line.split(b": ", 2)`` gives ``prefix, event, payload``; the prefix up to the
+    timestamp (comm, tid, tgid, CPU, flags) is looked up in a cache filled only from lines the
+    format's full grammar matched with the same split, so a fast-path line is exactly a line the
+    grammar accepts. Anything else goes through the grammar (and, failing it, is classified).
+    """
     match = rx.match
+    sys_group = rx.groupindex.get("sys")
     starts = pairer.starts
     starts_get = starts.get
     starts_pop = starts.pop
@@ -223,11 +231,18 @@ def _loop(
     side_tgid = names.tgid_of if names is not None else {}
     filtering = bool(tids or tgids)
     dec_exit = decoder.exit if decoder is not None else None
+    sysp = b"kvm:" if fmt == "perf" else b""
+    E_EXIT, E_ENTRY = sysp + b"kvm_exit", sysp + b"kvm_entry"
+    E_WAKE, E_TRAP = sysp + b"kvm_vcpu_wakeup", sysp + b"kvm_trap_enter"
+    heads: Dict[bytes, tuple] = {}
+    heads_get = heads.get
     n = n_exit = n_entry = n_other = n_ignored = n_filtered = unpaired = negative = 0
     first_ns: Optional[int] = None
     last_ns = 0
-    for line in lines:
-        n += 1
+    def grammar(line: bytes, parts: list) -> Optional[tuple]:
+        """The full grammar: ``(info, event, payload, digits, frac)``, or ``None`` when the line is
+        not a kvm event (it is then counted here as other event, ignored or malformed)."""
+        nonlocal n_ignored, n_other
         m = match(line)
         if m is None:
             kind, lost = classify_other(line)
@@ -238,14 +253,53 @@ def _loop(
                 n_ignored += 1
             else:
                 health.note_malformed(n)
-            continue
+            return None
         comm, tid_b, tgid_b, cpu_b, sec, frac, ev, payload = m.group(*order)
-        if ev == b"kvm_entry":
-            tid = int(tid_b)
-            if filtering and not _wanted(tid, tgid_b, tids, tgids, side_tgid):
+        if sys_group is not None:
+            ev = m.group(sys_group) + b":" + ev
+        if ev != E_ENTRY and ev != E_EXIT and ev != E_WAKE and ev != E_TRAP:
+            n_other += 1
+            return None
+        tid = int(tid_b)
+        tgid = int(tgid_b) if tgid_b is not None and tgid_b[:1] != b"-" else None
+        info = (
+            tid,
+            tgid,
+            int(cpu_b),
+            comm.strip().decode("utf-8", "replace"),
+            not filtering or _wanted(tid, tgid, tids, tgids, side_tgid),
+        )
+        if len(parts) == 3 and parts[1] == ev and m.end("frac") == len(parts[0]) and len(heads) < 100000:
+            prefix = parts[0]
+            i = prefix.rfind(b" ")
+            if m.start("sec") == i + 1:
+                heads[prefix[:i]] = info
+        return info, ev, payload, sec + frac, frac
+
+    for line in lines:
+        n += 1
+        parts = line.split(b": ", 2)
+        info = None
+        if len(parts) == 3:
+            prefix, ev, payload = parts
+            i = prefix.rfind(b" ")
+            info = heads_get(prefix[:i])
+            if info is not None:
+                sec, _, frac = prefix[i + 1 :].partition(b".")
+                digits = sec + frac
+                if not digits.isdigit():
+                    info = None
+        if info is None or (ev != E_ENTRY and ev != E_EXIT and ev != E_WAKE and ev != E_TRAP):
+            g = grammar(line, parts)
+            if g is None:
+                continue
+            info, ev, payload, digits, frac = g
+        tid = info[0]
+        if ev == E_ENTRY:
+            if not info[4]:
                 n_filtered += 1
                 continue
-            ts = int(sec + frac) * scale[len(frac)]
+            ts = int(digits) * scale[len(frac)]
             n_entry += 1
             last_ns = ts
             if first_ns is None:
@@ -265,40 +319,41 @@ def _loop(
             acc[A_PAIRS] += 1
             acc[A_TOTAL] += d
             acc[A_HALT] += s[2]
-            mn = acc[A_MIN]
-            if mn is None or d < mn:
+            if d < acc[A_MIN]:
                 acc[A_MIN] = d
-            mx = acc[A_MAX]
-            if mx is None or d > mx:
+            if d > acc[A_MAX]:
                 acc[A_MAX] = d
             slot = d.bit_length()  # model.hist_slot (bcc's bpf_log2l), inlined
-            acc[A_HIST][1 if slot < 1 else (slot if slot < LAST_SLOT else LAST_SLOT)] += 1
-        elif ev == b"kvm_exit":
+            if 0 < slot < LAST_SLOT:
+                acc[A_HIST][slot] += 1
+            else:
+                acc[A_HIST][1 if slot < 1 else LAST_SLOT] += 1
+        elif ev == E_EXIT:
             if dec_exit is None:
-                layout = detect_layout([(ev, payload)])
+                layout = detect_layout([(b"kvm_exit", payload.strip())])
                 if layout is None:
                     health.note_malformed(n)
                     continue
                 decoder = Decoder(layout)
                 dec_exit = decoder.exit
+            if payload[:1] == b" ":
+                payload = payload.lstrip()  # trace-cmd pads it
             val = dec_exit(payload)
             if val is None:
                 health.note_malformed(n)
                 continue
-            tid = int(tid_b)
-            if filtering and not _wanted(tid, tgid_b, tids, tgids, side_tgid):
+            if not info[4]:
                 n_filtered += 1
                 continue
-            ts = int(sec + frac) * scale[len(frac)]
+            ts = int(digits) * scale[len(frac)]
             n_exit += 1
             last_ns = ts
             if first_ns is None:
                 first_ns = ts
             if tid not in comm_of:
-                comm_of[tid] = comm.strip().decode("utf-8", "replace")
-            if tgid_b is not None and tid not in tgid_of and tgid_b[:1] != b"-":
-                tgid_of[tid] = int(tgid_b)
-            key = (tid, val[0], val[1])
+                comm_of[tid] = info[3]
+                if info[1] is not None:
+                    tgid_of[tid] = info[1]
             prev = starts_get(tid)
             if prev is not None:
                 pk = prev[1]
@@ -306,15 +361,14 @@ def _loop(
                 if acc is None:
                     acc = stats[pk] = new_acc()
                 acc[A_UNFIN] += 1
-            starts[tid] = [ts, key, 0, int(cpu_b)]
-        elif ev == b"kvm_vcpu_wakeup" or ev == b"kvm_trap_enter":
-            tid = int(tid_b)
-            if ev == b"kvm_trap_enter":
-                ec = decoder.trap(payload) if decoder is not None else Decoder("arm64-openeuler-5.10").trap(payload)
+            starts[tid] = [ts, (tid, val[0], val[1]), 0, info[2]]
+        else:
+            if ev == E_TRAP:
+                ec = (decoder or Decoder("arm64-openeuler-5.10")).trap(payload)
                 if ec is None:
                     health.note_malformed(n)
                     continue
-                if filtering and not _wanted(tid, tgid_b, tids, tgids, side_tgid):
+                if not info[4]:
                     n_filtered += 1
                     continue
                 pairer.trap(tid, ec)
@@ -323,14 +377,11 @@ def _loop(
                 if ns is None:
                     health.note_malformed(n)
                     continue
-                if filtering and not _wanted(tid, tgid_b, tids, tgids, side_tgid):
+                if not info[4]:
                     n_filtered += 1
                     continue
                 pairer.wakeup(tid, ns)
-            n_other += 0
             health.events += 1
-        else:
-            n_other += 1
     pairer.unpaired_entries += unpaired
     health.negative += negative
     health.lines += n
@@ -343,11 +394,12 @@ def _loop(
     return decoder
 
 
-def _wanted(tid: int, tgid_b: Optional[bytes], tids: set, tgids: set, side_tgid: Dict[int, int]) -> bool:
+def _wanted(tid: int, tgid: Optional[int], tids: set, tgids: set, side_tgid: Dict[int, int]) -> bool:
     if tids and tid not in tids:
         return False
     if tgids:
-        tgid = int(tgid_b) if tgid_b is not None and tgid_b[:1] != b"-" else side_tgid.get(tid)
+        if tgid is None:
+            tgid = side_tgid.get(tid)
         if tgid not in tgids:
             return False
     return True
