@@ -142,7 +142,7 @@ def time_awk(path: str, cpu: int) -> Tuple[float, str]:
     awk = shutil.which("mawk") or shutil.which("awk") or "awk"
     cmd = [awk, AWK, path]
     if shutil.which("taskset"):
-        cmd = ["taskset", "-c", str(cpu)] + cmd
+        cmd = ["taskset", "-c", str(cpu), *cmd]
     t0 = time.perf_counter()
     subprocess.run(cmd, capture_output=True, check=True)
     return time.perf_counter() - t0, os.path.basename(awk)
@@ -158,10 +158,14 @@ def main() -> int:
     a = ap.parse_args()
     d = a.keep or tempfile.mkdtemp(prefix="kvmexit-bench-")
     os.makedirs(d, exist_ok=True)
-    print("python %s, one core (CPU %d); %d-line traces, peak RSS also at %d lines"
-          % (sys.version.split()[0], a.cpu, a.lines, a.small))
-    print("%-10s %10s %10s %12s %12s %8s %11s %11s" % ("format", "lines", "MB", "report l/s", "awk l/s",
-                                                       "ratio", "RSS small", "RSS big"))
+    print(
+        "python %s, one core (CPU %d); %d-line traces, peak RSS also at %d lines"
+        % (sys.version.split()[0], a.cpu, a.lines, a.small)
+    )
+    print(
+        "%-10s %10s %10s %12s %12s %8s %11s %11s"
+        % ("format", "lines", "MB", "report l/s", "awk l/s", "ratio", "RSS small", "RSS big")
+    )
     results: Dict[str, Tuple[float, float]] = {}
     try:
         for fmt in a.formats.split(","):
@@ -174,8 +178,10 @@ def main() -> int:
             dt, rss_big = time_report(big, a.cpu)
             adt, awk = time_awk(big, a.cpu)
             results[fmt] = (n / dt, n / adt)
-            print("%-10s %10d %10.0f %12.0f %12.0f %7.1fx %9.1fMB %9.1fMB"
-                  % (fmt, n, mb, n / dt, n / adt, dt / adt, rss_small / 1024, rss_big / 1024))
+            print(
+                "%-10s %10d %10.0f %12.0f %12.0f %7.1fx %9.1fMB %9.1fMB"
+                % (fmt, n, mb, n / dt, n / adt, dt / adt, rss_small / 1024, rss_big / 1024)
+            )
             if not a.keep:
                 os.unlink(small)
                 os.unlink(big)

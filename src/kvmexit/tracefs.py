@@ -89,7 +89,7 @@ class Instance:
         return True
 
     def cpu_stats(self) -> Dict[int, Dict[str, int]]:
-        out = {}
+        out: Dict[int, Dict[str, int]] = {}
         base = self.file("per_cpu")
         try:
             cpus = sorted(os.listdir(base))

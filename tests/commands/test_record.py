@@ -23,8 +23,13 @@ from kvmexit.errors import NotRoot, TracepointsMissing
 ROOT = Path(__file__).resolve().parent.parent.parent
 TRACEFS = "/sys/kernel/tracing"
 INSTANCES = os.path.join(TRACEFS, "instances")
-GLOBAL_FILES = ["tracing_on", "events/kvm/kvm_exit/enable", "events/kvm/kvm_entry/enable", "options/record-tgid",
-                "buffer_size_kb"]
+GLOBAL_FILES = [
+    "tracing_on",
+    "events/kvm/kvm_exit/enable",
+    "events/kvm/kvm_entry/enable",
+    "options/record-tgid",
+    "buffer_size_kb",
+]
 
 
 def why_not() -> str:
@@ -59,8 +64,13 @@ def ours(pid: int):
 
 
 def record(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "kvmexit", "record", *args], cwd=str(ROOT / "src"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvmexit", "record", *args],
+        cwd=str(ROOT / "src"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
 
 
 @needs_tracefs

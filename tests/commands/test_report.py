@@ -41,8 +41,10 @@ def test_by_sort_top(capsys):
     assert rc == 0
     rows = [line.split() for line in out.splitlines()[1:3]]
     # VM 1200: 19 pairs, 2712us, 2250us halted; VM 1300: 4 pairs, 62us, 45us halted.
-    assert rows == [["1200", "-", "21", "143us", "3us", "1ms", "1ms", "83%"],
-                    ["1300", "-", "5", "15.5us", "4us", "50us", "50us", "73%"]]
+    assert rows == [
+        ["1200", "-", "21", "143us", "3us", "1ms", "1ms", "83%"],
+        ["1300", "-", "5", "15.5us", "4us", "50us", "50us", "73%"],
+    ]
     rc, out, _ = run(capsys, "--by", "reason", "--top", "1", ARM)
     assert out.splitlines()[1].split()[:2] == ["IRQ", "8"]
     assert len([line for line in out.splitlines() if line.strip()]) == 3  # header, 1 row, health
@@ -59,7 +61,7 @@ def test_filters(capsys):
 
 def test_json_document_and_source(capsys):
     jsonschema = pytest.importorskip("jsonschema")
-    rc, out, err = run(capsys, "--json", ARM)
+    _rc, out, err = run(capsys, "--json", ARM)
     doc = json.loads(out)
     jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
     assert doc["source"]["kind"] == "trace"
@@ -70,26 +72,31 @@ def test_json_document_and_source(capsys):
 
 
 def test_csv(capsys):
-    rc, out, _ = run(capsys, "--csv", ARM)
+    _rc, out, _ = run(capsys, "--csv", ARM)
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 11
     assert sum(int(r["count"]) for r in rows) == 26
 
 
 def test_hist(capsys):
-    rc, out, _ = run(capsys, "--hist", "-t", "1202", "--reason", "WFx", ARM)
+    _rc, out, _ = run(capsys, "--hist", "-t", "1202", "--reason", "WFx", ARM)
     assert "2 pairs" in out and "|****" in out
 
 
 def test_format_forced(capsys):
-    rc, out, _ = run(capsys, "--format", "perf", "--json", str(TRACES / "arm64-upstream.synthetic.perf"))
+    _rc, out, _ = run(capsys, "--format", "perf", "--json", str(TRACES / "arm64-upstream.synthetic.perf"))
     assert json.loads(out)["source"]["format"] == "perf"
 
 
 def test_stdin_gzip():
     data = gzip.compress((TRACES / "x86-vmx.synthetic.trace").read_bytes())
-    p = subprocess.run([sys.executable, "-m", "kvmexit", "report", "--json", "-"], input=data,
-                       capture_output=True, cwd=str(ROOT / "src"), check=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "kvmexit", "report", "--json", "-"],
+        input=data,
+        capture_output=True,
+        cwd=str(ROOT / "src"),
+        check=True,
+    )
     doc = json.loads(p.stdout)
     assert doc["source"]["path"] == "<stdin>" and doc["source"]["compression"] == "gzip"
     assert doc["totals"]["exits"] == 27
@@ -109,13 +116,13 @@ def test_malformed_lines_summarised_in_one_line(capsys, tmp_path):
     bad = lines[:20] + ["garbage %d" % i for i in range(7)] + lines[20:]
     p = tmp_path / "t"
     p.write_text("\n".join(bad) + "\n")
-    rc, out, err = run(capsys, str(p))
+    rc, _out, err = run(capsys, str(p))
     assert rc == 0
     assert err.splitlines() == ["kvmexit report: 7 malformed lines skipped (line 21, 22, 23, 24, 25, ...)"]
 
 
 def test_lost_events_are_reported(capsys):
-    rc, out, err = run(capsys, str(TRACES / "arm64-upstream-lost.synthetic.trace"))
+    rc, _out, err = run(capsys, str(TRACES / "arm64-upstream-lost.synthetic.trace"))
     assert rc == 0
     assert err.splitlines() == [
         "kvmexit report: events lost on CPU 0 (3 events), CPU 2 (unknown number); pairing across the gap is "
@@ -151,5 +158,5 @@ def test_report_example_is_callable_by_the_live_command(capsys):
 
 @pytest.mark.parametrize("args", [[], ["--example", "x"]])
 def test_usage_errors(capsys, args):
-    rc, out, err = run(capsys, *args)
+    rc, _out, err = run(capsys, *args)
     assert rc != 0 and len(err.splitlines()) == 1

@@ -111,7 +111,11 @@ def test_fixture_numbers(name, fmt, layout, expected, has_tgid, unpaired):
         assert tgids == {1201: 1200, 1202: 1200, 1301: 1300}
     else:
         assert set(tgids.values()) == {0}  # not in this rendering: unknown
-    assert {t: i.comm for t, i in r.snapshot.threads.items()} == {1201: "CPU 0/KVM", 1202: "CPU 1/KVM", 1301: "CPU 0/KVM"}
+    assert {t: i.comm for t, i in r.snapshot.threads.items()} == {
+        1201: "CPU 0/KVM",
+        1202: "CPU 1/KVM",
+        1301: "CPU 0/KVM",
+    }
     assert {t: i.vcpu for t, i in r.snapshot.threads.items()} == {1201: 0, 1202: 1, 1301: 0}
 
 
@@ -142,7 +146,7 @@ AGREEMENT = [
 def test_renderings_agree(files):
     results = [table(TRACES / f) for f in files]
     first = results[0][1]
-    for r, got in results[1:]:
+    for _r, got in results[1:]:
         assert got == first
     hists = [
         {(k.tid, k.code, k.detail): (v.hist, v.min_ns, v.max_ns) for k, v in r.snapshot.stats.items()}
@@ -151,8 +155,9 @@ def test_renderings_agree(files):
     assert hists[0] == hists[1] == hists[2]
 
 
-@pytest.mark.parametrize("name,fmt", [("x86-6.18-sched.real.trace", "ftrace"),
-                                       ("x86-6.18-sched.real.trace-cmd", "trace-cmd")])
+@pytest.mark.parametrize(
+    "name,fmt", [("x86-6.18-sched.real.trace", "ftrace"), ("x86-6.18-sched.real.trace-cmd", "trace-cmd")]
+)
 def test_real_capture_without_kvm_events_is_fully_accounted(name, fmt):
     """A real capture of this machine (sched events; kvm_exit never fires here): both renderings
     of the same instance buffer parse every event line and report that there is nothing to show."""
@@ -169,10 +174,18 @@ def test_real_capture_without_kvm_events_is_fully_accounted(name, fmt):
 # The real arm64 6.1 capture of the emulated-arm64 harness (tests/data/traces/README.md).
 E2E = TRACES / "arm64-6.1-e2e.trace"
 E2E_TABLE = {  # (tid, reason) -> (exits, paired), the README's table
-    (134, "DABT_LOW"): (201, 200), (134, "HVC64"): (150, 150), (134, "IABT_LOW"): (1, 1),
-    (134, "IRQ"): (6, 6), (134, "SYS64"): (100, 100), (134, "WFx"): (30, 30),
-    (135, "DABT_LOW"): (81, 80), (135, "HVC64"): (60, 60), (135, "IABT_LOW"): (1, 1),
-    (135, "IRQ"): (16, 16), (135, "SYS64"): (170, 170), (135, "WFx"): (15, 15),
+    (134, "DABT_LOW"): (201, 200),
+    (134, "HVC64"): (150, 150),
+    (134, "IABT_LOW"): (1, 1),
+    (134, "IRQ"): (6, 6),
+    (134, "SYS64"): (100, 100),
+    (134, "WFx"): (30, 30),
+    (135, "DABT_LOW"): (81, 80),
+    (135, "HVC64"): (60, 60),
+    (135, "IABT_LOW"): (1, 1),
+    (135, "IRQ"): (16, 16),
+    (135, "SYS64"): (170, 170),
+    (135, "WFx"): (15, 15),
 }
 
 

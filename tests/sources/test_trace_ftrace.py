@@ -21,26 +21,96 @@ def fields(fmt: str, line: bytes):
 @pytest.mark.parametrize(
     "fmt,line,comm,tid,tgid,cpu,sec,frac,event",
     [
-        ("ftrace", b"       CPU 0/KVM-1234    [001] d..1.   512.123456: kvm_exit: IRQ: x\n",
-         b"CPU 0/KVM", b"1234", None, b"001", b"512", b"123456", b"kvm_exit"),
-        ("ftrace", b" qemu-system-aar-77      (     70) [003] ....  9.000000001: kvm_entry: PC: 0x1\n",
-         b"qemu-system-aar", b"77", b"70", b"003", b"9", b"000000001", b"kvm_entry"),
-        ("ftrace", b"          <idle>-0       (-------) [000] d..2.  2699.473327: sched_switch: a\n",
-         b"<idle>", b"0", b"-------", b"000", b"2699", b"473327", b"sched_switch"),
-        ("ftrace", b"  kworker/0:1-12 [000] 123456789: kvm_exit: x\n",  # no irq-info, counter clock
-         b"kworker/0:1", b"12", None, b"000", b"123456789", b"", b"kvm_exit"),
-        ("trace-cmd", b"vm:        CPU 0/KVM-1201  [000]   512.001201: kvm_entry:            vcpu 0\n",
-         b"CPU 0/KVM", b"1201", None, b"000", b"512", b"001201", b"kvm_entry"),
-        ("perf", b"       CPU 0/KVM 1200/1201 [000]   512.001201000: kvm:kvm_entry: PC: 0x1\n",
-         b"CPU 0/KVM", b"1201", b"1200", b"000", b"512", b"001201000", b"kvm_entry"),
-        ("perf", b"            perf 19377 [000]  2320.871217: sched:sched_wakeup: comm=x pid=18\n",
-         b"perf", b"19377", None, b"000", b"2320", b"871217", b"sched_wakeup"),
+        (
+            "ftrace",
+            b"       CPU 0/KVM-1234    [001] d..1.   512.123456: kvm_exit: IRQ: x\n",
+            b"CPU 0/KVM",
+            b"1234",
+            None,
+            b"001",
+            b"512",
+            b"123456",
+            b"kvm_exit",
+        ),
+        (
+            "ftrace",
+            b" qemu-system-aar-77      (     70) [003] ....  9.000000001: kvm_entry: PC: 0x1\n",
+            b"qemu-system-aar",
+            b"77",
+            b"70",
+            b"003",
+            b"9",
+            b"000000001",
+            b"kvm_entry",
+        ),
+        (
+            "ftrace",
+            b"          <idle>-0       (-------) [000] d..2.  2699.473327: sched_switch: a\n",
+            b"<idle>",
+            b"0",
+            b"-------",
+            b"000",
+            b"2699",
+            b"473327",
+            b"sched_switch",
+        ),
+        (
+            "ftrace",
+            b"  kworker/0:1-12 [000] 123456789: kvm_exit: x\n",  # no irq-info, counter clock
+            b"kworker/0:1",
+            b"12",
+            None,
+            b"000",
+            b"123456789",
+            b"",
+            b"kvm_exit",
+        ),
+        (
+            "trace-cmd",
+            b"vm:        CPU 0/KVM-1201  [000]   512.001201: kvm_entry:            vcpu 0\n",
+            b"CPU 0/KVM",
+            b"1201",
+            None,
+            b"000",
+            b"512",
+            b"001201",
+            b"kvm_entry",
+        ),
+        (
+            "perf",
+            b"       CPU 0/KVM 1200/1201 [000]   512.001201000: kvm:kvm_entry: PC: 0x1\n",
+            b"CPU 0/KVM",
+            b"1201",
+            b"1200",
+            b"000",
+            b"512",
+            b"001201000",
+            b"kvm_entry",
+        ),
+        (
+            "perf",
+            b"            perf 19377 [000]  2320.871217: sched:sched_wakeup: comm=x pid=18\n",
+            b"perf",
+            b"19377",
+            None,
+            b"000",
+            b"2320",
+            b"871217",
+            b"sched_wakeup",
+        ),
     ],
 )
 def test_grammars(fmt, line, comm, tid, tgid, cpu, sec, frac, event):
     f = fields(fmt, line)
     assert (f["comm"].strip(), f["tid"], f["tgid"], f["cpu"], f["sec"], f["frac"], f["event"]) == (
-        comm, tid, tgid, cpu, sec, frac, event)
+        comm,
+        tid,
+        tgid,
+        cpu,
+        sec,
+        frac,
+        event,
+    )
 
 
 @pytest.mark.parametrize(
@@ -170,7 +240,7 @@ def test_layout_detection():
     assert detect_layout(up) == "arm64"
     assert detect_layout(old) == "arm64-4.19"
     assert detect_layout(stale) == "arm64-4.19"
-    assert detect_layout(old + [(b"kvm_entry", b"VCPU 0: PC=0x1")]) == "arm64-openeuler-4.19"
+    assert detect_layout([*old, (b"kvm_entry", b"VCPU 0: PC=0x1")]) == "arm64-openeuler-4.19"
     assert detect_layout([(b"kvm_exit", b"VCPU 0: exit_type=TRAP, PC=0x1")]) == "arm64-openeuler-5.10"
     assert detect_layout([(b"kvm_exit", b"vcpu 0 reason HLT rip 0x1")]) == "x86"
     assert detect_layout([(b"kvm_entry", b"PC: 0x1")]) is None
@@ -187,8 +257,10 @@ def test_layout_can_be_forced():
 
 
 def test_timestamp_precisions_give_ns():
-    lines = (b"  a-1 [000] d..1. 1.000001: kvm_exit: TRAP: HSR_EC: 0x0016 (HVC64), PC: 0x1\n"
-             b"  a-1 [000] d..1. 1.000003500: kvm_entry: PC: 0x1\n")
+    lines = (
+        b"  a-1 [000] d..1. 1.000001: kvm_exit: TRAP: HSR_EC: 0x0016 (HVC64), PC: 0x1\n"
+        b"  a-1 [000] d..1. 1.000003500: kvm_entry: PC: 0x1\n"
+    )
     r = read_stream(io.BytesIO(lines))
     (st,) = r.snapshot.stats.values()
     assert st.total_ns == 2500

@@ -17,8 +17,13 @@ from kvmexit.sources.trace import read_stream
 
 TRACES = Path(__file__).resolve().parent.parent / "data" / "traces"
 SEED_LINES = []
-for name in ("arm64-upstream.synthetic.trace", "x86-vmx.synthetic.perf", "arm64-openeuler-5.10.synthetic.trace",
-             "x86-vmx.synthetic.trace-cmd", "arm64-upstream-lost.synthetic.trace"):
+for name in (
+    "arm64-upstream.synthetic.trace",
+    "x86-vmx.synthetic.perf",
+    "arm64-openeuler-5.10.synthetic.trace",
+    "x86-vmx.synthetic.trace-cmd",
+    "arm64-upstream-lost.synthetic.trace",
+):
     SEED_LINES += (TRACES / name).read_bytes().splitlines(keepends=True)
 
 
@@ -29,14 +34,19 @@ def mutate(line: bytes, pos: int, junk: bytes, how: int) -> bytes:
     if how == 1:
         return line[:pos] + junk + line[pos:]
     if how == 2:
-        return line[:pos] + junk + line[pos + len(junk):]
+        return line[:pos] + junk + line[pos + len(junk) :]
     return junk
 
 
 LINE = st.one_of(
     st.sampled_from(SEED_LINES),
-    st.builds(mutate, st.sampled_from(SEED_LINES), st.integers(min_value=0, max_value=300),
-              st.binary(max_size=12), st.integers(min_value=0, max_value=3)),
+    st.builds(
+        mutate,
+        st.sampled_from(SEED_LINES),
+        st.integers(min_value=0, max_value=300),
+        st.binary(max_size=12),
+        st.integers(min_value=0, max_value=3),
+    ),
     st.binary(max_size=80),
 )
 

@@ -40,8 +40,9 @@ def test_stdin(compress):
         "from kvmexit.sources.trace import read_trace\n"
         "r = read_trace('-'); print(sum(s.exits for s in r.snapshot.stats.values()), r.info.format)\n" % str(SRC)
     )
-    out = subprocess.run([sys.executable, "-c", code], input=compress(ARM.read_bytes()), capture_output=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=compress(ARM.read_bytes()), capture_output=True, check=True
+    )
     assert out.stdout.split() == [b"26", b"ftrace"]
 
 
@@ -80,14 +81,20 @@ def test_names_side_file(tmp_path):
     src = (TRACES / "arm64-4.19.synthetic.trace").read_bytes()
     p = tmp_path / "vm.trace"
     p.write_bytes(src)
-    (tmp_path / "vm.trace.names.json").write_text(json.dumps({
-        "kvmexit_names": 1,
-        "layout": "arm64-4.19",
-        "vms": {"1200": "web", "1300": "db"},
-        "threads": {"1201": {"tgid": 1200, "comm": "CPU 0/KVM", "vcpu": 0},
+    (tmp_path / "vm.trace.names.json").write_text(
+        json.dumps(
+            {
+                "kvmexit_names": 1,
+                "layout": "arm64-4.19",
+                "vms": {"1200": "web", "1300": "db"},
+                "threads": {
+                    "1201": {"tgid": 1200, "comm": "CPU 0/KVM", "vcpu": 0},
                     "1202": {"tgid": 1200, "comm": "CPU 1/KVM", "vcpu": 1},
-                    "1301": {"tgid": 1300, "comm": "CPU 0/KVM", "vcpu": 0}},
-    }))
+                    "1301": {"tgid": 1300, "comm": "CPU 0/KVM", "vcpu": 0},
+                },
+            }
+        )
+    )
     r = read_trace(str(p))
     assert r.info.names_file == str(p) + ".names.json"
     assert {k.tid: k.tgid for k in r.snapshot.stats} == {1201: 1200, 1202: 1200, 1301: 1300}

@@ -114,8 +114,11 @@ def test_reader_equals_reference(events, layout):
                 continue
             ref.trap(tid, ec)
             name, payload = "kvm_trap_enter", trap_payload(tid, ec)
-        lines.append(render_line("ftrace", Event(ts, cpu, tid, 100, "CPU %d/KVM" % tid, name, payload),
-                                 tgid_column=True, digits=9))
+        lines.append(
+            render_line(
+                "ftrace", Event(ts, cpu, tid, 100, "CPU %d/KVM" % tid, name, payload), tgid_column=True, digits=9
+            )
+        )
     if not lines or not any(e[0] in ("exit", "entry") for e in events):
         return
     text = ("\n".join(lines) + "\n").encode()

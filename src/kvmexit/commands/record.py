@@ -41,20 +41,37 @@ KVM_EVENTS = ("kvm_exit", "kvm_entry", "kvm_trap_enter", "kvm_vcpu_wakeup")
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", default="kvmexit.trace", metavar="FILE",
-                        help="trace file (default: kvmexit.trace; .gz compresses; - for stdout)")
-    parser.add_argument("-d", "--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl-C)")
-    parser.add_argument("--buffer-size", type=int, default=8192, metavar="KB",
-                        help="per-CPU ring buffer size of the instance (default: 8192)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="kvmexit.trace",
+        metavar="FILE",
+        help="trace file (default: kvmexit.trace; .gz compresses; - for stdout)",
+    )
+    parser.add_argument(
+        "-d", "--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl-C)"
+    )
+    parser.add_argument(
+        "--buffer-size",
+        type=int,
+        default=8192,
+        metavar="KB",
+        help="per-CPU ring buffer size of the instance (default: 8192)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     parser.add_argument("--no-names", action="store_true", help="do not write FILE.names.json")
-    parser.add_argument("--event", action="append", default=[], metavar="SYSTEM:EVENT",
-                        help="also record this tracepoint (repeatable; report counts it as a non-kvm event)")
+    parser.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        metavar="SYSTEM:EVENT",
+        help="also record this tracepoint (repeatable; report counts it as a non-kvm event)",
+    )
 
 
 def find_vm_processes(procfs: str = "/proc") -> List[int]:
     """Processes holding a KVM VM file descriptor (``anon_inode:kvm-vm``)."""
-    out = []
+    out: List[int] = []
     try:
         pids = [p for p in os.listdir(procfs) if p.isdigit()]
     except OSError:
@@ -155,7 +172,11 @@ def run(args: argparse.Namespace, tracefs: Optional[str] = None, procfs: str = "
             if not inst.enable_event(system, event):
                 raise KvmexitError("no tracepoint %s:%s" % (system, event))
         header = "# kvmexit record: layout=%s kernel=%s events=%s instance=%s\n" % (
-            layout.name, platform.release(), ",".join(enabled + ["%s:%s" % e for e in extra]), inst.name)
+            layout.name,
+            platform.release(),
+            ",".join(enabled + ["%s:%s" % e for e in extra]),
+            inst.name,
+        )
         out.write(header.encode())
         inst.write("tracing_on", "1")
         fd = os.open(inst.file("trace_pipe"), os.O_RDONLY | os.O_NONBLOCK)

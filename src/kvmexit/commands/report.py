@@ -82,7 +82,8 @@ def summarize_health(h: TraceHealth, prog: str = "kvmexit report") -> List[str]:
                 prog,
                 h.malformed,
                 "" if h.malformed == 1 else "s",
-                ", ".join(str(n) for n in h.malformed_lines) + (", ..." if h.malformed > len(h.malformed_lines) else ""),
+                ", ".join(str(n) for n in h.malformed_lines)
+                + (", ..." if h.malformed > len(h.malformed_lines) else ""),
             )
         )
     if h.lost:

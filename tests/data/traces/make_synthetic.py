@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir, os.pardir, "src"))
@@ -27,8 +27,15 @@ from kvmexit.sources.trace.render import (  # noqa: E402
 
 # Abstract reasons of the scenario and how each layout family encodes them.
 #   arm64: (ret, ec); x86 VMX/SVM: exit_reason.
-ARM = {"hvc": (2, 0x16), "wfx": (2, 0x01), "irq": (0, 0), "dabt": (2, 0x24), "sys": (2, 0x18),
-       "hvc_serror": (0x80000002, 0x16), "serror": (1, 0)}
+ARM = {
+    "hvc": (2, 0x16),
+    "wfx": (2, 0x01),
+    "irq": (0, 0),
+    "dabt": (2, 0x24),
+    "sys": (2, 0x18),
+    "hvc_serror": (0x80000002, 0x16),
+    "serror": (1, 0),
+}
 VMX = {"hvc": 0x12, "wfx": 0x0C, "irq": 0x01, "dabt": 0x30, "sys": 0x20, "failed": 0x80000021}
 SVM = {"hvc": 0x081, "wfx": 0x078, "irq": 0x060, "dabt": 0x400, "sys": 0x07C}
 
@@ -68,20 +75,33 @@ def events(layout: str, x86_style: str = "kernel") -> List[Event]:
     for tid, script in variant(layout).items():
         tgid, comm, cpu, vcpu = THREADS[tid]
         t = 1_000_000_000 * 512 + tid * 1000  # ns; threads interleave
-        def emit(name: str, payload: str, at: int) -> None:
+
+        def emit(name: str, payload: str, at: int, cpu=cpu, tid=tid, tgid=tgid, comm=comm) -> None:
             nonlocal seq
             seq += 1
             out.append((at, seq, Event(at, cpu, tid, tgid, comm, name, payload)))
-        def exit_ev(reason: str, at: int) -> None:
+
+        def exit_ev(reason: str, at: int, tid=tid, vcpu=vcpu, emit=emit) -> None:
             if layout.startswith("x86"):
                 table = SVM if layout == "x86-svm" else VMX
-                emit("kvm_exit", exit_payload("x86", table[reason], vcpu=vcpu, pc=0xFFFFFFFF81000000 + tid,
-                                              isa=2 if layout == "x86-svm" else 1, style=x86_style), at)
+                emit(
+                    "kvm_exit",
+                    exit_payload(
+                        "x86",
+                        table[reason],
+                        vcpu=vcpu,
+                        pc=0xFFFFFFFF81000000 + tid,
+                        isa=2 if layout == "x86-svm" else 1,
+                        style=x86_style,
+                    ),
+                    at,
+                )
                 return
             ret, ec = ARM[reason]
             emit("kvm_exit", exit_payload(kernel_layout, ret, ec, vcpu=vcpu), at)
             if kernel_layout == "arm64-openeuler-5.10" and (ret & 0x7FFFFFFF) == 2:
                 emit("kvm_trap_enter", trap_payload(vcpu, ec), at + 500)
+
         for step in script:
             kind = step[0]
             if kind == "unpaired":
@@ -101,8 +121,12 @@ def events(layout: str, x86_style: str = "kernel") -> List[Event]:
                 exit_ev(step[1], t)
                 t += 1000
         # a foreign event on the same CPU
-        emit("sched_switch", "prev_comm=%s prev_pid=%d prev_prio=120 prev_state=S ==> next_comm=swapper/%d "
-             "next_pid=0 next_prio=120" % (comm, tid, cpu), t + 100000)
+        emit(
+            "sched_switch",
+            "prev_comm=%s prev_pid=%d prev_prio=120 prev_state=S ==> next_comm=swapper/%d "
+            "next_pid=0 next_prio=120" % (comm, tid, cpu),
+            t + 100000,
+        )
     out.sort(key=lambda x: (x[0], x[1]))
     return [e for _, _, e in out]
 
@@ -145,7 +169,9 @@ def main() -> None:
     write("arm64-upstream.synthetic.trace-cmd", ["cpus=4"] + [render_line("trace-cmd", e) for e in up])
     write("arm64-upstream.synthetic.perf", [render_line("perf", e, tgid_column=True, digits=9) for e in up])
     x = events("x86-vmx", "plugin")
-    write("x86-vmx.synthetic.trace-cmd", ["version = 7", "cpus=4"] + [render_line("trace-cmd", e, buffer="vm") for e in x])
+    write(
+        "x86-vmx.synthetic.trace-cmd", ["version = 7", "cpus=4"] + [render_line("trace-cmd", e, buffer="vm") for e in x]
+    )
     write("x86-vmx.synthetic.perf", [render_line("perf", e) for e in x])
     # Ring-buffer loss: CPU 2's older events overwritten, CPU 0 loses events mid-way.
     lost: List[str] = FTRACE_HEADER.format(n=len(up)).splitlines()

@@ -87,7 +87,7 @@ def open_input(path: str) -> Tuple[IO[bytes], Optional[str]]:
         raw: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")
     except OSError as e:
         raise BadTrace("cannot open %s: %s" % (path, e.strerror)) from e
-    buf = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
+    buf = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type,type-var]
     try:
         head = buf.peek(6)[:6]
     except OSError as e:

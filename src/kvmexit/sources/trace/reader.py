@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import lzma
 import os
 from dataclasses import dataclass
-from typing import IO, Any, Dict, Iterable, Iterator, Optional, Tuple
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ...errors import BadTrace
 from ...layouts import detect as detect_layout_from_formats
@@ -129,7 +130,7 @@ def read_trace(
         result = read_stream(stream, fmt=fmt, layout=layout, tids=tids, tgids=tgids, names=names)
     except EOFError as e:  # truncated gzip/xz stream
         raise BadTrace("%s: compressed stream is truncated: %s" % (path, e)) from e
-    except (OSError, lzma_error()) as e:
+    except (OSError, lzma.LZMAError) as e:
         raise BadTrace("%s: cannot read: %s" % (path, e)) from e
     finally:
         if stream is not None and path != "-":
@@ -138,12 +139,6 @@ def read_trace(
     result.info.compression = compression
     result.info.names_file = names_path
     return result
-
-
-def lzma_error() -> type:
-    import lzma
-
-    return lzma.LZMAError
 
 
 def read_stream(
@@ -167,11 +162,11 @@ def read_stream(
     if layout is None and names is not None and names.layout:
         layout = names.layout
     if layout is None:
-        samples = []
+        samples: List[Tuple[bytes, bytes]] = []
         for line in head:
             m = rx.match(line)
             if m is not None:
-                samples.append(m.group(rx.groupindex["event"], rx.groupindex["payload"]))
+                samples.append((m.group("event"), m.group("payload")))
         layout = detect_layout(samples)
     pairer = Pairer()
     decoder = Decoder(layout) if layout is not None else None
@@ -239,6 +234,7 @@ def _loop(
     n = n_exit = n_entry = n_other = n_ignored = n_filtered = unpaired = negative = 0
     first_ns: Optional[int] = None
     last_ns = 0
+
     def grammar(line: bytes, parts: list) -> Optional[tuple]:
         """The full grammar: ``(info, event, payload, digits, frac)``, or ``None`` when the line is
         not a kvm event (it is then counted here as other event, ignored or malformed)."""
