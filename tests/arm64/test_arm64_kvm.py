@@ -212,13 +212,16 @@ def test_live_names_and_labels(live):
     doc = _rows(live)[0]
     tids = live.tids()
     pid = live.done["pid"]
+    problems = []
     for row in doc["rows"]:
         idx = tids[row["tid"]]
-        assert row["tgid"] == pid
-        assert row["vm"] == VM_NAME
-        assert row["vcpu"] == idx
-        assert row["comm"] == "CPU %d/KVM" % idx
-        assert row["reason"] in (*TRAPS, "IRQ"), row["reason"]
+        want = {"tgid": pid, "vm": VM_NAME, "vcpu": idx, "comm": "CPU %d/KVM" % idx}
+        for key, value in sorted(want.items()):
+            if row.get(key) != value:
+                problems.append("tid %d %s: %s=%r, want %r" % (row["tid"], row["reason"], key, row.get(key), value))
+        if row["reason"] not in (*TRAPS, "IRQ"):
+            problems.append("tid %d: unexpected reason %r" % (row["tid"], row["reason"]))
+    assert not problems, "\n".join(problems)
     # IRQ exits (ftrace: exception type IRQ, whatever stale EC it prints) are "IRQ" rows.
     ftrace_irq = sum(live.ftrace.counts(t).get("IRQ", 0) for t in tids)
     rows_irq = sum(r["count"] for r in doc["rows"] if r["reason"] == "IRQ")
