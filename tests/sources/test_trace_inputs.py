@@ -103,6 +103,18 @@ def test_names_side_file(tmp_path):
     assert {k.tgid for k in r.snapshot.stats} == {0}
 
 
+def test_names_file_lost_counts(tmp_path, capsys):
+    from kvmexit.cli import main
+
+    p = tmp_path / "t"
+    p.write_bytes(ARM.read_bytes())
+    (tmp_path / "t.names.json").write_text(json.dumps({"lost": {"1": {"overrun": 7, "dropped events": 0}}}))
+    assert read_trace(str(p)).health.recorded_lost == {1: 7}
+    assert main(["report", str(p)]) == 0
+    err = capsys.readouterr().err
+    assert "the recording lost events (ring-buffer overrun): CPU 1: 7" in err
+
+
 def test_names_file_layout_from_format_files(tmp_path):
     """A names file with the kvm format files decides the layout (here 4.19: "TRAP" is code 1)."""
     fmt_dir = TRACES.parent / "formats" / "arm64-4.19"

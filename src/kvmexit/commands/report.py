@@ -99,6 +99,11 @@ def summarize_health(h: TraceHealth, prog: str = "kvmexit report") -> List[str]:
                 _fmt_list([str(t) for t in sorted(h.reset_threads)]),
             )
         out.append(msg)
+    if h.recorded_lost:
+        out.append(
+            "%s: the recording lost events (ring-buffer overrun): %s"
+            % (prog, _fmt_list(["CPU %d: %d" % (c, n) for c, n in sorted(h.recorded_lost.items())]))
+        )
     if h.negative:
         out.append("%s: %d pairs had the entry before the exit (clock skew), counted as 0ns" % (prog, h.negative))
     return out

@@ -67,6 +67,8 @@ class TraceHealth:
     #: Pairs whose entry timestamp was before the exit's (clamped to 0 ns).
     negative: int = 0
     filtered: int = 0  # kvm events of threads excluded by -p/-t
+    #: CPU -> events the recorder's ring buffer lost (from the names file of kvmexit record).
+    recorded_lost: Dict[int, int] = field(default_factory=dict)
 
     def note_malformed(self, lineno: int, keep: int = 5) -> None:
         self.malformed += 1

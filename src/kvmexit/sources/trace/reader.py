@@ -71,8 +71,11 @@ class Names:
     tgid_of: Dict[int, int] = None  # type: ignore[assignment]
     vm_of: Dict[int, str] = None  # type: ignore[assignment]
     threads: Dict[int, ThreadInfo] = None  # type: ignore[assignment]
+    #: CPU -> per_cpu stats with overrun/dropped events at the end of the recording.
+    lost: Dict[int, Dict[str, int]] = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
+        self.lost = self.lost or {}
         self.tgid_of = self.tgid_of or {}
         self.vm_of = self.vm_of or {}
         self.threads = self.threads or {}
@@ -100,7 +103,8 @@ def load_names(path: str) -> Names:
         layout = doc.get("layout")
         if layout is None and doc.get("formats"):
             layout = detect_layout_from_formats(doc["formats"]).name
-        return Names(layout=layout, tgid_of=tgid_of, vm_of=vm_of, threads=threads)
+        lost = {int(c): {k: int(v) for k, v in s.items()} for c, s in (doc.get("lost") or {}).items()}
+        return Names(layout=layout, tgid_of=tgid_of, vm_of=vm_of, threads=threads, lost=lost)
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise BadTrace("cannot read names file %s: %s" % (path, e)) from e
 
@@ -190,6 +194,11 @@ def read_stream(
             vcpu = side.vcpu if side is not None and side.vcpu is not None else vcpu_from_comm(comm)
             threads[tid] = ThreadInfo(comm=comm, vm=vm or (side.vm if side else None), vcpu=vcpu)
     snap = pairer.snapshot(decoder.arch, names=threads, tgids=tgid_of)
+    if names is not None:
+        for cpu, st in names.lost.items():
+            n = st.get("overrun", 0) + st.get("dropped events", 0)
+            if n:
+                h.recorded_lost[cpu] = n
     info = TraceInfo(path="", format=fmt, layout=decoder.layout, arch=decoder.arch)
     return TraceResult(snapshot=snap, info=info, health=h)
 
