@@ -130,6 +130,34 @@ def test_names_file_layout_from_format_files(tmp_path):
     assert key.code == 1
 
 
+def test_layout_from_the_record_header():
+    import io
+
+    from kvmexit.sources.trace import read_stream
+
+    text = (
+        b"# kvmexit record: layout=arm64-4.19 kernel=4.19.0 events=kvm_exit,kvm_entry instance=x\n"
+        b"  a-1 [000] d..1. 1.000001: kvm_exit: TRAP: HSR_EC: 0x0016 (HVC64), PC: 0x1\n"
+    )
+    r = read_stream(io.BytesIO(text))
+    assert r.info.layout == "arm64-4.19"
+    assert [k.code for k in r.snapshot.stats] == [1]
+
+
+def test_tgid_learnt_from_a_later_line():
+    import io
+
+    from kvmexit.sources.trace import read_stream
+
+    text = (
+        b"  a-5 (-------) [000] d..1. 1.000001: kvm_exit: IRQ: HSR_EC: 0x0000 (UNKNOWN), PC: 0x1\n"
+        b"  a-5 (      4) [000] d..1. 1.000002: kvm_entry: PC: 0x1\n"
+        b"  a-5 (      4) [000] d..1. 1.000003: kvm_exit: IRQ: HSR_EC: 0x0000 (UNKNOWN), PC: 0x1\n"
+    )
+    r = read_stream(io.BytesIO(text))
+    assert {k.tgid for k in r.snapshot.stats} == {4}
+
+
 def test_bad_names_file(tmp_path):
     p = tmp_path / "t"
     p.write_bytes(ARM.read_bytes())

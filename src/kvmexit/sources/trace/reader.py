@@ -15,6 +15,7 @@ import itertools
 import json
 import lzma
 import os
+import re
 from dataclasses import dataclass
 from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -22,13 +23,14 @@ from ...errors import BadTrace
 from ...layouts import detect as detect_layout_from_formats
 from ...model import Snapshot, ThreadInfo
 from ...names import vcpu_from_comm
-from .decode import Decoder, arch_of, detect_layout
+from .decode import LAYOUTS, Decoder, arch_of, detect_layout
 from .formats import FORMATS, GRAMMARS, GROUPS, classify_other, detect_format, head_lines, open_input
 from .pairing import A_HALT, A_HIST, A_MAX, A_MIN, A_PAIRS, A_TOTAL, A_UNFIN, LAST_SLOT, Pairer, TraceHealth, new_acc
 
 __all__ = ["TraceInfo", "TraceResult", "read_trace", "read_stream", "load_names", "NAMES_SUFFIX"]
 
 NAMES_SUFFIX = ".names.json"
+_RECORD_HEADER = re.compile(rb"^# kvmexit record: layout=(\S+)")
 
 #: ns per unit for a timestamp fraction of n digits (0 digits: a raw counter, taken as ns).
 _SCALE = tuple([1] + [10 ** (9 - n) if n <= 9 else 1 for n in range(1, 20)])
@@ -165,6 +167,11 @@ def read_stream(
     order = tuple(rx.groupindex[g] for g in GROUPS)
     if layout is None and names is not None and names.layout:
         layout = names.layout
+    if layout is None:
+        for line in head[:5]:
+            m = _RECORD_HEADER.match(line)
+            if m is not None and m.group(1).decode() in LAYOUTS:
+                layout = m.group(1).decode()  # written by kvmexit record
     if layout is None:
         samples: List[Tuple[bytes, bytes]] = []
         for line in head:
@@ -357,8 +364,8 @@ def _loop(
                 first_ns = ts
             if tid not in comm_of:
                 comm_of[tid] = info[3]
-                if info[1] is not None:
-                    tgid_of[tid] = info[1]
+            if info[1] is not None and tid not in tgid_of:
+                tgid_of[tid] = info[1]
             prev = starts_get(tid)
             if prev is not None:
                 pk = prev[1]
