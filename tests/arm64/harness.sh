@@ -81,7 +81,7 @@ pick_abi() {
 
 cmd_build() {
     mkdir -p "$cache" "$cache/logs"
-    local abi_ver abi kver_pkg kkey rkey kdir rimg
+    local abi_ver abi kver_pkg kkey rkey kdir rimg updated=${1:-}
     abi_ver=$(pick_abi)
     abi=${abi_ver%% *}
     kver_pkg=${abi_ver#* }
@@ -90,6 +90,14 @@ cmd_build() {
         | sha256sum | cut -c1-16)
     kdir="$cache/kernel-$abi-$kkey"
     rimg="$cache/rootfs-$abi-$rkey.img"
+    if [ -z "$updated" ] && { [ ! -e "$kdir/vmlinuz" ] || [ ! -e "$rimg" ]; }; then
+        # Something must be built: refresh the package lists first (stale lists
+        # name kernel versions the mirror may no longer have), then decide again.
+        log "cache miss: apt-get update, then pick the kernel again"
+        apt-get update -q >/dev/null
+        cmd_build updated
+        return
+    fi
     if [ -e "$kdir/vmlinuz" ]; then
         log "kernel cached: $kdir"
     else

@@ -303,3 +303,20 @@ def test_cost_ratio(results):
         "\ncost: workload median %.3fs without, %.3fs with kvmexit attached: ratio %.2f (runs %s / %s)"
         % (base[len(base) // 2], traced[len(traced) // 2], ratio, cost["base_s"], cost["traced_s"])
     )
+
+
+def test_offline_report_of_the_same_capture(live):
+    """`kvmexit report` on the live scenario's own ftrace capture (host side, no bcc) agrees with ftrace."""
+    src = os.environ.get("KVMEXIT_ARM64_SRC") or os.path.join(os.path.dirname(os.path.dirname(HERE)), "src", "kvmexit")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(src))
+    cmd = [sys.executable, "-m", "kvmexit", "report", "--json", "--by", "thread", os.path.join(live.dir, "trace")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    docs = er.json_docs(p.stdout)
+    got = er.rows_by_thread(docs)
+    want = live.expected_by_tid()
+    for tid in want:
+        assert dict(got.get(tid, {})) == want[tid], "tid %d" % tid
+    assert set(got) == set(want)
+    for row in docs[0]["rows"]:
+        assert row["pairs"] == live.ftrace.pairs[row["tid"]][row["reason"]], row
