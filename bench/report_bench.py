@@ -13,6 +13,16 @@ It prints lines/s for both and the peak RSS of the report process; peak RSS is a
 trace of ``--small`` lines (default 1,000,000) to show that memory does not grow with length.
 
     python3 bench/report_bench.py [--lines N] [--small N] [--formats ftrace,perf] [--keep DIR]
+
+Figures on the development machine (x86_64 VM, 2 vCPUs, Python 3.11.2, mawk 1.3.4), 5M lines:
+
+    format     report l/s   awk l/s   ratio   peak RSS at 1M / 5M lines
+    ftrace      1,104,675  8,206,872   7.4x   23.4 MB / 23.4 MB
+    trace-cmd   1,099,208  7,870,203   7.2x   23.4 MB / 23.4 MB
+    perf        1,057,829  7,157,083   6.8x   23.4 MB / 23.4 MB
+
+Where the time goes (ftrace): about 45% in parsing (``split``, the cached-prefix lookup, the
+timestamp ``int``), 55% in pairing and accounting (dict lookups, list updates per pair).
 """
 
 from __future__ import annotations
