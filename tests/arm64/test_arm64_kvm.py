@@ -64,6 +64,7 @@ def _boot() -> str:
         shutil.rmtree(os.path.join(runs, old), ignore_errors=True)
     cmd = ["bash", os.path.join(HERE, "harness.sh"), "run", out]
     t0 = time.time()
+    load0 = os.getloadavg()[0]
     # Own session, so a timeout kills the harness and its QEMU together.
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -77,7 +78,10 @@ def _boot() -> str:
             time.sleep(3)
         output, _ = p.communicate()
         pytest.fail("arm64 harness run timed out after 1800s:\n%s" % output[-4000:])
-    print("\narm64 e2e: harness run took %.0fs, output in %s" % (time.time() - t0, out))
+    print(
+        "\narm64 e2e: harness run took %.0fs, output in %s (host load average %.2f before, %.2f after)"
+        % (time.time() - t0, out, load0, os.getloadavg()[0])
+    )
     if p.returncode != 0:
         pytest.fail("arm64 harness run failed (rc=%d):\n%s" % (p.returncode, output[-4000:]))
     return out
@@ -300,8 +304,10 @@ def test_cost_ratio(results):
     assert base and traced, cost
     ratio = traced[len(traced) // 2] / base[len(base) // 2]
     print(
-        "\ncost: workload median %.3fs without, %.3fs with kvmexit attached: ratio %.2f (runs %s / %s)"
-        % (base[len(base) // 2], traced[len(traced) // 2], ratio, cost["base_s"], cost["traced_s"])
+        "\ncost: workload median %.3fs without, %.3fs with kvmexit attached: ratio %.2f (of the fastest runs: %.2f)"
+        "\n  runs without %s\n  runs with %s"
+        "\n  (wall time under TCG on a shared host: load on the host skews single runs)"
+        % (base[len(base) // 2], traced[len(traced) // 2], ratio, traced[0] / base[0], cost["base_s"], cost["traced_s"])
     )
 
 
