@@ -184,6 +184,9 @@ def _rows(sc):
     assert docs, "kvmexit printed no JSON (rc=%d):\n%s" % (sc.rc, sc.err[-3000:])
     for doc in docs:
         assert doc.get("schema") == "kvmexit/1", doc.get("schema")
+        exits = (doc.get("totals") or {}).get("exits")
+        if exits is not None:  # the closing line accounts for every row
+            assert exits == sum(int(r["count"]) for r in doc["rows"]), doc["totals"]
     return docs
 
 
