@@ -5,11 +5,15 @@ from __future__ import annotations
 import glob
 import os
 import re
+import time
 from typing import Dict, Iterable, Optional
 
 from .model import ThreadInfo
 
 __all__ = ["vm_name_from_cmdline", "vcpu_from_comm", "NameResolver"]
+
+#: How long "no such process" is remembered for a tgid.
+MISS_SECONDS = 10.0
 
 _VCPU_COMM = re.compile(r"^CPU (\d+)/KVM$")
 
@@ -48,6 +52,8 @@ class NameResolver:
         self.procfs = procfs
         self.libvirt_run = libvirt_run
         self._vm: Dict[int, Optional[str]] = {}
+        #: tgids with no process now, and when that was seen: pids are reused, so misses expire.
+        self._gone: Dict[int, float] = {}
         self._comm: Dict[int, str] = {}
 
     def _read(self, *parts: str) -> Optional[bytes]:
@@ -68,18 +74,23 @@ class NameResolver:
         return None
 
     def vm(self, tgid: int) -> Optional[str]:
-        if tgid not in self._vm:
-            raw = self._read(str(tgid), "cmdline")
-            name = None
-            if raw:
-                argv = [a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0")]
-                name = vm_name_from_cmdline(argv)
-            if name is None:
-                name = self._libvirt_domain(tgid)
-            if raw is None and name is None:
-                return None  # process gone or unreadable: do not cache a miss
-            self._vm[tgid] = name
-        return self._vm[tgid]
+        if tgid in self._vm:
+            return self._vm[tgid]
+        seen_gone = self._gone.get(tgid)
+        if seen_gone is not None and time.monotonic() - seen_gone < MISS_SECONDS:
+            return None
+        raw = self._read(str(tgid), "cmdline")
+        name = None
+        if raw:
+            argv = [a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0")]
+            name = vm_name_from_cmdline(argv)
+        if name is None:
+            name = self._libvirt_domain(tgid)
+        if raw is None and name is None:
+            self._gone[tgid] = time.monotonic()
+            return None
+        self._vm[tgid] = name
+        return name
 
     def comm(self, tgid: int, tid: int, fallback: str = "") -> str:
         raw = self._read(str(tgid), "task", str(tid), "comm")

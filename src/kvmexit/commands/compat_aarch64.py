@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import List, Optional
 
 from ..cli import run_command
@@ -16,7 +17,7 @@ from ..model import Report, build_report, delta
 from ..names import NameResolver
 from ..reasons import label
 from ..views import format_health
-from .live import on_sigterm, open_live, wait_for_end
+from .live import StopRequest, announce, open_live
 
 __all__ = ["main", "format_compat"]
 
@@ -43,24 +44,16 @@ def format_compat(report: Report) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
-
     live_args = argparse.Namespace(tracefs=None, pids=[], tids=[], vms=[], max_threads=16384, max_keys=65536)
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    source = open_live(live_args, NameResolver())
     try:
-        source = open_live(live_args, NameResolver())
-        try:
-            print(
-                "kvmexit: tracing, %s" % ("for %gs" % args.duration if args.duration else "Ctrl-C to end"),
-                file=sys.stderr,
-            )
+        with StopRequest() as stop:
             first = source.snapshot()
-            wait_for_end(args.duration, source.sweep)
+            announce(source, args.duration)
+            stop.sleep_until(time.monotonic() + args.duration if args.duration else None, source.sweep)
             report = build_report(delta(source.snapshot(), first), label, sort="tid")
-        finally:
-            source.close()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        source.close()
     print(format_compat(report))
     print(format_health(report), file=sys.stderr)
     return 0

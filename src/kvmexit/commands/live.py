@@ -8,15 +8,15 @@ import platform
 import signal
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import KvmexitError, UnsupportedArch
 from ..layouts import Layout, detect, find_tracefs, read_formats
-from ..model import Snapshot, delta
+from ..model import Snapshot, delta, paused_gc
 from ..names import NameResolver
 from .common import Emitter, add_filter_options, add_output_options, make_report
 
-__all__ = ["DESCRIPTION", "EPILOG", "prepare_parser", "run", "open_live", "wait_for_end", "Stopped", "on_sigterm"]
+__all__ = ["DESCRIPTION", "EPILOG", "StopRequest", "announce", "open_live", "prepare_parser", "run"]
 
 DESCRIPTION = (
     "Trace KVM VM exits with eBPF and report, per VM, vCPU thread and exit reason, how many there were "
@@ -43,8 +43,39 @@ upper bound of its log2 bucket; HALT% is the share of that time the vCPU was hal
 _SUPPORTED_MACHINES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86"}
 
 
-class Stopped(Exception):
-    """SIGTERM, turned into an exception so cleanup runs as for Ctrl-C."""
+class StopRequest:
+    """Once the programs are attached, SIGINT and SIGTERM only set a flag: the run ends at its
+    next wait and still prints its report, and a signal never cuts a map read in half."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._saved: Dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved[sig] = signal.signal(sig, self._request)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+    def _request(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def sleep_until(self, deadline: Optional[float], tick: Optional[Callable[[], object]] = None) -> bool:
+        """Sleep until the monotonic ``deadline`` (None: no end) or a stop request, whichever
+        comes first; True if stopped. ``tick`` runs every SWEEP_SECONDS meanwhile."""
+        next_tick = time.monotonic() + SWEEP_SECONDS
+        while not self.requested:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            if tick is not None and now >= next_tick:
+                tick()
+                next_tick = now + SWEEP_SECONDS
+            time.sleep(min(0.05, deadline - now) if deadline is not None else 0.05)
+        return True
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
@@ -117,29 +148,8 @@ def _why_empty(args: argparse.Namespace) -> str:
 SWEEP_SECONDS = 10.0
 
 
-def wait_for_end(duration: Optional[float], sweep: Callable[[], object]) -> None:
-    """Sleep for ``duration`` seconds, or until Ctrl-C/SIGTERM; either ends the wait normally.
-
-    ``sweep`` runs every SWEEP_SECONDS so thread churn over a long run cannot fill the maps.
-    """
-    end = time.monotonic() + duration if duration else None
-    try:
-        while True:
-            left = SWEEP_SECONDS if end is None else end - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, SWEEP_SECONDS))
-            sweep()
-    except (KeyboardInterrupt, Stopped):
-        pass
-
-
 def _stamp(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) + ("%.3f" % (t % 1))[1:]
-
-
-def on_sigterm(signum: int, frame: object) -> None:
-    raise Stopped()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,21 +162,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.count is not None and args.interval is None:
         raise KvmexitError("-c/--count needs -i/--interval")
-    resolver = NameResolver()
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        try:
-            source = open_live(args, resolver)
-        except KvmexitError as e:
-            if args.fallback_example:
-                return _fallback(args, "live tracing is not possible here: %s" % e)
-            raise
-        try:
-            traced = _trace(source, args)
-        finally:
-            source.close()
+        source = open_live(args, NameResolver())
+    except KvmexitError as e:
+        if args.fallback_example:
+            return _fallback(args, "live tracing is not possible here: %s" % e)
+        raise
+    try:
+        with StopRequest() as stop:
+            traced = _trace(source, args, stop)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        source.close()
     if traced == 0 and args.fallback_example:
         return _fallback(args, "no KVM exit occurred while tracing live")
     return 0
@@ -175,57 +181,52 @@ def run(args: argparse.Namespace) -> int:
 def _fallback(args: argparse.Namespace, why: str) -> int:
     from .report import report_example
 
-    print("kvmexit: %s; reporting on the shipped arm64 example trace instead" % why, file=sys.stderr)
-    return report_example(args)
+    return report_example(args, why)
 
 
-def _trace(source: Any, args: argparse.Namespace) -> int:
+def announce(source: Any, duration: Optional[float]) -> None:
+    """The ready line (tests and scripts wait for it): every program is attached."""
+    until = "for %gs" % duration if duration else "Ctrl-C to end"
+    layout = source.layout
+    print("kvmexit: tracing %s exits (layout %s), %s" % (layout.arch, layout.name, until), file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _trace(source: Any, args: argparse.Namespace, stop: StopRequest) -> int:
     """Run the tracing loop; returns the number of exits seen."""
     emitter = Emitter(args, _source_info(source))
-    print(
-        "kvmexit: tracing %s exits (layout %s)%s"
-        % (source.layout.arch, source.layout.name, "" if args.duration else ", Ctrl-C to end"),
-        file=sys.stderr,
-    )
-    sys.stderr.flush()
-    start = time.time()
-    first = source.snapshot()
-    seen = 0
+    start, start_mono = time.time(), time.monotonic()
+    prev = source.snapshot()
+    announce(source, args.duration)
+    deadline = start_mono + args.duration if args.duration else None
     if args.interval is None:
-        wait_for_end(args.duration, source.sweep)
-        snap = delta(source.snapshot(), first)
-        report = make_report(snap, args)
-        emitter.emit(report, _interval(0, start, time.time()), _why_empty(args))
-        return report.totals.exits
-    prev: Snapshot = first
-    prev_t = start
-    index = 0
-    deadline = start + args.duration if args.duration else None
-    try:
-        while args.count is None or index < args.count:
-            wake = prev_t + args.interval
-            if deadline is not None:
-                wake = min(wake, deadline)
-            time.sleep(max(0.0, wake - time.time()))
-            prev, prev_t, n = _emit_interval(source, args, emitter, prev, prev_t, index)
-            seen += n
-            index += 1
-            if deadline is not None and prev_t >= deadline:
-                break
-    except (KeyboardInterrupt, Stopped):
-        _, _, n = _emit_interval(source, args, emitter, prev, prev_t, index)
+        stop.sleep_until(deadline, source.sweep)
+        return _emit_since(source, args, emitter, prev, start, 0)[1]
+    prev_t, seen, index = start, 0, 0
+    wake = start_mono
+    while args.count is None or index < args.count:
+        wake += args.interval
+        stopped = stop.sleep_until(wake if deadline is None else min(wake, deadline))
+        now_t = time.time()
+        prev, n = _emit_since(source, args, emitter, prev, prev_t, index)
+        prev_t = now_t
         seen += n
+        index += 1
+        if stopped or (deadline is not None and time.monotonic() >= deadline):
+            break
     return seen
 
 
-def _emit_interval(
+def _emit_since(
     source: Any, args: argparse.Namespace, emitter: Emitter, prev: Snapshot, prev_t: float, index: int
-) -> tuple:
+) -> Tuple[Snapshot, int]:
+    """Report what happened since ``prev``; returns the new snapshot and its number of exits."""
     now_t = time.time()
-    snap = source.snapshot()
-    report = make_report(delta(snap, prev), args)
-    emitter.emit(report, _interval(index, prev_t, now_t), _why_empty(args))
-    return snap, now_t, report.totals.exits
+    with paused_gc():
+        snap = source.snapshot()
+        report = make_report(delta(snap, prev), args)
+        emitter.emit(report, _interval(index, prev_t, now_t), _why_empty(args))
+    return snap, report.totals.exits
 
 
 def _interval(index: int, start: float, end: float) -> Dict[str, Any]:

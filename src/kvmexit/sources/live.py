@@ -7,11 +7,13 @@ without it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import struct
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import BccMissing, HeadersMissing, KvmexitError, NotRoot
 from ..layouts import Layout
@@ -22,7 +24,6 @@ __all__ = ["BpfProgram", "render_program", "LiveSource", "import_bcc", "PROGRAM_
 
 PROGRAM_PREFIX = "kvmexit_"
 BPF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "bpf")
-_U64_MAX = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ class LiveSource:
         )
         self._attach = attach
         self.bpf: Any = None
+        self._batch: Optional[_BatchReader] = None
+        self._threads: Dict[int, Tuple[Tuple[int, bytes], ThreadInfo]] = {}
         #: Open exits of threads that died before their entry, per key; they count as unfinished.
         self._abandoned: Dict[ExitKey, int] = {}
         self._comms: Dict[int, str] = {}
@@ -178,6 +181,7 @@ class LiveSource:
         )
 
     def close(self) -> None:
+        self._batch = None
         if self.bpf is not None:
             bpf, self.bpf = self.bpf, None
             bpf.cleanup()
@@ -198,6 +202,15 @@ class LiveSource:
             stats_map_full=values[2],
             abandoned=sum(self._abandoned.values()),
         )
+
+    def _thread(self, tgid: int, tid: int, comm: bytes) -> ThreadInfo:
+        """Names of a thread, resolved once per (tgid, tid, kernel comm)."""
+        cached = self._threads.get(tid)
+        if cached is not None and cached[0] == (tgid, comm):
+            return cached[1]
+        info = self.resolver.thread(tgid, tid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"))
+        self._threads[tid] = ((tgid, comm), info)
+        return info
 
     def sweep(self) -> None:
         """Remove the slots of exited threads (as every snapshot does)."""
@@ -222,6 +235,23 @@ class LiveSource:
                 self._abandoned[key] = self._abandoned.get(key, 0) + 1
         return opened
 
+    def _stats_items(self) -> List[Tuple[ExitKey, ExitStats, bytes]]:
+        """(key, stats as the kernel keeps them, comm) for every entry of the stats map."""
+        table = self.bpf["stats"]
+        if self._batch is None:
+            self._batch = _BatchReader(table)
+        raw = self._batch.read()
+        if raw is None:  # kernel without batch lookups (before 5.6): one syscall per key
+            return [
+                (ExitKey(k.tgid, k.tid, k.code, k.detail), _stats_from_values(_leaf_values(v)), bytes(v.comm))
+                for k, v in table.items()
+            ]
+        keys, values = raw
+        return [
+            (ExitKey(*k), _stats_from_values(v), v[-1])
+            for k, v in zip(struct.iter_unpack(_KEY_FORMAT, keys), struct.iter_unpack(_VALUE_FORMAT, values))
+        ]
+
     def snapshot(self) -> Snapshot:
         """Cumulative state. Nothing is cleared, so deltas between snapshots lose nothing.
 
@@ -231,32 +261,89 @@ class LiveSource:
         """
         now = time.monotonic_ns() if hasattr(time, "monotonic_ns") else int(time.monotonic() * 1e9)
         health = self.health()
-        leaves = [(ExitKey(k.tgid, k.tid, k.code, k.detail), v) for k, v in self.bpf["stats"].items()]
+        items = self._stats_items()
         opened = self._open_exits()
         stats: Dict[ExitKey, ExitStats] = {}
         threads: Dict[int, ThreadInfo] = {}
-        for key, v in leaves:
-            stats[key] = _stats_from_leaf(v, opened.get(key, 0), self._abandoned.get(key, 0))
-            if key.tid not in threads:
-                threads[key.tid] = self.resolver.thread(key.tgid, key.tid, v.comm.decode("utf-8", "replace"))
+        comms: Dict[int, bytes] = {}
+        for key, st, comm in items:
+            comms.setdefault(key.tid, comm)
+            more_open, abandoned = opened.get(key, 0), self._abandoned.get(key, 0)
+            if more_open or abandoned:
+                st = st._replace(open=more_open, unfinished=st.unfinished + abandoned)
+            stats[key] = st
         for key in set(opened) | set(self._abandoned):
-            if key in stats:
-                continue
-            stats[key] = ExitStats(open=opened.get(key, 0), unfinished=self._abandoned.get(key, 0))
+            if key not in stats:
+                stats[key] = ExitStats(open=opened.get(key, 0), unfinished=self._abandoned.get(key, 0))
+        for key in stats:
             if key.tid not in threads:
-                threads[key.tid] = self.resolver.thread(key.tgid, key.tid)
+                threads[key.tid] = self._thread(key.tgid, key.tid, comms.get(key.tid, b""))
         return Snapshot(arch=self.layout.arch, stats=stats, health=health, threads=threads, time_ns=now)
 
 
-def _stats_from_leaf(v: Any, open_exits: int, abandoned: int) -> ExitStats:
-    pairs = v.pairs
+#: struct kvmexit_key and struct kvmexit_value (bpf/kvmexit.h), native byte order, no padding.
+_KEY_FORMAT = "=4I"
+_VALUE_FORMAT = "=6Q%dQ16s" % HIST_SLOTS
+
+
+class _BatchReader:
+    """Reads a whole hash map with BPF_MAP_LOOKUP_BATCH (5.6+) into reused buffers."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.capacity = table.max_entries
+        self.key_size = ctypes.sizeof(table.Key)
+        self.value_size = ctypes.sizeof(table.Leaf)
+        if (struct.calcsize(_KEY_FORMAT), struct.calcsize(_VALUE_FORMAT)) != (self.key_size, self.value_size):
+            raise AssertionError("bpf/kvmexit.h and the struct formats in live.py disagree")
+        self.keys = (ctypes.c_char * (self.key_size * self.capacity))()
+        self.values = (ctypes.c_char * (self.value_size * self.capacity))()
+        self.supported = True
+
+    def read(self) -> Optional[Tuple[memoryview, memoryview]]:
+        if not self.supported:
+            return None
+        from bcc import libbcc  # type: ignore[import-not-found]
+
+        lib = libbcc.lib
+        fd = self.table.map_fd
+        in_batch, out_batch = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        total = 0
+        while total < self.capacity:
+            count = ctypes.c_uint32(self.capacity - total)
+            res = lib.bpf_lookup_batch(
+                fd,
+                ctypes.byref(in_batch) if total else None,
+                ctypes.byref(out_batch),
+                ctypes.byref(self.keys, self.key_size * total),
+                ctypes.byref(self.values, self.value_size * total),
+                ctypes.byref(count),
+            )
+            err = ctypes.get_errno()
+            total += count.value
+            if res != 0:
+                if err == errno.ENOENT or -res == errno.ENOENT:
+                    break  # end of map
+                if total == 0:
+                    self.supported = False  # EINVAL/ENOTSUPP: no batch operations in this kernel
+                    return None
+                raise KvmexitError("reading the stats map failed: %s" % os.strerror(err or -res))
+            in_batch.value = out_batch.value
+        return (
+            memoryview(self.keys)[: total * self.key_size],
+            memoryview(self.values)[: total * self.value_size],
+        )
+
+
+def _leaf_values(v: Any) -> tuple:
+    """A bcc Leaf as the tuple struct.unpack(_VALUE_FORMAT) gives."""
+    return (v.pairs, v.unfinished, v.total_ns, v.min_ns, v.max_ns, v.halt_ns, *v.hist, bytes(v.comm))
+
+
+def _stats_from_values(v: tuple) -> ExitStats:
+    """(pairs, unfinished, total, min, max, halt, hist[HIST_SLOTS]..., comm) -> ExitStats."""
+    pairs = v[0]
+    # Positional (pairs, unfinished, open, total, min, max, halt, hist): 10^5 calls per snapshot.
     return ExitStats(
-        pairs=pairs,
-        unfinished=v.unfinished + abandoned,
-        open=open_exits,
-        total_ns=v.total_ns,
-        min_ns=v.min_ns if pairs and v.min_ns != _U64_MAX else None,
-        max_ns=v.max_ns if pairs else None,
-        halt_ns=v.halt_ns,
-        hist=tuple(v.hist[:HIST_SLOTS]),
+        pairs, v[1], 0, v[2], v[3] if pairs else None, v[4] if pairs else None, v[5], v[6 : 6 + HIST_SLOTS]
     )

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""BPF cost per kvm_exit -> kvm_entry pair, and the cost of reading and reporting big maps.
+
+Needs root, bcc and kernel headers (scripts/setup.sh). Programs run through BPF_PROG_TEST_RUN
+(no real exits fire on this machine); kernel.bpf_stats_enabled measures their run time only,
+not the syscall. The variants run interleaved in one process so they share the machine's noise:
+
+- kvmexit: the project's arm64 programs (raw tracepoints);
+- original: a re-implementation of the original kvmexit-aarch64.py logic, same attach type;
+- floor: a timestamp and one per-thread map operation per event.
+
+Usage: bench/bpf_cost.py [--pairs N] [--threads N] [--reasons N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "src"), str(HERE.parent / "tests")]
+
+from bpf_testrun import test_run_raw  # noqa: E402
+from kvmexit.layouts import Layout  # noqa: E402
+from kvmexit.model import build_report, paused_gc  # noqa: E402
+from kvmexit.reasons import ARCH_ARM64, label  # noqa: E402
+from kvmexit.sources.live import LiveSource, import_bcc  # noqa: E402
+from kvmexit.views import format_table  # noqa: E402
+
+ARM64 = Layout("arm64", ARCH_ARM64, "ret", "esr_ec", defines=("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1"))
+TRAP = 2
+ECS = (0x01, 0x16, 0x18, 0x24, 0x20, 0x07, 0x19, 0x15, 0x17, 0x00)
+
+
+def prog_stats(name: str) -> tuple:
+    out = subprocess.run(["bpftool", "prog", "show", "name", name, "--json"], capture_output=True, text=True)
+    info = json.loads(out.stdout)
+    info = info[0] if isinstance(info, list) else info
+    return info.get("run_time_ns", 0), info.get("run_cnt", 0)
+
+
+def cost_per_pair(pairs: int, reasons: int) -> None:
+    bcc = import_bcc()
+    ours = LiveSource(ARM64, attach=False).open()
+    original = bcc.BPF(text=(HERE / "original_kvmexit_aarch64.bpf.c").read_text())
+    floor = bcc.BPF(text=(HERE / "floor.bpf.c").read_text())
+    raw = bcc.BPF.RAW_TRACEPOINT
+    variants = {
+        "kvmexit": (ours.bpf.load_func("kvmexit_exit", raw).fd, ours.bpf.load_func("kvmexit_entry", raw).fd),
+        "original": (original.load_func("orig_exit", raw).fd, original.load_func("orig_entry", raw).fd),
+        "floor": (floor.load_func("floor_exit", raw).fd, floor.load_func("floor_entry", raw).fd),
+    }
+    names = {
+        "kvmexit": ("kvmexit_exit", "kvmexit_entry"),
+        "original": ("orig_exit", "orig_entry"),
+        "floor": ("floor_exit", "floor_entry"),
+    }
+    subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=True)
+    try:
+        before = {v: [prog_stats(n) for n in names[v]] for v in variants}
+        batch = 200
+        for start in range(0, pairs, batch):
+            for ex, en in variants.values():
+                for i in range(start, start + batch):
+                    ec = ECS[i % reasons]
+                    ret = TRAP if ec else 0  # EC 0 stands for IRQ exits
+                    test_run_raw(ex, ret, ec, 0x1000)
+                    test_run_raw(en, 0x1000)
+        after = {v: [prog_stats(n) for n in names[v]] for v in variants}
+    finally:
+        subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=True)
+    per_pair = {}
+    for v in variants:
+        ns = sum(a[0] - b[0] for a, b in zip(after[v], before[v]))
+        runs = sum(a[1] - b[1] for a, b in zip(after[v], before[v]))
+        assert runs == 2 * pairs, (v, runs)
+        per_pair[v] = ns / pairs
+    print("BPF cost per exit->entry pair (%d pairs, %d reasons, bpf_stats run time):" % (pairs, reasons))
+    for v, ns in per_pair.items():
+        print("  %-9s %7.1f ns" % (v, ns))
+    print("  ratio kvmexit/original: %.2fx  (goal <= 1.0x)" % (per_pair["kvmexit"] / per_pair["original"]))
+    print("  ratio kvmexit/floor:    %.2fx  (goal <= 1.5x)" % (per_pair["kvmexit"] / per_pair["floor"]))
+    snap = ours.snapshot()
+    assert sum(s.pairs for s in snap.stats.values()) == pairs  # the programs really paired
+    ours.close()
+    original.cleanup()
+    floor.cleanup()
+
+
+def read_and_report(threads: int, reasons: int) -> None:
+    source = LiveSource(ARM64, attach=False, max_keys=threads * reasons + 1024).open()
+    stats = source.bpf["stats"]
+    key_t, leaf_t = stats.Key, stats.Leaf
+    t0 = time.perf_counter()
+    keys = (key_t * (threads * reasons))()
+    leaves = (leaf_t * (threads * reasons))()
+    i = 0
+    for tid in range(threads):
+        for r in range(reasons):
+            k = keys[i]
+            k.tgid, k.tid, k.code, k.detail = 1000 + tid // 64, 100000 + tid, TRAP, ECS[r]
+            lf = leaves[i]
+            lf.pairs, lf.total_ns, lf.min_ns, lf.max_ns = 10, 10000, 500, 2000
+            lf.hist[10], lf.hist[11] = 5, 5
+            lf.comm = b"CPU %d/KVM" % (tid % 64)
+            i += 1
+    try:
+        stats.items_update_batch(keys, leaves)
+    except Exception:
+        for k, lf in zip(keys, leaves):
+            stats[k] = lf
+    fill = time.perf_counter() - t0
+    with paused_gc():  # as the command does
+        t1 = time.perf_counter()
+        snap = source.snapshot()
+        t2 = time.perf_counter()
+        report = build_report(snap, label)
+        text = format_table(report)
+        t3 = time.perf_counter()
+    source.close()
+    assert len(report.rows) == threads * reasons and text.count("\n") == threads * reasons
+    print(
+        "Read and report %d threads x %d reasons = %d rows (map filled in %.2fs):"
+        % (threads, reasons, threads * reasons, fill)
+    )
+    print("  read maps:  %.3f s" % (t2 - t1))
+    print("  report:     %.3f s" % (t3 - t2))
+    print("  total:      %.3f s  (goal < 1 s)" % (t3 - t1))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", type=int, default=100_000)
+    p.add_argument("--reasons", type=int, default=5, choices=range(1, len(ECS) + 1))
+    p.add_argument("--threads", type=int, default=10_000)
+    args = p.parse_args()
+    ctypes.CDLL(None)
+    cost_per_pair(args.pairs, args.reasons)
+    read_and_report(args.threads, 10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
