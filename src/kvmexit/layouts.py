@@ -1,18 +1,24 @@
 """Which kvm tracepoint layout this kernel has, detected from the tracefs ``format`` files.
 
-Layouts (verified against the kernel sources named in each entry):
+Layouts (definitions and sources in ``docs/layouts.md``):
 
-- ``arm64``: upstream 5.x-6.x, ``arch/arm64/kvm/trace_arm.h``:
-  ``kvm_exit(int ret, unsigned int esr_ec, unsigned long vcpu_pc)``; the record masks the SError
-  bit of ``ret`` and zeroes ``esr_ec`` on exits that are not traps. ``kvm_entry(vcpu_pc)``.
-- ``arm64-4.19``: mainline 4.19, ``virt/kvm/arm/trace.h``:
+- ``arm64``: upstream (masked form, mainline since about 5.0-5.2, now
+  ``arch/arm64/kvm/trace_arm.h``): ``kvm_exit(int ret, unsigned int esr_ec, unsigned long
+  vcpu_pc)``; the record masks the SError bit of ``ret`` and zeroes ``esr_ec`` on exits that are
+  not traps. ``kvm_entry(vcpu_pc)``.
+- ``arm64-4.19``: mainline 4.19 and earlier (``virt/kvm/arm/trace.h``):
   ``kvm_exit(int idx, unsigned int exit_reason, unsigned long vcpu_pc)``, stored raw (SError bit
-  set, class stale on IRQ exits).
-- ``arm64-openeuler-4.19``: as ``arm64-4.19`` but ``kvm_entry(vcpu_id, vcpu_pc)``.
+  set, class stale on IRQ exits). Its print table still names code 1 "TRAP".
+- ``arm64-openeuler-4.19``: the masked ``kvm_exit`` with ``kvm_entry(vcpu_id, vcpu_pc)`` (and a
+  ``kvm_trap_enter`` that is not needed, since ``kvm_exit`` carries the class).
 - ``arm64-openeuler-5.10``: ``kvm_exit(vcpu_id, ret, vcpu_pc)`` without ``esr_ec``; the class
-  comes from ``kvm_trap_enter(vcpu_id, esr_ec)``, fired while handling the trap.
-- ``x86``: ``kvm_exit`` with ``exit_reason`` and ``isa`` (VMX or SVM), ``arch/x86/kvm/trace.h``.
+  comes from ``kvm_trap_enter(vcpu_id, esr_ec)``, which fires on the same thread between the exit
+  and the next entry, for trap exits only.
+- ``x86``: ``kvm_exit`` with ``exit_reason`` and ``isa`` (VMX or SVM), ``arch/x86/kvm/trace.h``;
+  the same record offsets from 4.19 to 6.x.
 
+The BPF side uses raw tracepoints on arm64, whose arguments are the same on the masked and the
+raw kernels (masking happens only in the record), so it masks ``ret`` itself on every layout.
 Raw-tracepoint argument positions equal the record's field order on all arm64 layouts above.
 """
 
@@ -119,13 +125,12 @@ def detect(formats: Dict[str, str]) -> Layout:
                 "X86_ISA_OFF=%d" % by["isa"].offset,
             ),
         )
+    exit_args_first = ("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1")
     if names[:2] == ["ret", "esr_ec"]:
-        return Layout("arm64", ARCH_ARM64, "ret", "esr_ec", defines=("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1"))
+        name = "arm64-openeuler-4.19" if "vcpu_id" in entry_names else "arm64"
+        return Layout(name, ARCH_ARM64, "ret", "esr_ec", defines=exit_args_first)
     if names[:2] == ["idx", "exit_reason"]:
-        name = "arm64-openeuler-4.19" if "vcpu_id" in entry_names else "arm64-4.19"
-        return Layout(
-            name, ARCH_ARM64, "idx", "exit_reason", defines=("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1")
-        )
+        return Layout("arm64-4.19", ARCH_ARM64, "idx", "exit_reason", defines=exit_args_first)
     if names[:2] == ["vcpu_id", "ret"] and "esr_ec" not in names:
         trap = formats.get("kvm_trap_enter")
         trap_names = _names(parse_format(trap)) if trap else []
