@@ -149,6 +149,8 @@ class Snapshot:
     threads: Mapping[int, ThreadInfo] = field(default_factory=dict)
     #: Monotonic time of the snapshot in ns (source clock), used for interval lengths.
     time_ns: int = 0
+    #: Whether halt time was observed (kvm_vcpu_wakeup traced); if not, halt_ns means nothing.
+    halt_known: bool = True
 
 
 def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
@@ -189,6 +191,7 @@ def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
         health=current.health.minus(previous.health),
         threads=threads,
         time_ns=current.time_ns - previous.time_ns,
+        halt_known=current.halt_known,
     )
 
 
@@ -294,6 +297,7 @@ class Report:
     group_by: str
     #: Totals over all rows (before --top), for the closing self-check line.
     totals: ExitStats
+    halt_known: bool = True
 
 
 #: The groupings, each with the identity fields it keeps (the others are merged away).
@@ -375,7 +379,7 @@ def build_report(
     if top is not None:
         rows = rows[:top]
     totals = merge_all(kept, with_hist=False) if kept else ExitStats()
-    return Report(rows=rows, health=snapshot.health, arch=snapshot.arch, group_by=group_by, totals=totals)
+    return Report(rows, snapshot.health, snapshot.arch, group_by, totals, snapshot.halt_known)
 
 
 def _reason_matches(name: str, wanted: set) -> bool:

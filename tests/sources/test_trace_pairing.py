@@ -63,6 +63,14 @@ def test_rules():
     assert by[(2, 2, 0x24)].open == 1
     assert by[(3, 0, 0)].open == 1
     assert snap.health.unpaired_entries == 1
+    assert snap.halt_known
+
+
+def test_halt_time_is_unknown_without_wakeup_events():
+    p = Pairer()
+    p.exit(10, 1, 2, 0x01)
+    p.entry(30, 1)
+    assert not p.snapshot("arm64").halt_known
 
 
 def test_trap_keeps_the_serror_flag():

@@ -36,3 +36,11 @@ def test_row_values_and_histogram():
     assert (row["count"], row["pairs"], row["avg_ns"], row["min_ns"], row["max_ns"]) == (10, 10, 100.0, 50, 200)
     assert row["hist"] == [[32, 63, 1], [64, 127, 4], [128, 255, 5]]
     assert doc["totals"]["exits"] == 24
+
+
+def test_halt_time_is_null_when_not_traced():
+    from dataclasses import replace
+
+    doc = report_document(build_report(replace(SNAP, halt_known=False), label), SOURCE, None)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["rows"][0]["halt_ns"] is None and doc["totals"]["halt_ns"] is None

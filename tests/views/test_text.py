@@ -59,3 +59,11 @@ def test_health_line_accounts_for_everything():
 def test_health_line_says_why_nothing_was_traced():
     rep = build_report(snapshot({}), label)
     assert format_health(rep, "no VMs are running") == "kvmexit: no KVM exits traced (no VMs are running)"
+
+
+def test_halt_share_is_unknown_when_halts_were_not_traced():
+    from dataclasses import replace
+
+    known = format_table(build_report(SNAP, label)).splitlines()[1].split()[-1]
+    unknown = format_table(build_report(replace(SNAP, halt_known=False), label)).splitlines()[1].split()[-1]
+    assert (known, unknown) == ("90%", "-")

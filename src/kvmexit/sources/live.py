@@ -132,6 +132,7 @@ class LiveSource:
         self._attach = attach
         self.bpf: Any = None
         self._batch: Optional[_BatchReader] = None
+        self.halt_known = attach
         self._threads: Dict[int, Tuple[Tuple[int, bytes], ThreadInfo]] = {}
         #: Open exits of threads that died before their entry, per key; they count as unfinished.
         self._abandoned: Dict[ExitKey, int] = {}
@@ -168,7 +169,8 @@ class LiveSource:
             if kind == "tp":
                 self.bpf.attach_tracepoint(tp=tracepoint, fn_name=fn)
             elif fn == "kvmexit_wakeup" and not self._tracepoint_exists(tracepoint):
-                continue  # optional: HALT% is then unknown (0)
+                self.halt_known = False  # optional: HALT% is then unknown
+                continue
             else:
                 self.bpf.attach_raw_tracepoint(tp=tracepoint.split(":", 1)[1], fn_name=fn)
 
@@ -278,7 +280,7 @@ class LiveSource:
         for key in stats:
             if key.tid not in threads:
                 threads[key.tid] = self._thread(key.tgid, key.tid, comms.get(key.tid, b""))
-        return Snapshot(arch=self.layout.arch, stats=stats, health=health, threads=threads, time_ns=now)
+        return Snapshot(self.layout.arch, stats, health, threads, now, self.halt_known)
 
 
 #: struct kvmexit_key and struct kvmexit_value (bpf/kvmexit.h), native byte order, no padding.

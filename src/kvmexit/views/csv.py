@@ -40,7 +40,7 @@ def format_csv(report: Report, time: Optional[str] = None, header: bool = True) 
     if header:
         w.writeheader()
     for row in report.rows:
-        d: Dict[str, Any] = row_dict(row, with_hist=False)
+        d: Dict[str, Any] = row_dict(row, with_hist=False, halt_known=report.halt_known)
         d["time"] = time or ""
         if d["avg_ns"] is not None:
             d["avg_ns"] = "%.1f" % d["avg_ns"]

@@ -11,7 +11,7 @@ __all__ = ["SCHEMA_VERSION", "report_document", "row_dict"]
 SCHEMA_VERSION = "kvmexit/1"
 
 
-def row_dict(row: Row, with_hist: bool = True) -> Dict[str, Any]:
+def row_dict(row: Row, with_hist: bool = True, halt_known: bool = True) -> Dict[str, Any]:
     st = row.stats
     out: Dict[str, Any] = {
         "tgid": row.tgid,
@@ -33,7 +33,7 @@ def row_dict(row: Row, with_hist: bool = True) -> Dict[str, Any]:
         "p50_ns": row.p(50),
         "p90_ns": row.p(90),
         "p99_ns": row.p(99),
-        "halt_ns": st.halt_ns,
+        "halt_ns": st.halt_ns if halt_known else None,
     }
     if with_hist:
         out["hist"] = [[*bucket_bounds(i), n] for i, n in enumerate(st.hist) if n]
@@ -54,14 +54,14 @@ def report_document(
         "source": source,
         "interval": interval,
         "group_by": report.group_by,
-        "rows": [row_dict(r, with_hist) for r in report.rows],
+        "rows": [row_dict(r, with_hist, report.halt_known) for r in report.rows],
         "totals": {
             "exits": t.exits,
             "pairs": t.pairs,
             "open": t.open,
             "unfinished": t.unfinished,
             "total_ns": t.total_ns,
-            "halt_ns": t.halt_ns,
+            "halt_ns": t.halt_ns if report.halt_known else None,
             "unpaired_entries": h.unpaired_entries,
             "start_map_full": h.start_map_full,
             "stats_map_full": h.stats_map_full,

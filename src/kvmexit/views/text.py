@@ -45,7 +45,7 @@ _IDENT_BY_GROUP = {
 }
 
 
-def _cells(row: Row, ident: Callable[[Row], tuple]) -> List[str]:
+def _cells(row: Row, ident: Callable[[Row], tuple], halt_known: bool) -> List[str]:
     # The hot loop of big reports (10^5 rows): no per-cell helper calls.
     cells = ["-" if v is None or v == "" else str(v) for v in ident(row)]
     st = row.stats
@@ -56,19 +56,20 @@ def _cells(row: Row, ident: Callable[[Row], tuple]) -> List[str]:
         format_duration(st.min_ns),
         format_duration(st.max_ns),
         format_duration(percentile(st, 99)),
-        "%d%%" % round(100 * st.halt_ns / st.total_ns) if st.total_ns else "-",
+        "%d%%" % round(100 * st.halt_ns / st.total_ns) if st.total_ns and halt_known else "-",
     ]
     return cells
 
 
 def format_table(report: Report) -> str:
-    """Aligned columns; HALT% is the share of exit->entry time the vCPU spent halted."""
+    """Aligned columns; HALT% is the share of exit->entry time the vCPU spent halted ("-" when
+    halts were not traced)."""
     ident = _IDENT_BY_GROUP[report.group_by]
     headers = [_IDENT_COLUMNS[f][0] for f in ident] + ["COUNT", "AVG", "MIN", "MAX", "P99", "HALT%"]
     aligns = [_IDENT_COLUMNS[f][1] for f in ident] + [">"] * 6
     getter = operator.attrgetter(*ident)
     fields = getter if len(ident) > 1 else lambda r: (getter(r),)  # attrgetter of one name: no tuple
-    body = [_cells(r, fields) for r in report.rows]
+    body = [_cells(r, fields, report.halt_known) for r in report.rows]
     widths = [max(len(h), max(map(len, map(operator.itemgetter(i), body)), default=0)) for i, h in enumerate(headers)]
     template = "  ".join("{:%s%d}" % (a, w) for a, w in zip(aligns, widths))
     return "\n".join(template.format(*cells).rstrip() for cells in [headers, *body])

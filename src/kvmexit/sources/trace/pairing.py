@@ -98,6 +98,7 @@ class Pairer:
         self.tgid: Dict[int, int] = {}
         self.comm: Dict[int, str] = {}
         self.unpaired_entries = 0
+        self.wakeups = 0  # kvm_vcpu_wakeup events seen: without any, halt time is unknown
         self.health = TraceHealth()
         self.first_ns: Optional[int] = None
         self.last_ns = 0
@@ -142,6 +143,7 @@ class Pairer:
                 s[S_KEY] = (t, code, (detail & _SERROR) | (esr_ec & 0x3F))
 
     def wakeup(self, tid: int, ns: int) -> None:
+        self.wakeups += 1
         s = self.starts.get(tid)
         if s is not None:
             s[S_HALT] += ns
@@ -211,6 +213,7 @@ class Pairer:
             health=Health(unpaired_entries=self.unpaired_entries),
             threads=threads,
             time_ns=span,
+            halt_known=self.wakeups > 0,  # without kvm_vcpu_wakeup events, halt time is unknown
         )
 
 
