@@ -74,10 +74,11 @@ def record(*args, **kw):
 
 
 @needs_tracefs
-def test_duration_records_and_cleans_up(tmp_path):
+@pytest.mark.parametrize("duration", [("-d", "0.5"), ("0.5",)])
+def test_duration_records_and_cleans_up(tmp_path, duration):
     before = global_state()
     out = tmp_path / "vm.trace"
-    p = record("-o", str(out), "-d", "0.5", "--buffer-size", "1024")
+    p = record("-o", str(out), *duration, "--buffer-size", "1024")
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert ours(p.pid) == []
@@ -161,7 +162,9 @@ def test_recorded_text_is_read_by_report(tmp_path):
 
 
 def args(**kw):
-    ns = argparse.Namespace(output="x", duration=0.1, buffer_size=64, force=False, no_names=False, event=[])
+    ns = argparse.Namespace(
+        output="x", duration=0.1, duration_option=None, buffer_size=64, force=False, no_names=False, event=[]
+    )
     for k, v in kw.items():
         setattr(ns, k, v)
     return ns

@@ -32,7 +32,7 @@ __all__ = ["DESCRIPTION", "EPILOG", "prepare_parser", "run", "find_vm_processes"
 DESCRIPTION = "Record KVM exits with tracefs (no bcc needed) for kvmexit report."
 EPILOG = """\
 examples:
-  kvmexit record -o vm.trace -d 30        record 30 seconds (Ctrl-C stops earlier)
+  kvmexit record -o vm.trace 30           record 30 seconds (Ctrl-C stops earlier)
   kvmexit record -o vm.trace.gz           compressed; stop with Ctrl-C or SIGTERM
   kvmexit report vm.trace                 then report, with VM names from vm.trace.names.json
 """
@@ -49,7 +49,10 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         help="trace file (default: kvmexit.trace; .gz compresses; - for stdout)",
     )
     parser.add_argument(
-        "-d", "--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl-C)"
+        "duration", nargs="?", type=float, help="seconds to record, as for kvmexit (default: until Ctrl-C)"
+    )
+    parser.add_argument(
+        "-d", "--duration", dest="duration_option", type=float, metavar="SECONDS", help="the same, as an option"
     )
     parser.add_argument(
         "--buffer-size",
@@ -135,6 +138,10 @@ def _open_output(path: str, force: bool) -> IO[bytes]:
 def run(args: argparse.Namespace, tracefs: Optional[str] = None, procfs: str = "/proc") -> int:
     if os.geteuid() != 0:
         raise NotRoot("recording needs root (tracefs)", hint="run with sudo")
+    if args.duration_option is not None:
+        if args.duration is not None:
+            raise KvmexitError("give the duration once, as an argument or with -d")
+        args.duration = args.duration_option
     if args.duration is not None and args.duration <= 0:
         raise KvmexitError("--duration must be positive")
     if args.buffer_size < 1:
