@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from bcc_log2 import bpf_log2l
 from kvmexit.model import (
     HIST_SLOTS,
     ExitKey,
@@ -27,27 +28,6 @@ def hist(**slots: int) -> tuple:
 
 def stats(pairs=0, total=0, lo=None, hi=None, h=None, **kw) -> ExitStats:
     return ExitStats(pairs=pairs, total_ns=total, min_ns=lo, max_ns=hi, hist=h or (0,) * HIST_SLOTS, **kw)
-
-
-def bpf_log2l(v: int) -> int:
-    """bcc's helper, transcribed from bcc's src/cc/export/helpers.h."""
-
-    def log2(v: int) -> int:
-        r = int(v > 0xFFFF) << 4
-        v >>= r
-        shift = int(v > 0xFF) << 3
-        v >>= shift
-        r |= shift
-        shift = int(v > 0xF) << 2
-        v >>= shift
-        r |= shift
-        shift = int(v > 0x3) << 1
-        v >>= shift
-        r |= shift
-        return r | (v >> 1)
-
-    hi = v >> 32
-    return log2(hi) + 32 + 1 if hi else log2(v) + 1
 
 
 @pytest.mark.parametrize("v", [0, 1, 2, 3, 4, 1000, 1023, 1024, 2**32 - 1, 2**32, 10**9, 2**38, 2**60])

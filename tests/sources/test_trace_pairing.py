@@ -7,35 +7,11 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bcc_log2 import bpf_log2l
 from kvmexit.model import HIST_SLOTS
 from kvmexit.reasons import SERROR_FLAG
 from kvmexit.sources.trace import Pairer, hist_slot, read_stream
 from kvmexit.sources.trace.render import Event, entry_payload, exit_payload, render_line, trap_payload, wakeup_payload
-
-
-def bpf_log2(v: int) -> int:
-    """bcc's bpf_log2 (helpers.h), literally."""
-    r = int(v > 0xFFFF) << 4
-    v >>= r
-    shift = int(v > 0xFF) << 3
-    v >>= shift
-    r |= shift
-    shift = int(v > 0xF) << 2
-    v >>= shift
-    r |= shift
-    shift = int(v > 0x3) << 1
-    v >>= shift
-    r |= shift
-    r |= v >> 1
-    return r
-
-
-def bpf_log2l(v: int) -> int:
-    """bcc's bpf_log2l (helpers.h), literally."""
-    hi = v >> 32
-    if hi:
-        return bpf_log2(hi) + 32 + 1
-    return bpf_log2(v) + 1
 
 
 @given(st.integers(min_value=0, max_value=(1 << 64) - 1))
