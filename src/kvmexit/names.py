@@ -73,6 +73,11 @@ class NameResolver:
                 continue
         return None
 
+    def forget(self, tgid: int) -> None:
+        """Drop what is known of ``tgid`` (its pid may have been reused)."""
+        self._vm.pop(tgid, None)
+        self._gone.pop(tgid, None)
+
     def vm(self, tgid: int) -> Optional[str]:
         if tgid in self._vm:
             return self._vm[tgid]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Dict, Tuple
 
 import pytest
@@ -455,3 +456,29 @@ def test_snapshot_keys_are_typed(arm64):
     arm64.arm64_exit(TRAP, EC_WFX)
     arm64.entry()
     assert all(isinstance(k, ExitKey) for k in arm64.snapshot().stats)
+
+
+def test_vm_name_is_kept_after_a_short_lived_vmm_exits(arm64):
+    """The name is taken when the kernel first sees the thread, not at report time."""
+    import sys
+
+    ex, en = arm64.fds["kvmexit_exit"], arm64.fds["kvmexit_entry"]
+    code = (
+        "import sys; sys.path.insert(0, %r); from bpf_testrun import test_run_raw; "
+        "test_run_raw(%d, 2, 0x16, 0); test_run_raw(%d, 0); print('done', flush=True); sys.stdin.read()"
+    ) % (str(Path(__file__).resolve().parent.parent), ex, en)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, "-name", "guest=short-vm,debug-threads=on"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        pass_fds=(ex, en),
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "done"
+        arm64.source.poll(100)  # what the live loop does while it waits
+    finally:
+        child.communicate("", timeout=10)
+    snap = arm64.snapshot()
+    (key,) = [k for k in snap.stats if k.tgid == child.pid]
+    assert snap.threads[key.tid].vm == "short-vm"

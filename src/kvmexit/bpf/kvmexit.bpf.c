@@ -24,6 +24,8 @@
 BPF_HASH(starts, u32, struct kvmexit_start, MAX_THREADS);
 BPF_HASH(stats, struct kvmexit_key, struct kvmexit_value, MAX_KEYS);
 BPF_PERCPU_ARRAY(counters, u64, KVMEXIT_NR_COUNTERS);
+/* A key seen for the first time: user space names its process now, while it still runs. */
+BPF_PERF_OUTPUT(new_keys);
 #ifdef FILTER_TGID
 BPF_HASH(tgid_filter, u32, u8, 4096);
 #endif
@@ -53,7 +55,7 @@ static __always_inline int wanted(u64 id)
 	return 1;
 }
 
-static __always_inline struct kvmexit_value *value_for(struct kvmexit_start *s, u32 tid)
+static __always_inline struct kvmexit_value *value_for(void *ctx, struct kvmexit_start *s, u32 tid)
 {
 	struct kvmexit_key key = {.tgid = s->tgid, .tid = tid, .code = s->code, .detail = s->detail};
 	struct kvmexit_value *v = stats.lookup(&key);
@@ -66,6 +68,7 @@ static __always_inline struct kvmexit_value *value_for(struct kvmexit_start *s, 
 		count(KVMEXIT_STATS_MAP_FULL);
 		return 0;
 	}
+	new_keys.perf_submit(ctx, &key, sizeof(key));
 	return stats.lookup(&key);
 }
 
@@ -74,7 +77,7 @@ static __always_inline struct kvmexit_value *value_for(struct kvmexit_start *s, 
  * for its entry, 0 otherwise. Reusing it saves a hash update and a delete per exit; user space
  * removes the slots of threads that have exited, so thread churn cannot fill the map.
  */
-static __always_inline int on_exit(u32 code, u32 detail)
+static __always_inline int on_exit(void *ctx, u32 code, u32 detail)
 {
 	u64 now = bpf_ktime_get_ns();
 	u64 id = bpf_get_current_pid_tgid();
@@ -90,7 +93,7 @@ static __always_inline int on_exit(u32 code, u32 detail)
 	}
 	if (s->ts) {
 		/* The previous exit never saw its entry (missed event): keep it visible. */
-		struct kvmexit_value *v = value_for(s, tid);
+		struct kvmexit_value *v = value_for(ctx, s, tid);
 		if (v)
 			v->unfinished++;
 	}
@@ -102,7 +105,7 @@ static __always_inline int on_exit(u32 code, u32 detail)
 	return 0;
 }
 
-static __always_inline int on_entry(void)
+static __always_inline int on_entry(void *ctx)
 {
 	u64 now = bpf_ktime_get_ns();
 	u64 id = bpf_get_current_pid_tgid();
@@ -116,7 +119,7 @@ static __always_inline int on_entry(void)
 	}
 	u64 delta = now - s->ts;
 	s->ts = 0;
-	struct kvmexit_value *v = value_for(s, tid);
+	struct kvmexit_value *v = value_for(ctx, s, tid);
 	if (!v)
 		return 0;
 	v->pairs++;
@@ -129,7 +132,13 @@ static __always_inline int on_entry(void)
 	u32 slot = bpf_log2l(delta);
 	if (slot >= KVMEXIT_HIST_SLOTS)
 		slot = KVMEXIT_HIST_SLOTS - 1;
-	v->hist[slot]++;
+	/*
+	 * Keep the bound check on the register that indexes the array: clang may clamp a copy,
+	 * and the 6.1 verifier then rejects the access as unbounded.
+	 */
+	asm volatile("" : "+r"(slot));
+	if (slot < KVMEXIT_HIST_SLOTS)
+		v->hist[slot]++;
 	return 0;
 }
 
@@ -150,7 +159,7 @@ int kvmexit_exit(struct bpf_raw_tracepoint_args *ctx)
 #else
 	u32 ec = 0; /* filled in by kvm_trap_enter */
 #endif
-	return on_exit(ret & ~(1U << ARM_EXIT_WITH_SERROR_BIT), arm64_detail(ret, ec));
+	return on_exit(ctx, ret & ~(1U << ARM_EXIT_WITH_SERROR_BIT), arm64_detail(ret, ec));
 }
 
 #if EXIT_EC_ARG < 0
@@ -168,7 +177,7 @@ int kvmexit_trap(struct bpf_raw_tracepoint_args *ctx)
 #elif defined(SYNTHETIC_X86)
 int kvmexit_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_exit(ctx->args[0], ctx->args[1]);
+	return on_exit(ctx, ctx->args[0], ctx->args[1]);
 }
 #elif defined(LAYOUT_X86)
 int kvmexit_exit(void *ctx)
@@ -176,7 +185,7 @@ int kvmexit_exit(void *ctx)
 	/* The record is built by the kernel: exit_reason and isa are read at their format offsets. */
 	u32 reason = *(u32 *)((char *)ctx + X86_REASON_OFF);
 	u32 isa = *(u32 *)((char *)ctx + X86_ISA_OFF);
-	return on_exit(reason, isa);
+	return on_exit(ctx, reason, isa);
 }
 #else
 #error "no LAYOUT_* defined"
@@ -188,7 +197,7 @@ int kvmexit_entry(void *ctx)
 int kvmexit_entry(struct bpf_raw_tracepoint_args *ctx)
 #endif
 {
-	return on_entry();
+	return on_entry(ctx);
 }
 
 /* kvm_vcpu_wakeup(ns, waited, valid): time the vCPU spent halted inside the open exit. */

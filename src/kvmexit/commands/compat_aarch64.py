@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         with StopRequest() as stop:
             first = source.snapshot()
             announce(source, args.duration)
-            stop.sleep_until(time.monotonic() + args.duration if args.duration else None, source.sweep)
+            stop.sleep_until(time.monotonic() + args.duration if args.duration else None, source.sweep, source.wait)
             report = build_report(delta(source.snapshot(), first), label, sort="tid")
     finally:
         source.close()

@@ -63,9 +63,15 @@ class StopRequest:
     def _request(self, signum: int, frame: object) -> None:
         self.requested = True
 
-    def sleep_until(self, deadline: Optional[float], tick: Optional[Callable[[], object]] = None) -> bool:
-        """Sleep until the monotonic ``deadline`` (None: no end) or a stop request, whichever
-        comes first; True if stopped. ``tick`` runs every SWEEP_SECONDS meanwhile."""
+    def sleep_until(
+        self,
+        deadline: Optional[float],
+        tick: Optional[Callable[[], object]] = None,
+        wait: Callable[[float], object] = time.sleep,
+    ) -> bool:
+        """Wait until the monotonic ``deadline`` (None: no end) or a stop request, whichever
+        comes first; True if stopped. ``wait(seconds)`` blocks for at most that long (the live
+        source handles its notifications meanwhile); ``tick`` runs every SWEEP_SECONDS."""
         next_tick = time.monotonic() + SWEEP_SECONDS
         while not self.requested:
             now = time.monotonic()
@@ -74,7 +80,7 @@ class StopRequest:
             if tick is not None and now >= next_tick:
                 tick()
                 next_tick = now + SWEEP_SECONDS
-            time.sleep(min(0.05, deadline - now) if deadline is not None else 0.05)
+            wait(min(0.05, deadline - now) if deadline is not None else 0.05)
         return True
 
 
@@ -200,13 +206,13 @@ def _trace(source: Any, args: argparse.Namespace, stop: StopRequest) -> int:
     announce(source, args.duration)
     deadline = start_mono + args.duration if args.duration else None
     if args.interval is None:
-        stop.sleep_until(deadline, source.sweep)
+        stop.sleep_until(deadline, source.sweep, source.wait)
         return _emit_since(source, args, emitter, prev, start, 0)[1]
     prev_t, seen, index = start, 0, 0
     wake = start_mono
     while args.count is None or index < args.count:
         wake += args.interval
-        stopped = stop.sleep_until(wake if deadline is None else min(wake, deadline))
+        stopped = stop.sleep_until(wake if deadline is None else min(wake, deadline), wait=source.wait)
         now_t = time.time()
         prev, n = _emit_since(source, args, emitter, prev, prev_t, index)
         prev_t = now_t

@@ -149,6 +149,7 @@ class LiveSource:
             ) from e
         try:
             self._fill_filters()
+            self.bpf["new_keys"].open_perf_buffer(self._on_new_key, page_cnt=16)
             if self._attach:
                 self._attach_all()
         except BaseException:
@@ -181,6 +182,22 @@ class LiveSource:
             os.path.isdir(os.path.join(r, "events", category, event))
             for r in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
         )
+
+    def _on_new_key(self, cpu: int, data: Any, size: int) -> None:
+        """A thread's first exit of a kind: name its VM now, while the process surely runs
+        (a short-lived VMM may be gone by the next snapshot)."""
+        key = self.bpf["new_keys"].event(data)
+        self.resolver.forget(key.tgid)
+        self.resolver.vm(key.tgid)
+        self._threads.pop(key.tid, None)
+
+    def poll(self, timeout_ms: int = 0) -> None:
+        """Wait up to ``timeout_ms`` for new-key notifications and handle them."""
+        self.bpf.perf_buffer_poll(timeout=timeout_ms)
+
+    def wait(self, seconds: float) -> None:
+        """Block for at most ``seconds``, handling notifications as they come."""
+        self.poll(max(1, int(seconds * 1000)))
 
     def close(self) -> None:
         self._batch = None
@@ -262,6 +279,7 @@ class LiveSource:
         and then shows up in the next one (deltas still add up exactly).
         """
         now = time.monotonic_ns() if hasattr(time, "monotonic_ns") else int(time.monotonic() * 1e9)
+        self.poll(0)
         health = self.health()
         items = self._stats_items()
         opened = self._open_exits()
