@@ -44,8 +44,7 @@ def format_compat(report: Report) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    live_args = argparse.Namespace(tracefs=None, pids=[], tids=[], vms=[], max_threads=16384, max_keys=65536)
-    source = open_live(live_args, NameResolver())
+    source = open_live(NameResolver())
     try:
         with StopRequest() as stop:
             first = source.snapshot()

@@ -8,7 +8,7 @@ import platform
 import signal
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..errors import KvmexitError, UnsupportedArch
 from ..layouts import Layout, detect, find_tracefs, read_formats
@@ -114,25 +114,31 @@ def detect_layout(tracefs: Optional[str]) -> Layout:
     return detect(read_formats(root))
 
 
-def open_live(args: argparse.Namespace, resolver: NameResolver) -> Any:
+def open_live(
+    resolver: NameResolver,
+    tracefs: Optional[str] = None,
+    pids: Sequence[int] = (),
+    tids: Sequence[int] = (),
+    vms: Sequence[str] = (),
+    max_threads: int = 16384,
+    max_keys: int = 65536,
+) -> Any:
     """Check every prerequisite in the order a user can fix them, then compile and attach."""
     from ..sources import live
 
     check_machine()
     live.check_privileges()
-    layout = detect_layout(args.tracefs)
+    layout = detect_layout(tracefs)
     live.import_bcc()
     live.check_headers()
-    tgids = list(args.pids)
-    if args.vms:
-        found = resolver.tgids_of_vm(args.vms)
+    tgids = list(pids)
+    if vms:
+        found = resolver.tgids_of_vm(vms)
         if not found:
-            raise KvmexitError(
-                "no running VM named %s" % ", ".join(args.vms), hint="names come from QEMU -name or libvirt"
-            )
+            raise KvmexitError("no running VM named %s" % ", ".join(vms), hint="names come from QEMU -name or libvirt")
         tgids += sorted(found)
     source = live.LiveSource(
-        layout, tgids=tgids, tids=args.tids, max_threads=args.max_threads, max_keys=args.max_keys, resolver=resolver
+        layout, tgids=tgids, tids=tids, max_threads=max_threads, max_keys=max_keys, resolver=resolver
     )
     return source.open()
 
@@ -169,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
     if args.count is not None and args.interval is None:
         raise KvmexitError("-c/--count needs -i/--interval")
     try:
-        source = open_live(args, NameResolver())
+        source = open_live(
+            NameResolver(), args.tracefs, args.pids, args.tids, args.vms, args.max_threads, args.max_keys
+        )
     except KvmexitError as e:
         if args.fallback_example:
             return _fallback(args, "live tracing is not possible here: %s" % e)

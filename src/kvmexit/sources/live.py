@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import BccMissing, HeadersMissing, KvmexitError, NotRoot
-from ..layouts import Layout
+from ..layouts import TRACEFS_ROOTS, Layout
 from ..model import HIST_SLOTS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo
 from ..names import NameResolver
 
@@ -178,10 +178,7 @@ class LiveSource:
     @staticmethod
     def _tracepoint_exists(tracepoint: str) -> bool:
         category, event = tracepoint.split(":", 1)
-        return any(
-            os.path.isdir(os.path.join(r, "events", category, event))
-            for r in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-        )
+        return any(os.path.isdir(os.path.join(r, "events", category, event)) for r in TRACEFS_ROOTS)
 
     def _on_new_key(self, cpu: int, data: Any, size: int) -> None:
         """A thread's first exit of a kind: name its VM now, while the process surely runs
