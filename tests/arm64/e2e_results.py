@@ -15,8 +15,9 @@ _TYPE_LABELS = {"IRQ": "IRQ", "SERROR": "EL1_SERROR", "ILLEGAL": "IL", "IL": "IL
 
 _LINE = re.compile(
     r"^\s*(?P<comm>.*?)-(?P<tid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+\S+\s+"
-    r"(?P<ts>[\d.]+):\s+(?P<event>kvm_exit|kvm_entry):\s*(?P<body>.*)$"
+    r"(?P<ts>[\d.]+):\s+(?P<event>kvm_exit|kvm_entry|kvm_vcpu_wakeup):\s*(?P<body>.*)$"
 )
+_WAKEUP = re.compile(r"^(?:wait|poll) time (?P<ns>\d+) ns")
 _EXIT = re.compile(r"^(?P<type>[A-Za-z_0-9]+): HSR_EC: 0x(?P<ec>[0-9a-f]+) \((?P<ecname>[^)]*)\)")
 
 
@@ -36,11 +37,14 @@ class Ftrace:
     def __init__(self, text: str) -> None:
         self.exits: Dict[int, Counter] = defaultdict(Counter)
         self.pairs: Dict[int, Counter] = defaultdict(Counter)
+        #: tid -> reason -> ns halted (kvm_vcpu_wakeup) inside exits that got their entry.
+        self.halt_ns: Dict[int, Counter] = defaultdict(Counter)
         self.entries: Counter = Counter()
         self.comms: Dict[int, str] = {}
         self.lines = 0
         self.entries_written: Optional[Tuple[int, int]] = None
         open_exit: Dict[int, str] = {}
+        open_halt: Counter = Counter()
         for line in text.splitlines():
             if line.startswith("#"):
                 m = re.search(r"entries-in-buffer/entries-written: (\d+)/(\d+)", line)
@@ -53,15 +57,24 @@ class Ftrace:
             self.lines += 1
             tid = int(m.group("tid"))
             self.comms[tid] = m.group("comm").strip()
-            if m.group("event") == "kvm_exit":
+            event = m.group("event")
+            if event == "kvm_exit":
                 label = exit_label(m.group("body"))
                 self.exits[tid][label] += 1
                 open_exit[tid] = label
+                open_halt[tid] = 0
+            elif event == "kvm_vcpu_wakeup":
+                w = _WAKEUP.match(m.group("body"))
+                if not w:
+                    raise ValueError("unparsed kvm_vcpu_wakeup body: %r" % m.group("body"))
+                if tid in open_exit:  # kvmexit's rule: halt time counts inside an open exit
+                    open_halt[tid] += int(w.group("ns"))
             else:
                 self.entries[tid] += 1
                 label = open_exit.pop(tid, None)
                 if label is not None:
                     self.pairs[tid][label] += 1
+                    self.halt_ns[tid][label] += open_halt.pop(tid, 0)
 
     def counts(self, tid: int) -> Dict[str, int]:
         return dict(self.exits.get(tid, {}))

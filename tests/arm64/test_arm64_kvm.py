@@ -245,6 +245,21 @@ def test_live_times(live):
             assert row["min_ns"] <= row["avg_ns"] <= row["max_ns"], row
 
 
+def _halt_by_reason(rows: list, tid: int) -> dict:
+    return {r["reason"]: r["halt_ns"] for r in rows if r["tid"] == tid and r["halt_ns"]}
+
+
+def test_live_halt_time_equals_ftrace(live):
+    """HALT%: the kernel's own kvm_vcpu_wakeup times, summed per exit reason, exactly; WFx halts."""
+    doc = _rows(live)[0]
+    for tid, idx in sorted(live.tids().items()):
+        want = {k: v for k, v in live.ftrace.halt_ns[tid].items() if v}
+        got = _halt_by_reason(doc["rows"], tid)
+        print("\nvCPU %d tid %d halt ns: kvmexit %s ftrace %s" % (idx, tid, got, want))
+        assert got == want, "vCPU %d (tid %d)" % (idx, tid)
+        assert got.get("WFx", 0) > 0, "WFI blocked the vCPU, so WFx exits must show halt time"
+
+
 def test_interval_deltas_sum_to_totals(interval):
     assert interval.rc == 0, interval.err[-3000:]
     interval.check_ftrace_complete()
@@ -329,3 +344,5 @@ def test_offline_report_of_the_same_capture(live):
     assert set(got) == set(want)
     for row in docs[0]["rows"]:
         assert row["pairs"] == live.ftrace.pairs[row["tid"]][row["reason"]], row
+    for tid in want:
+        assert _halt_by_reason(docs[0]["rows"], tid) == {k: v for k, v in live.ftrace.halt_ns[tid].items() if v}

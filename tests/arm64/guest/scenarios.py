@@ -77,14 +77,14 @@ def bpftool_progs():
 
 
 class Ftrace:
-    """kvm:kvm_exit + kvm:kvm_entry in a private tracefs instance."""
+    """kvm:kvm_exit + kvm:kvm_entry (+ kvm:kvm_vcpu_wakeup: halt time) in a private tracefs instance."""
 
     def __init__(self):
         if not os.path.isdir(INSTANCE):
             os.mkdir(INSTANCE)
         self._w("buffer_size_kb", "16384")
         self._w("tracing_on", "0")
-        for ev in ("kvm_exit", "kvm_entry"):
+        for ev in ("kvm_exit", "kvm_entry", "kvm_vcpu_wakeup"):
             self._w("events/kvm/%s/enable" % ev, "1")
 
     def _w(self, rel, val):
