@@ -173,9 +173,53 @@ def test_arm64_upstream(payload, code, detail):
     ],
 )
 def test_arm64_419(payload, code, detail, name):
-    for layout in ("arm64-4.19", "arm64-openeuler-4.19"):
-        assert Decoder(layout).exit(payload) == (code, detail)
+    assert Decoder("arm64-4.19").exit(payload) == (code, detail)
     assert label("arm64", code, detail) == name
+
+
+@pytest.mark.parametrize(
+    "payload,code,detail",
+    [
+        # openEuler 4.19: masked record, table {0 IRQ, 1 SERROR, 2 TRAP, 0xbadca11 HYP_GONE}.
+        (b"TRAP: HSR_EC: 0x0016 (HVC64), PC: 0xffff800008001234", 2, 0x16),
+        (b"IRQ: HSR_EC: 0x0000 (UNKNOWN), PC: 0xffff800008001234", 0, 0),
+        (b"SERROR: HSR_EC: 0x0000 (UNKNOWN), PC: 0x1", 1, 0),
+        (b"HYP_GONE: HSR_EC: 0x0000 (UNKNOWN), PC: 0x1", 0xBADCA11, 0),
+        (b"0x3: HSR_EC: 0x0000 (UNKNOWN), PC: 0x1", 3, 0),  # not in its table: a number
+    ],
+)
+def test_arm64_openeuler_419(payload, code, detail):
+    assert Decoder("arm64-openeuler-4.19").exit(payload) == (code, detail)
+
+
+def test_trap_text_differs_between_the_419_layouts():
+    text = b"TRAP: HSR_EC: 0x0016 (HVC64), PC: 0x1"
+    assert Decoder("arm64-openeuler-4.19").exit(text) == (2, 0x16)  # upstream table: a trap
+    assert Decoder("arm64-4.19").exit(text) == (1, 0)  # stale 4.19 table: an SError exit
+
+
+def _oe419_lines(trap_ec: int) -> bytes:
+    return (
+        b"  CPU 0/KVM-7 [000] d..1. 1.000001: kvm_exit: TRAP: HSR_EC: 0x0016 (HVC64), PC: 0xffff800008001234\n"
+        b"  CPU 0/KVM-7 [000] d..1. 1.000002: kvm_trap_enter: VCPU 0: HSR_EC=0x%04x (X)\n"
+        b"  CPU 0/KVM-7 [000] d..1. 1.000005: kvm_entry: VCPU 0: PC=0xffff800008001238\n"
+        b"  CPU 0/KVM-7 [000] d..1. 1.000010: kvm_trap_enter: VCPU 0: HSR_EC=0x0024 (DABT_LOW)\n"
+        b"  CPU 0/KVM-7 [000] d..1. 1.000011: kvm_exit: IRQ: HSR_EC: 0x0000 (UNKNOWN), PC: 0xffff800008001234\n"
+        b"  CPU 0/KVM-7 [000] d..1. 1.000012: kvm_trap_enter: VCPU 0: HSR_EC=0x0024 (DABT_LOW)\n"
+        b"  CPU 0/KVM-7 [000] d..1. 1.000013: kvm_entry: VCPU 0: PC=0xffff800008001238\n" % trap_ec
+    )
+
+
+@pytest.mark.parametrize("trap_ec", [0x16, 0x24])
+def test_openeuler_419_trap_enter_changes_nothing(trap_ec):
+    """openEuler 4.19 also emits kvm_trap_enter; its kvm_exit already has the class, so the trap
+    events (even a stray or contradicting one) neither change the layout nor any exit's key."""
+    r = read_stream(io.BytesIO(_oe419_lines(trap_ec)))
+    assert r.info.layout == "arm64-openeuler-4.19"
+    got = {(k.code, k.detail): (v.pairs, v.total_ns) for k, v in r.snapshot.stats.items()}
+    assert got == {(2, 0x16): (1, 4000), (0, 0): (1, 2000)}
+    assert r.health.malformed == 0 and r.health.events == 7
+    assert r.snapshot.health.unpaired_entries == 0
 
 
 def test_openeuler_510_exit_and_trap():
@@ -240,7 +284,17 @@ def test_layout_detection():
     assert detect_layout(up) == "arm64"
     assert detect_layout(old) == "arm64-4.19"
     assert detect_layout(stale) == "arm64-4.19"
-    assert detect_layout([*old, (b"kvm_entry", b"VCPU 0: PC=0x1")]) == "arm64-openeuler-4.19"
+    vcpu_entry = (b"kvm_entry", b"VCPU 0: PC=0x1")
+    trap = (b"kvm_trap_enter", b"VCPU 0: HSR_EC=0x0016 (HVC64)")
+    # Raw-looking exits are mainline 4.19 whatever the entry prints; masked ones with a
+    # "VCPU n:" entry are openEuler 4.19, whose kvm_trap_enter does not make them openEuler 5.10.
+    assert detect_layout([*old, vcpu_entry]) == "arm64-4.19"
+    assert detect_layout([*stale, vcpu_entry]) == "arm64-4.19"
+    assert detect_layout([*up, vcpu_entry]) == "arm64-openeuler-4.19"
+    assert detect_layout([vcpu_entry, *up, trap]) == "arm64-openeuler-4.19"
+    assert detect_layout([*up, (b"kvm_entry", b"PC: 0x1")]) == "arm64"
+    assert detect_layout([*up, (b"kvm_entry", b"vcpu 0, rip 0x1")]) == "arm64"  # not "VCPU n:"
+    assert detect_layout([trap]) is None
     assert detect_layout([(b"kvm_exit", b"VCPU 0: exit_type=TRAP, PC=0x1")]) == "arm64-openeuler-5.10"
     assert detect_layout([(b"kvm_exit", b"vcpu 0 reason HLT rip 0x1")]) == "x86"
     assert detect_layout([(b"kvm_entry", b"PC: 0x1")]) is None

@@ -59,9 +59,12 @@ BASE: Dict[int, list] = {
 
 def variant(layout: str) -> Dict[int, list]:
     s = {t: list(v) for t, v in BASE.items()}
-    if layout.startswith("arm64-4.19") or layout == "arm64-openeuler-4.19":
-        s[1202][-1] = ("pair", "hvc_serror", 7, [])  # printed 0x80000002
-        s[1301].insert(0, ("pair", "serror", 2, []))  # printed "TRAP" by 4.19's table
+    if layout in ("arm64-4.19", "arm64-openeuler-4.19"):
+        # arm64-4.19 (raw record): printed 0x80000002 and "TRAP" (4.19's stale table).
+        # arm64-openeuler-4.19 (masked record): printed "TRAP ... HVC64" (SError bit masked off)
+        # and "SERROR".
+        s[1202][-1] = ("pair", "hvc_serror", 7, [])
+        s[1301].insert(0, ("pair", "serror", 2, []))
     if layout == "x86-vmx":
         s[1301].insert(0, ("pair", "failed", 2, []))  # VMX flag FAILED_VMENTRY
     return s
@@ -99,7 +102,9 @@ def events(layout: str, x86_style: str = "kernel") -> List[Event]:
                 return
             ret, ec = ARM[reason]
             emit("kvm_exit", exit_payload(kernel_layout, ret, ec, vcpu=vcpu), at)
-            if kernel_layout == "arm64-openeuler-5.10" and (ret & 0x7FFFFFFF) == 2:
+            # Both openEuler kernels fire kvm_trap_enter in handle_trap_exceptions(), i.e. for
+            # every trap exit (SError-flagged ones too).
+            if kernel_layout in ("arm64-openeuler-4.19", "arm64-openeuler-5.10") and (ret & 0x7FFFFFFF) == 2:
                 emit("kvm_trap_enter", trap_payload(vcpu, ec), at + 500)
 
         for step in script:

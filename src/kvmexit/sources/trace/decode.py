@@ -11,7 +11,12 @@ A text trace holds what the kernel's ``TP_printk`` made of the record, so each l
   The record already masks the SError bit and zeroes the class of non-trap exits, so the text
   cannot show a pending SError. Type names come from ``kvm_arm_exception_type`` in
   ``asm/kvm_asm.h`` (``IRQ``, ``SERROR``, ``TRAP``, ``ILLEGAL``, ``HYP_GONE``).
-- ``arm64-4.19`` / ``arm64-openeuler-4.19`` (``virt/kvm/arm/trace.h`` of 4.19): same text, but
+- ``arm64-openeuler-4.19`` (openEuler's 4.19 ``virt/kvm/arm/trace.h``): the same masked
+  ``kvm_exit`` text and type names as ``arm64`` (its table is ``{0, "IRQ"}, {1, "SERROR"},
+  {2, "TRAP"}, {0xbadca11, "HYP_GONE"}``, ``PC: 0x%08lx``), with ``kvm_entry: VCPU 0: PC=0x...``
+  and a ``kvm_trap_enter: VCPU 0: HSR_EC=0x0016 (HVC64)`` per trap exit. ``kvm_exit`` already
+  carries the class, so ``kvm_trap_enter`` adds nothing and is not applied (as on the BPF side).
+- ``arm64-4.19`` (mainline 4.19 and earlier, ``virt/kvm/arm/trace.h``): same text, but
   ``idx``/``exit_reason`` are stored raw and the type table of 4.19's ``asm/kvm_arm.h`` is
   ``{0, "IRQ"}, {1, "TRAP"}``. So ``TRAP`` there means code 1 (an SError exit), a real trap
   (code 2) prints as ``0x2`` and an exit with the SError bit as ``0x80000002`` or
@@ -56,6 +61,7 @@ _SVM_BY_NAME.setdefault("invalid_guest_state", 0xFFFFFFFF)  # { -1, "invalid_gue
 
 _HSR = re.compile(rb"^(\S+): HSR_EC: 0x([0-9a-fA-F]+) \(")
 _EULER_EXIT = re.compile(rb"^VCPU \d+: exit_type=(\S+)$")
+_EULER_ENTRY = re.compile(rb"^VCPU \d+: ")
 _EULER_TRAP = re.compile(rb"HSR_EC=0x([0-9a-fA-F]+)")
 _X86 = re.compile(rb"^(?:vcpu \d+,? )?reason (.+)$")
 _UNKNOWN = re.compile(r"^UNKNOWN \((\d+)\)$")
@@ -95,7 +101,10 @@ class Decoder:
         else:
             self._exit = self._arm64
             self._cut = b", PC: 0x"
-        self._types = _ARM_TYPES_UPSTREAM if layout == "arm64" else _ARM_TYPES_419
+        #: Only mainline 4.19 prints with its stale table; openEuler 4.19 has the upstream one.
+        self._types = _ARM_TYPES_419 if layout == "arm64-4.19" else _ARM_TYPES_UPSTREAM
+        #: Whether ``kvm_trap_enter`` names the class of the open exit (its ``kvm_exit`` has none).
+        self.trap_sets_class = layout == "arm64-openeuler-5.10"
 
     def exit(self, payload: bytes) -> Optional[Tuple[int, int]]:
         """``(code, detail)`` of a ``kvm_exit`` payload; ``None`` if it cannot be read."""
@@ -184,18 +193,18 @@ class Decoder:
 def detect_layout(samples: Iterable[Tuple[bytes, bytes]]) -> Optional[str]:
     """Guess the layout from ``(event, payload)`` samples of the first lines; ``None`` if no exits.
 
-    Upstream and 4.19 arm64 print the same shape; 4.19 is recognised by a type printed as a
-    number (real traps print ``0x2`` there) or by a stale class on an ``IRQ`` exit.
+    openEuler 5.10 is recognised by ``exit_type=`` in ``kvm_exit`` (``kvm_trap_enter`` alone
+    proves nothing: openEuler 4.19 emits it too). Upstream and 4.19 arm64 print the same shape;
+    mainline 4.19 (raw) is recognised by a type printed as a number (real traps print ``0x2``
+    there) or by a stale class on an ``IRQ`` exit, whatever its ``kvm_entry`` looks like. A masked
+    (upstream-looking) trace whose ``kvm_entry`` prints ``VCPU n:`` is openEuler 4.19.
     """
     arm_up = arm_419 = euler = x86 = False
     entry_vcpu = False
     for event, payload in samples:
         if event == b"kvm_entry":
-            if payload.lower().startswith(b"vcpu"):
+            if _EULER_ENTRY.match(payload):
                 entry_vcpu = True
-            continue
-        if event == b"kvm_trap_enter":
-            euler = True
             continue
         if event != b"kvm_exit":
             continue
@@ -217,7 +226,7 @@ def detect_layout(samples: Iterable[Tuple[bytes, bytes]]) -> Optional[str]:
     if euler:
         return "arm64-openeuler-5.10"
     if arm_419:
-        return "arm64-openeuler-4.19" if entry_vcpu else "arm64-4.19"
+        return "arm64-4.19"
     if arm_up:
-        return "arm64"
+        return "arm64-openeuler-4.19" if entry_vcpu else "arm64"
     return None

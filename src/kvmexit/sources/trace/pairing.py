@@ -7,7 +7,8 @@ This mirrors ``bpf/kvmexit.bpf.c`` exactly (see the rules in :mod:`kvmexit.model
 - ``kvm_entry`` closes the open exit (a *pair*: time, min, max, log2 histogram slot
   :func:`kvmexit.model.hist_slot`, i.e. bcc's ``bpf_log2l``) or, with
   none open, counts an *unpaired entry*;
-- ``kvm_trap_enter`` (openEuler 5.10+) sets the class of an open TRAP exit, keeping the SError flag;
+- ``kvm_trap_enter`` (openEuler 5.10+) sets the class of an open TRAP exit, keeping the SError flag
+  (the reader applies it only on that layout: elsewhere ``kvm_exit`` carries the class);
 - ``kvm_vcpu_wakeup`` adds its ``ns`` to the open exit's halt time;
 - at the end, exits still open are reported as ``open``.
 

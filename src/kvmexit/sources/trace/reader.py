@@ -383,7 +383,11 @@ def _loop(
                 if not info[4]:
                     n_filtered += 1
                     continue
-                pairer.trap(tid, ec)
+                # Only where kvm_exit has no class (openEuler 5.10); elsewhere (openEuler 4.19)
+                # kvm_exit already carries it and kvm_trap_enter is redundant, as on the BPF side.
+                # Without a decoder no exit has been seen, so there is nothing to name anyway.
+                if decoder is not None and decoder.trap_sets_class:
+                    pairer.trap(tid, ec)
             else:
                 ns = Decoder.wakeup(payload)
                 if ns is None:

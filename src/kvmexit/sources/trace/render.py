@@ -29,6 +29,8 @@ _ARM_PRINT_UPSTREAM = dict(arm64.EXCEPTION_TYPES)
 _ARM_PRINT_UPSTREAM[arm64.ARM_EXCEPTION_EL1_SERROR] = "SERROR"
 _ARM_PRINT_UPSTREAM[arm64.ARM_EXCEPTION_IL] = "ILLEGAL"
 _ARM_PRINT_419 = {0: "IRQ", 1: "TRAP"}
+#: openEuler 4.19's ``kvm_arm_exception_type`` (upstream style, no ILLEGAL yet).
+_ARM_PRINT_EULER_419 = {0: "IRQ", 1: "SERROR", 2: "TRAP", arm64.ARM_EXCEPTION_HYP_GONE: "HYP_GONE"}
 
 
 def _ec_name(ec: int) -> str:
@@ -43,12 +45,16 @@ def exit_payload(
     ``style`` for x86: ``kernel`` (6.x), ``old`` (``reason %s rip 0x%lx info %llx %llx``) or
     ``plugin`` (libtraceevent's kvm plugin, as perf/trace-cmd print it).
     """
-    if layout == "arm64":
+    if layout in ("arm64", "arm64-openeuler-4.19"):
+        # Masked record: ARM_EXCEPTION_CODE(ret), esr_ec only on traps.
         code = ret & 0x7FFFFFFF
         ec = ec if code == arm64.ARM_EXCEPTION_TRAP else 0
-        name = _ARM_PRINT_UPSTREAM.get(code, "0x%x" % code)
-        return "%s: HSR_EC: 0x%04x (%s), PC: 0x%016x" % (name, ec, _ec_name(ec), pc)
-    if layout in ("arm64-4.19", "arm64-openeuler-4.19"):
+        if layout == "arm64":
+            name = _ARM_PRINT_UPSTREAM.get(code, "0x%x" % code)
+            return "%s: HSR_EC: 0x%04x (%s), PC: 0x%016x" % (name, ec, _ec_name(ec), pc)
+        name = _ARM_PRINT_EULER_419.get(code, "0x%x" % code)
+        return "%s: HSR_EC: 0x%04x (%s), PC: 0x%08x" % (name, ec, _ec_name(ec), pc)
+    if layout == "arm64-4.19":
         name = _ARM_PRINT_419.get(ret, "0x%x" % (ret & 0xFFFFFFFF))
         return "%s: HSR_EC: 0x%04x (%s), PC: 0x%08x" % (name, ec, _ec_name(ec), pc)
     if layout == "arm64-openeuler-5.10":
@@ -80,12 +86,15 @@ def entry_payload(layout: str, vcpu: int = 0, pc: int = 0xFFFF800008001238) -> s
         return "PC: 0x%016x" % pc
     if layout == "arm64-4.19":
         return "PC: 0x%08x" % pc
-    if layout in ("arm64-openeuler-4.19", "arm64-openeuler-5.10"):
+    if layout == "arm64-openeuler-4.19":
+        return "VCPU %d: PC=0x%08x" % (vcpu, pc)
+    if layout == "arm64-openeuler-5.10":
         return "VCPU %d: PC=0x%016x" % (vcpu, pc)
     return "vcpu %d, rip 0x%x intr_info 0x00000000 error_code 0x00000000" % (vcpu, pc)
 
 
 def trap_payload(vcpu: int, ec: int) -> str:
+    """``kvm_trap_enter`` (openEuler 4.19 and 5.10+, same print format)."""
     return "VCPU %d: HSR_EC=0x%04x (%s)" % (vcpu, ec, _ec_name(ec))
 
 
