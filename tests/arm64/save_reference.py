@@ -53,7 +53,9 @@ def main(run_dir: str) -> int:
     os.makedirs(tdir, exist_ok=True)
     with open(os.path.join(tdir, "arm64-6.1-e2e.trace"), "w") as f:
         f.write(trace)
-    for ev in ("kvm_exit", "kvm_entry"):
+    for ev in ("kvm_exit", "kvm_entry", "kvm_vcpu_wakeup"):
+        if not os.path.exists(os.path.join(res, "formats", ev, "format")):
+            continue
         d = os.path.join(REPO, "tests", "data", "formats", "arm64-6.1", ev)
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, "format"), "w") as f:
@@ -73,8 +75,8 @@ def main(run_dir: str) -> int:
             else:
                 why = "host interrupts, varies per run"
             rows.append(
-                "| %d | %d | CPU %d/KVM | %s | %d | %d | %s |"
-                % (idx, tid, idx, reason, counts[reason], ft.pairs[tid][reason], why)
+                "| %d | %d | CPU %d/KVM | %s | %d | %d | %d | %s |"
+                % (idx, tid, idx, reason, counts[reason], ft.pairs[tid][reason], ft.halt_ns[tid][reason], why)
             )
     qemu = qemu_command()
     text = """# Real kernel traces
@@ -82,7 +84,7 @@ def main(run_dir: str) -> int:
 ## `arm64-6.1-e2e.trace` (captured)
 
 The `trace` file of a tracefs instance (`/sys/kernel/tracing/instances/kvmexit-e2e`, events
-`kvm:kvm_exit` and `kvm:kvm_entry`, `buffer_size_kb` 16384, no lost events: every
+`kvm:kvm_exit`, `kvm:kvm_entry` and `kvm:kvm_vcpu_wakeup`, `buffer_size_kb` 16384, no lost events: every
 `per_cpu/cpuN/stats` overrun 0, entries-in-buffer == entries-written) recorded inside an emulated
 arm64 host by the arm64 harness (`scripts/arm64-harness.sh`, scenario `live`, with
 `{cmd}` attached at the same time). Written by `tests/arm64/save_reference.py`.
@@ -107,10 +109,10 @@ arm64 host by the arm64 harness (`scripts/arm64-harness.sh`, scenario `live`, wi
   type, not EC). A trapped WFI needs no pending interrupt on the emulated CPU (QEMU's WFI helper
   returns early when the CPU has work), so WFx can be below the number of `wfi` executed.
 - {lines} event lines. Per thread (kvm_exit lines; "paired" = exits followed by a kvm_entry on the
-  same thread):
+  same thread; "halt ns" = the `kvm_vcpu_wakeup` times inside those paired exits):
 
-| vCPU | tid | comm | reason | exits | paired | expected |
-|---|---|---|---|---|---|---|
+| vCPU | tid | comm | reason | exits | paired | halt ns | expected |
+|---|---|---|---|---|---|---|---|
 {rows}
 
 Other files in this directory are synthetic (see their own headers and `tests/data/formats/README.md`).

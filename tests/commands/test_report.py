@@ -136,8 +136,11 @@ def test_example(capsys):
     assert err.splitlines()[0].startswith("kvmexit: showing the example trace shipped with kvmexit (real arm64")
     doc = json.loads(out)
     assert doc["source"]["example"] is True and doc["source"]["arch"] == "arm64"
-    assert doc["totals"]["exits"] == 831
+    assert doc["totals"]["exits"] == 843  # tests/data/traces/README.md: the per-thread table
     assert {r["vm"] for r in doc["rows"]} == {"e2e-vm"}
+    # WFI blocked the vCPUs: the shipped example shows WFx time as halt time.
+    wfx = [r for r in doc["rows"] if r["reason"] == "WFx"]
+    assert sorted(r["halt_ns"] for r in wfx) == [35141040, 74218272]
 
 
 def test_report_example_is_callable_by_the_live_command(capsys):

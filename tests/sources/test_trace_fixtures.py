@@ -185,30 +185,32 @@ def test_real_capture_without_kvm_events_is_fully_accounted(name, fmt):
 
 # The real arm64 6.1 capture of the emulated-arm64 harness (tests/data/traces/README.md).
 E2E = TRACES / "arm64-6.1-e2e.trace"
-E2E_TABLE = {  # (tid, reason) -> (exits, paired), the README's table
-    (134, "DABT_LOW"): (201, 200),
-    (134, "HVC64"): (150, 150),
-    (134, "IABT_LOW"): (1, 1),
-    (134, "IRQ"): (6, 6),
-    (134, "SYS64"): (100, 100),
-    (134, "WFx"): (30, 30),
-    (135, "DABT_LOW"): (81, 80),
-    (135, "HVC64"): (60, 60),
-    (135, "IABT_LOW"): (1, 1),
-    (135, "IRQ"): (16, 16),
-    (135, "SYS64"): (170, 170),
-    (135, "WFx"): (15, 15),
+E2E_TABLE = {  # (tid, reason) -> (exits, paired, halt ns), the README's table
+    (136, "DABT_LOW"): (201, 200, 0),
+    (136, "HVC64"): (150, 150, 0),
+    (136, "IABT_LOW"): (1, 1, 0),
+    (136, "IRQ"): (8, 8, 0),
+    (136, "SYS64"): (100, 100, 0),
+    (136, "WFx"): (30, 30, 74218272),
+    (137, "DABT_LOW"): (81, 80, 0),
+    (137, "HVC64"): (60, 60, 0),
+    (137, "IABT_LOW"): (1, 1, 0),
+    (137, "IRQ"): (26, 26, 0),
+    (137, "SYS64"): (170, 170, 0),
+    (137, "WFx"): (15, 15, 35141040),
 }
 
 
 def test_real_arm64_capture():
     r, got = table(E2E)
     assert r.info.format == "ftrace" and r.info.layout == "arm64"
-    assert {k: (v[0], v[1]) for k, v in got.items()} == E2E_TABLE
+    assert {k: (v[0], v[1], v[5]) for k, v in got.items()} == E2E_TABLE
+    assert r.snapshot.halt_known
     # The two "done" doorbell exits never see an entry: open, not unfinished.
-    assert {k: v[3] for k, v in got.items() if v[3]} == {(134, "DABT_LOW"): 1, (135, "DABT_LOW"): 1}
+    assert {k: v[3] for k, v in got.items() if v[3]} == {(136, "DABT_LOW"): 1, (137, "DABT_LOW"): 1}
     assert r.snapshot.health.unpaired_entries == 2  # each vCPU's first kvm_entry
-    assert r.health.lines == 1674 and r.health.events == 1662 and r.health.malformed == 0
+    # 12 header lines; 1731 events (843 exits, 843 entries, 45 wakeups), all used, none malformed.
+    assert r.health.lines == 1743 and r.health.events == 1731 and r.health.malformed == 0
 
 
 def rerender(path: Path, fmt: str) -> bytes:

@@ -233,7 +233,7 @@ def scenario_meta():
     write(os.path.join(outdir, "meta.json"), json.dumps(info, indent=2, sort_keys=True))
     fmt_dir = os.path.join(RESULTS, "formats")
     os.makedirs(fmt_dir)
-    for ev in ("kvm_exit", "kvm_entry"):
+    for ev in ("kvm_exit", "kvm_entry", "kvm_vcpu_wakeup"):
         src = os.path.join(TRACEFS, "events", "kvm", ev, "format")
         if os.path.exists(src):
             with open(src) as f:
