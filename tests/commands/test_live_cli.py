@@ -187,3 +187,26 @@ def test_ebpf_prints_the_program_with_its_defines():
 def test_unknown_vm_name_is_an_error():
     line = one_error_line(kvmexit("--vm", "no-such-vm-here", "1"))
     assert "no running VM named no-such-vm-here" in line
+
+
+def test_fallback_example_when_live_tracing_is_impossible(tmp_path):
+    (tmp_path / "events").mkdir()
+    proc = kvmexit("--tracefs", str(tmp_path), "--fallback-example", "--by", "reason", "1")
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("kvmexit: showing the example trace shipped with kvmexit")
+    assert "live tracing is not possible here: kvm:kvm_exit/kvm:kvm_entry tracepoints not found" in first
+    assert proc.stdout.splitlines()[0].split()[0] == "REASON"
+    assert "WFx" in proc.stdout
+
+
+@needs_kvm_tracefs
+def test_fallback_example_when_no_exit_occurs():
+    # No guest exits through kvm_exit on the development machines; where one does, this is moot.
+    proc = kvmexit("--fallback-example", "--json", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    docs = [json.loads(line) for line in proc.stdout.splitlines()]
+    if docs[0]["source"]["kind"] == "live" and docs[0]["totals"]["exits"]:
+        pytest.skip("exits happened on this host while tracing: no fallback to check")
+    assert docs[-1]["source"]["kind"] == "trace" and docs[-1]["source"]["example"] is True
+    assert "no KVM exit occurred while tracing live" in proc.stderr
