@@ -132,11 +132,11 @@ class LiveSource:
         self._attach = attach
         self.bpf: Any = None
         self._batch: Optional[_BatchReader] = None
-        self.halt_known = attach
+        #: False when this kernel has no kvm_vcpu_wakeup to attach to (HALT% is then unknown).
+        self.halt_known = True
         self._threads: Dict[int, Tuple[Tuple[int, bytes], ThreadInfo]] = {}
         #: Open exits of threads that died before their entry, per key; they count as unfinished.
         self._abandoned: Dict[ExitKey, int] = {}
-        self._comms: Dict[int, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> LiveSource:
@@ -170,7 +170,7 @@ class LiveSource:
             if kind == "tp":
                 self.bpf.attach_tracepoint(tp=tracepoint, fn_name=fn)
             elif fn == "kvmexit_wakeup" and not self._tracepoint_exists(tracepoint):
-                self.halt_known = False  # optional: HALT% is then unknown
+                self.halt_known = False
                 continue
             else:
                 self.bpf.attach_raw_tracepoint(tp=tracepoint.split(":", 1)[1], fn_name=fn)
@@ -210,14 +210,9 @@ class LiveSource:
 
     # -- reading ---------------------------------------------------------------------------
     def health(self) -> Health:
-        values = [sum(v) for _, v in sorted(self.bpf["counters"].items(), key=lambda kv: kv[0].value)]
-        values += [0] * (3 - len(values))
-        return Health(
-            unpaired_entries=values[0],
-            start_map_full=values[1],
-            stats_map_full=values[2],
-            abandoned=sum(self._abandoned.values()),
-        )
+        counters = self.bpf["counters"]  # per-CPU: one value per CPU for each index of kvmexit.h
+        unpaired, start_full, stats_full = (sum(counters[counters.Key(i)]) for i in range(3))
+        return Health(unpaired, start_full, stats_full, sum(self._abandoned.values()))
 
     def _thread(self, tgid: int, tid: int, comm: bytes) -> ThreadInfo:
         """Names of a thread, resolved once per (tgid, tid, kernel comm)."""
