@@ -315,15 +315,16 @@ class _BatchReader:
     def read(self) -> Optional[Tuple[memoryview, memoryview]]:
         if not self.supported:
             return None
-        from bcc import libbcc  # type: ignore[import-not-found]
-
-        lib = libbcc.lib
+        lookup_batch = getattr(import_bcc().libbcc.lib, "bpf_lookup_batch", None)
+        if lookup_batch is None:  # libbcc older than 0.16
+            self.supported = False
+            return None
         fd = self.table.map_fd
         in_batch, out_batch = ctypes.c_uint32(0), ctypes.c_uint32(0)
         total = 0
         while total < self.capacity:
             count = ctypes.c_uint32(self.capacity - total)
-            res = lib.bpf_lookup_batch(
+            res = lookup_batch(
                 fd,
                 ctypes.byref(in_batch) if total else None,
                 ctypes.byref(out_batch),
