@@ -221,14 +221,14 @@ def test_unpaired_entries_open_exits_and_unfinished_exits(arm64):
 
 def test_times_are_measured_from_exit_to_entry(arm64):
     tid = threading.get_native_id()
-    for pause in (0.002, 0.004):
+    for pause in (0.002, 0.05):  # far apart, so a loaded machine cannot swap them
         arm64.arm64_exit(TRAP, EC_HVC64)
         time.sleep(pause)
         arm64.entry()
     st = next(s for k, s in arm64.snapshot().stats.items() if k.tid == tid)
     assert st.pairs == 2
-    assert 2_000_000 <= st.min_ns < 4_000_000 <= st.max_ns < 1_000_000_000
-    assert st.total_ns >= 6_000_000
+    assert 2_000_000 <= st.min_ns < 50_000_000 <= st.max_ns < 10_000_000_000
+    assert st.total_ns == st.min_ns + st.max_ns
     assert sum(st.hist) == 2
     assert st.hist[hist_slot(st.min_ns)] >= 1 and st.hist[hist_slot(st.max_ns)] >= 1
 
