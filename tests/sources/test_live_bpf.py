@@ -293,15 +293,18 @@ def test_full_start_map_is_counted():
     d = Driver(detect(FORMATS["arm64"]), max_threads=2)
     try:
         gate = threading.Event()
+        exited = threading.Semaphore(0)
 
         def hold_open():
             d.arm64_exit(TRAP, EC_WFX)
+            exited.release()
             gate.wait(10)
 
         threads = [threading.Thread(target=hold_open) for _ in range(3)]
         for t in threads:
             t.start()
-        time.sleep(0.2)
+        for _ in threads:
+            assert exited.acquire(timeout=10)
         snap = d.snapshot()
         gate.set()
         for t in threads:
