@@ -210,3 +210,14 @@ def test_fallback_example_when_no_exit_occurs():
         pytest.skip("exits happened on this host while tracing: no fallback to check")
     assert docs[-1]["source"]["kind"] == "trace" and docs[-1]["source"]["example"] is True
     assert "no KVM exit occurred while tracing live" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("0",), ("-1",), ("-i", "0"), ("-i", "1", "-c", "0"), ("--top", "0"), ("x",)],
+)
+def test_non_positive_numbers_are_refused_before_anything_runs(args):
+    proc = kvmexit(*args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("kvmexit: error: argument")

@@ -187,3 +187,11 @@ def test_missing_kvm_tracepoints(tmp_path):
     with pytest.raises(TracepointsMissing):
         rec.run(args(output=str(tmp_path / "o")), tracefs=str(tmp_path))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("bad", [("0",), ("-d", "-1"), ("--buffer-size", "0")])
+def test_non_positive_numbers_are_refused(bad, tmp_path):
+    p = record("-o", str(tmp_path / "x.trace"), *bad)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 2 and b"Traceback" not in err and b"error: argument" in err
+    assert not (tmp_path / "x.trace").exists()

@@ -12,7 +12,29 @@ from ..model import GROUPINGS, SORT_KEYS, Report, Snapshot, build_report
 from ..reasons import label
 from ..views import format_csv, format_health, format_hist, format_table, report_document
 
-__all__ = ["add_filter_options", "add_output_options", "make_report", "Emitter"]
+__all__ = ["add_filter_options", "add_output_options", "make_report", "Emitter", "positive_float", "positive_int"]
+
+
+def positive_float(text: str) -> float:
+    """argparse type for durations and intervals: 0 would mean "forever" or a busy loop."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number: %r" % text) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive: %r" % text)
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an integer: %r" % text) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1: %r" % text)
+    return value
 
 
 def add_filter_options(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +81,7 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("output")
     g.add_argument("--by", choices=sorted(GROUPINGS), default="thread", help="group rows (default: thread)")
     g.add_argument("--sort", choices=sorted(SORT_KEYS), default="count", help="sort rows (default: count)")
-    g.add_argument("--top", type=int, metavar="N", help="show only the first N rows")
+    g.add_argument("--top", type=positive_int, metavar="N", help="show only the first N rows")
     g.add_argument("--hist", action="store_true", help="print a log2 latency histogram per row")
     fmt = g.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON document per report (schema kvmexit/1)")

@@ -17,6 +17,7 @@ from ..model import Report, build_report, delta
 from ..names import NameResolver
 from ..reasons import label
 from ..views import format_health
+from .common import positive_float
 from .live import StopRequest, announce, open_live
 
 __all__ = ["main", "format_compat"]
@@ -32,7 +33,7 @@ For filters, intervals, percentiles and JSON/CSV output use `kvmexit`.
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("duration", nargs="?", type=float, help="seconds to trace (default: until Ctrl-C)")
+    parser.add_argument("duration", nargs="?", type=positive_float, help="seconds to trace (default: until Ctrl-C)")
 
 
 def format_compat(report: Report) -> str:

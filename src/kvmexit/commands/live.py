@@ -14,7 +14,7 @@ from ..errors import KvmexitError, UnsupportedArch
 from ..layouts import Layout, detect, find_tracefs, read_formats
 from ..model import Snapshot, delta, paused_gc
 from ..names import NameResolver
-from .common import Emitter, add_filter_options, add_output_options, make_report
+from .common import Emitter, add_filter_options, add_output_options, make_report, positive_float, positive_int
 
 __all__ = ["DESCRIPTION", "EPILOG", "StopRequest", "announce", "open_live", "prepare_parser", "run"]
 
@@ -85,9 +85,11 @@ class StopRequest:
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("duration", nargs="?", type=float, help="seconds to trace (default: until Ctrl-C)")
-    parser.add_argument("-i", "--interval", type=float, metavar="SECS", help="report every SECS seconds (deltas)")
-    parser.add_argument("-c", "--count", type=int, metavar="N", help="with -i: stop after N reports")
+    parser.add_argument("duration", nargs="?", type=positive_float, help="seconds to trace (default: until Ctrl-C)")
+    parser.add_argument(
+        "-i", "--interval", type=positive_float, metavar="SECS", help="report every SECS seconds (deltas)"
+    )
+    parser.add_argument("-c", "--count", type=positive_int, metavar="N", help="with -i: stop after N reports")
     add_filter_options(parser)
     add_output_options(parser)
     g = parser.add_argument_group("advanced")

@@ -26,6 +26,7 @@ from ..layouts import detect, find_tracefs, read_formats
 from ..names import NameResolver, vcpu_from_comm
 from ..sources.trace.reader import NAMES_SUFFIX
 from ..tracefs import Instance
+from .common import positive_float, positive_int
 
 __all__ = ["DESCRIPTION", "EPILOG", "prepare_parser", "run", "find_vm_processes", "names_document"]
 
@@ -49,14 +50,19 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         help="trace file (default: kvmexit.trace; .gz compresses; - for stdout)",
     )
     parser.add_argument(
-        "duration", nargs="?", type=float, help="seconds to record, as for kvmexit (default: until Ctrl-C)"
+        "duration", nargs="?", type=positive_float, help="seconds to record, as for kvmexit (default: until Ctrl-C)"
     )
     parser.add_argument(
-        "-d", "--duration", dest="duration_option", type=float, metavar="SECONDS", help="the same, as an option"
+        "-d",
+        "--duration",
+        dest="duration_option",
+        type=positive_float,
+        metavar="SECONDS",
+        help="the same, as an option",
     )
     parser.add_argument(
         "--buffer-size",
-        type=int,
+        type=positive_int,
         default=8192,
         metavar="KB",
         help="per-CPU ring buffer size of the instance (default: 8192)",
@@ -142,10 +148,6 @@ def run(args: argparse.Namespace, tracefs: Optional[str] = None, procfs: str = "
         if args.duration is not None:
             raise KvmexitError("give the duration once, as an argument or with -d")
         args.duration = args.duration_option
-    if args.duration is not None and args.duration <= 0:
-        raise KvmexitError("--duration must be positive")
-    if args.buffer_size < 1:
-        raise KvmexitError("--buffer-size must be at least 1 KB")
     extra = []
     for spec in args.event:
         system, sep, event = spec.partition(":")

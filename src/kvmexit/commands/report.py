@@ -160,8 +160,6 @@ def run(args: argparse.Namespace) -> int:
         return report_example(args)
     if not args.file:
         raise KvmexitError("no trace file given", hint="kvmexit report FILE (or - for stdin), or --example")
-    if args.top is not None and args.top < 1:
-        raise KvmexitError("--top must be at least 1")
     result = read_trace(
         args.file,
         fmt=args.format,
