@@ -241,7 +241,8 @@ def _emit_since(
     with paused_gc():
         snap = source.snapshot()
         report = make_report(delta(snap, prev), args)
-        emitter.emit(report, _interval(index, prev_t, now_t), _why_empty(args))
+        why = _why_empty(args) if not report.totals.exits else None  # reads debugfs: only when needed
+        emitter.emit(report, _interval(index, prev_t, now_t), why)
     return snap, report.totals.exits
 
 
