@@ -21,6 +21,13 @@
 #define ARM_EXIT_WITH_SERROR_BIT 31
 #define ARM_EXCEPTION_TRAP 2
 
+/*
+ * What every attached program returns. On a classic tracepoint (x86), 0 would stop the event from
+ * reaching perf (perf_trace_run_bpf_submit): perf kvm stat, perf stat -e kvm:kvm_exit and kvm_stat
+ * would go blind while kvmexit is attached. Raw tracepoints ignore it.
+ */
+#define PASS_EVENT_ON 1
+
 BPF_HASH(starts, u32, struct kvmexit_start, MAX_THREADS);
 BPF_HASH(stats, struct kvmexit_key, struct kvmexit_value, MAX_KEYS);
 BPF_PERCPU_ARRAY(counters, u64, KVMEXIT_NR_COUNTERS);
@@ -159,7 +166,8 @@ int kvmexit_exit(struct bpf_raw_tracepoint_args *ctx)
 #else
 	u32 ec = 0; /* filled in by kvm_trap_enter */
 #endif
-	return on_exit(ctx, ret & ~(1U << ARM_EXIT_WITH_SERROR_BIT), arm64_detail(ret, ec));
+	on_exit(ctx, ret & ~(1U << ARM_EXIT_WITH_SERROR_BIT), arm64_detail(ret, ec));
+	return PASS_EVENT_ON;
 }
 
 #if EXIT_EC_ARG < 0
@@ -171,13 +179,14 @@ int kvmexit_trap(struct bpf_raw_tracepoint_args *ctx)
 	if (s && s->ts && s->code == ARM_EXCEPTION_TRAP)
 		s->detail = (s->detail & (1U << ARM_EXIT_WITH_SERROR_BIT)) |
 			    ((u32)ctx->args[TRAP_EC_ARG] & 0x3f);
-	return 0;
+	return PASS_EVENT_ON;
 }
 #endif
 #elif defined(SYNTHETIC_X86)
 int kvmexit_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_exit(ctx, ctx->args[0], ctx->args[1]);
+	on_exit(ctx, ctx->args[0], ctx->args[1]);
+	return PASS_EVENT_ON;
 }
 #elif defined(LAYOUT_X86)
 int kvmexit_exit(void *ctx)
@@ -185,7 +194,8 @@ int kvmexit_exit(void *ctx)
 	/* The record is built by the kernel: exit_reason and isa are read at their format offsets. */
 	u32 reason = *(u32 *)((char *)ctx + X86_REASON_OFF);
 	u32 isa = *(u32 *)((char *)ctx + X86_ISA_OFF);
-	return on_exit(ctx, reason, isa);
+	on_exit(ctx, reason, isa);
+	return PASS_EVENT_ON;
 }
 #else
 #error "no LAYOUT_* defined"
@@ -197,7 +207,8 @@ int kvmexit_entry(void *ctx)
 int kvmexit_entry(struct bpf_raw_tracepoint_args *ctx)
 #endif
 {
-	return on_entry(ctx);
+	on_entry(ctx);
+	return PASS_EVENT_ON;
 }
 
 /* kvm_vcpu_wakeup(ns, waited, valid): time the vCPU spent halted inside the open exit. */
@@ -208,5 +219,5 @@ int kvmexit_wakeup(struct bpf_raw_tracepoint_args *ctx)
 	struct kvmexit_start *s = starts.lookup(&tid);
 	if (s && s->ts)
 		s->halt_ns += ctx->args[0];
-	return 0;
+	return PASS_EVENT_ON;
 }
