@@ -23,10 +23,13 @@ import gc
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 __all__ = [
     "HIST_SLOTS",
+    "STAT_FIELDS",
+    "KERNEL_FIELDS",
+    "StatField",
     "ExitKey",
     "ExitStats",
     "Health",
@@ -41,6 +44,7 @@ __all__ = [
     "paused_gc",
     "percentile",
     "delta",
+    "merge_all",
     "build_report",
 ]
 
@@ -61,7 +65,7 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-#: Number of log2 latency buckets; must equal KVMEXIT_HIST_SLOTS in bpf/kvmexit.h.
+#: Number of log2 latency buckets; written into the BPF program as KVMEXIT_HIST_SLOTS.
 HIST_SLOTS = 40
 
 
@@ -72,8 +76,37 @@ class ExitKey(NamedTuple):
     detail: int
 
 
+class StatField(NamedTuple):
+    """One field of the statistics record (see :data:`STAT_FIELDS`)."""
+
+    name: str
+    #: How several records combine: "sum" (deltas subtract), "min" or "max" (not subtractable:
+    #: deltas keep the current value; None until the first pair).
+    merge: str
+    #: u64 words in the kernel's ``struct kvmexit_value``: 1 a scalar, n > 1 an array (a tuple
+    #: here), 0 a field user space fills in (not in the kernel's record).
+    words: int = 1
+
+
+#: The statistics record, the one definition the others derive from: the kernel's
+#: ``struct kvmexit_value`` (generated into the program as KVMEXIT_VALUE_FIELDS), the live
+#: source's decoding, the offline accumulators and :func:`merge_all`/:func:`delta`. A new summed
+#: field is one line here and one in :class:`ExitStats` (checked to agree below).
+STAT_FIELDS: Tuple[StatField, ...] = (
+    StatField("pairs", "sum"),  # exits whose entry was seen
+    StatField("unfinished", "sum"),  # exits followed by another exit before any entry
+    StatField("open", "sum", 0),  # a gauge: exits waiting for their entry at snapshot time
+    StatField("total_ns", "sum"),
+    StatField("min_ns", "min"),
+    StatField("max_ns", "max"),
+    StatField("halt_ns", "sum"),  # time halted (kvm_vcpu_wakeup) inside the timed exits
+    StatField("hist", "sum", HIST_SLOTS),  # log2 buckets, see hist_slot
+)
+
+
 class ExitStats(NamedTuple):
-    """Cumulative statistics for one key. ``open`` is a gauge taken at snapshot time.
+    """Cumulative statistics for one key (fields as :data:`STAT_FIELDS`). ``open`` is a gauge
+    taken at snapshot time.
 
     Named tuples rather than dataclasses: a busy host has 10^5 of these per report.
     """
@@ -95,22 +128,37 @@ class ExitStats(NamedTuple):
         return merge_all((self, other))
 
 
+if ExitStats._fields != tuple(f.name for f in STAT_FIELDS):  # pragma: no cover - a developer's slip
+    raise AssertionError("ExitStats and STAT_FIELDS disagree")
+
+#: The fields the kernel keeps, in the order of ``struct kvmexit_value``.
+KERNEL_FIELDS: Tuple[StatField, ...] = tuple(f for f in STAT_FIELDS if f.words)
+
+
+def _merge_one(f: StatField, values: List) -> Any:
+    if f.merge == "sum":
+        return tuple(map(sum, zip(*values))) if f.words > 1 else sum(values)
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return min(present) if f.merge == "min" else max(present)
+
+
 def merge_all(items: Sequence[ExitStats], with_hist: bool = True) -> ExitStats:
-    """The statistics of several keys together (without the histogram if not wanted)."""
+    """The statistics of several keys together (without the arrays, such as the histogram, if
+    not wanted: they are then left empty)."""
     if len(items) == 1:
         return items[0]
-    mins = [s.min_ns for s in items if s.min_ns is not None]
-    maxs = [s.max_ns for s in items if s.max_ns is not None]
-    return ExitStats(
-        pairs=sum(s.pairs for s in items),
-        unfinished=sum(s.unfinished for s in items),
-        open=sum(s.open for s in items),
-        total_ns=sum(s.total_ns for s in items),
-        min_ns=min(mins) if mins else None,
-        max_ns=max(maxs) if maxs else None,
-        halt_ns=sum(s.halt_ns for s in items),
-        hist=tuple(map(sum, zip(*(s.hist for s in items)))) if with_hist and items else (0,) * HIST_SLOTS,
-    )
+    if not items:
+        return ExitStats()
+    merged: List[Any] = [
+        _merge_one(f, [s[i] for s in items]) if with_hist or f.words <= 1 else _DEFAULTS[i]
+        for i, f in enumerate(STAT_FIELDS)
+    ]
+    return ExitStats(*merged)
+
+
+_DEFAULTS = ExitStats()
 
 
 @dataclass(frozen=True)
@@ -166,16 +214,7 @@ def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
         if prev is None:
             stats[key] = cur
             continue
-        d = ExitStats(
-            pairs=cur.pairs - prev.pairs,
-            unfinished=cur.unfinished - prev.unfinished,
-            open=cur.open - prev.open,
-            total_ns=cur.total_ns - prev.total_ns,
-            min_ns=cur.min_ns,
-            max_ns=cur.max_ns,
-            halt_ns=cur.halt_ns - prev.halt_ns,
-            hist=tuple(a - b for a, b in zip(cur.hist, prev.hist)),
-        )
+        d = ExitStats(*(_delta_one(f, c, p) for f, c, p in zip(STAT_FIELDS, cur, prev)))
         if d.pairs or d.unfinished or d.open:
             stats[key] = d
     for key, prev in previous.stats.items():
@@ -193,6 +232,14 @@ def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
         time_ns=current.time_ns - previous.time_ns,
         halt_known=current.halt_known,
     )
+
+
+def _delta_one(f: StatField, cur: Any, prev: Any) -> Any:
+    if f.merge != "sum":
+        return cur  # min and max stay cumulative
+    if f.words > 1:
+        return tuple(a - b for a, b in zip(cur, prev))
+    return cur - prev
 
 
 def hist_slot(ns: int) -> int:

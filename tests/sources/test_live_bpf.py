@@ -561,3 +561,13 @@ def test_classic_tracepoint_programs_leave_perf_its_events():
         src.close()
     assert during == before
     assert during_exit >= calls
+
+
+def test_kernel_record_is_generated_from_the_one_field_table(arm64):
+    """struct kvmexit_value as bcc compiled it has exactly model.KERNEL_FIELDS (and comm)."""
+    from kvmexit.model import KERNEL_FIELDS
+
+    leaf = arm64.source.bpf["stats"].Leaf
+    assert [f[0] for f in leaf._fields_] == [f.name for f in KERNEL_FIELDS] + ["comm"]
+    for f in KERNEL_FIELDS:
+        assert getattr(leaf, f.name).size == 8 * f.words

@@ -2,7 +2,9 @@
 #ifndef KVMEXIT_H
 #define KVMEXIT_H
 
-#define KVMEXIT_HIST_SLOTS 40 /* log2(ns) buckets: slot 39 holds everything >= 2^39 ns (~9 min) */
+/* KVMEXIT_HIST_SLOTS (log2(ns) buckets: the last holds everything longer) and
+ * KVMEXIT_VALUE_FIELDS (the u64 fields of struct kvmexit_value) are compile-time defines,
+ * generated from kvmexit.model.STAT_FIELDS, the one definition of the statistics record. */
 
 /* Indexes into the per-CPU "counters" array. */
 #define KVMEXIT_UNPAIRED_ENTRIES 0 /* kvm_entry with no kvm_exit seen before it on that thread */
@@ -28,13 +30,7 @@ struct kvmexit_key {
 };
 
 struct kvmexit_value {
-	u64 pairs;      /* exits whose entry was seen */
-	u64 unfinished; /* exits followed by another exit before any entry */
-	u64 total_ns;
-	u64 min_ns;
-	u64 max_ns;
-	u64 halt_ns;
-	u64 hist[KVMEXIT_HIST_SLOTS];
+	KVMEXIT_VALUE_FIELDS /* u64 pairs; u64 unfinished; ...; u64 hist[KVMEXIT_HIST_SLOTS]; */
 	char comm[16];
 };
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import BccMissing, HeadersMissing, KvmexitError, NotRoot
 from ..layouts import TRACEFS_ROOTS, Layout
-from ..model import HIST_SLOTS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo
+from ..model import HIST_SLOTS, KERNEL_FIELDS, STAT_FIELDS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo
 from ..names import NameResolver
 
 __all__ = ["BpfProgram", "render_program", "LiveSource", "import_bcc", "PROGRAM_PREFIX"]
@@ -61,6 +61,7 @@ def render_program(
     if filter_tids:
         defines.append("FILTER_TID")
     defines += ["MAX_THREADS=%d" % max_threads, "MAX_KEYS=%d" % max_keys]
+    defines += ["KVMEXIT_HIST_SLOTS=%d" % HIST_SLOTS, "KVMEXIT_VALUE_FIELDS=" + value_fields_c()]
     exit_kind = "tp" if "LAYOUT_X86" in layout.defines and not synthetic_x86 else "raw"
     attach = [(exit_kind, "kvm:kvm_exit", "kvmexit_exit"), (exit_kind, "kvm:kvm_entry", "kvmexit_entry")]
     if layout.trap_event:
@@ -68,6 +69,11 @@ def render_program(
     if wakeup:
         attach.append(("raw", "kvm:kvm_vcpu_wakeup", "kvmexit_wakeup"))
     return BpfProgram(text=text, cflags=tuple("-D" + d for d in defines), attach=tuple(attach))
+
+
+def value_fields_c() -> str:
+    """The u64 fields of ``struct kvmexit_value``, generated from :data:`~kvmexit.model.STAT_FIELDS`."""
+    return " ".join("u64 %s%s;" % (f.name, "[%d]" % f.words if f.words > 1 else "") for f in KERNEL_FIELDS)
 
 
 def import_bcc() -> Any:
@@ -295,7 +301,7 @@ class LiveSource:
 
 #: struct kvmexit_key and struct kvmexit_value (bpf/kvmexit.h), native byte order, no padding.
 _KEY_FORMAT = "=4I"
-_VALUE_FORMAT = "=6Q%dQ16s" % HIST_SLOTS
+_VALUE_FORMAT = "=%dQ16s" % sum(f.words for f in KERNEL_FIELDS)
 
 
 class _BatchReader:
@@ -350,13 +356,41 @@ class _BatchReader:
 
 def _leaf_values(v: Any) -> tuple:
     """A bcc Leaf as the tuple struct.unpack(_VALUE_FORMAT) gives."""
-    return (v.pairs, v.unfinished, v.total_ns, v.min_ns, v.max_ns, v.halt_ns, *v.hist, bytes(v.comm))
+    out: List[Any] = []
+    for f in KERNEL_FIELDS:
+        value = getattr(v, f.name)
+        out.extend(value if f.words > 1 else (value,))
+    out.append(bytes(v.comm))
+    return tuple(out)
 
 
-def _stats_from_values(v: tuple) -> ExitStats:
-    """(pairs, unfinished, total, min, max, halt, hist[HIST_SLOTS]..., comm) -> ExitStats."""
-    pairs = v[0]
-    # Positional (pairs, unfinished, open, total, min, max, halt, hist): 10^5 calls per snapshot.
-    return ExitStats(
-        pairs, v[1], 0, v[2], v[3] if pairs else None, v[4] if pairs else None, v[5], v[6 : 6 + HIST_SLOTS]
-    )
+def _decoder_source() -> str:
+    """Python source of ``decode(v)``: the kernel's words (``_VALUE_FORMAT``) -> ExitStats.
+
+    Generated once from STAT_FIELDS, positional and without loops: it runs 10^5 times per
+    snapshot. min/max fields are None until the first pair; user-space fields take defaults."""
+    args = []
+    word = 0
+    for f in STAT_FIELDS:
+        if not f.words:
+            args.append(repr(getattr(ExitStats(), f.name)))
+        elif f.words > 1:
+            args.append("v[%d:%d]" % (word, word + f.words))
+        elif f.merge in ("min", "max"):
+            args.append("(v[%d] if v[0] else None)" % word)
+        else:
+            args.append("v[%d]" % word)
+        word += f.words
+    if KERNEL_FIELDS[0].name != "pairs":
+        raise AssertionError("the decoder expects pairs first")
+    return "def decode(v):\n    return ExitStats(%s)\n" % ", ".join(args)
+
+
+def _make_decoder() -> Any:
+    scope: Dict[str, Any] = {"ExitStats": ExitStats}
+    exec(_decoder_source(), scope)  # generated from STAT_FIELDS: no outside input
+    return scope["decode"]
+
+
+#: (words of struct kvmexit_value..., comm) -> ExitStats.
+_stats_from_values = _make_decoder()

@@ -26,10 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from ...model import HIST_SLOTS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo, hist_slot
+from ...model import HIST_SLOTS, KERNEL_FIELDS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo, hist_slot
 from ...reasons import arm64
 
-__all__ = ["Pairer", "TraceHealth", "hist_slot", "LAST_SLOT"]
+__all__ = ["Pairer", "TraceHealth", "hist_slot", "LAST_SLOT", "new_acc", "acc_stats"]
 
 LAST_SLOT = HIST_SLOTS - 1
 _TRAP = arm64.ARM_EXCEPTION_TRAP
@@ -37,17 +37,39 @@ _SERROR = arm64.SERROR_PENDING_BIT
 
 # Indexes into a start record: [ts_ns, key, halt_ns, cpu]; key = (tid, code, detail).
 S_TS, S_KEY, S_HALT, S_CPU = 0, 1, 2, 3
-# Indexes into an accumulator: [pairs, unfinished, total_ns, min_ns, max_ns, halt_ns, hist].
-A_PAIRS, A_UNFIN, A_TOTAL, A_MIN, A_MAX, A_HALT, A_HIST = 0, 1, 2, 3, 4, 5, 6
+#: An accumulator is a list with one item per field the kernel keeps (model.KERNEL_FIELDS, in
+#: that order; arrays as lists); min/max start at sentinels (reported as None before a pair).
+ACC_INDEX = {f.name: i for i, f in enumerate(KERNEL_FIELDS)}
+A_PAIRS, A_UNFIN, A_TOTAL = ACC_INDEX["pairs"], ACC_INDEX["unfinished"], ACC_INDEX["total_ns"]
+A_MIN, A_MAX, A_HALT, A_HIST = ACC_INDEX["min_ns"], ACC_INDEX["max_ns"], ACC_INDEX["halt_ns"], ACC_INDEX["hist"]
 
-
-#: Sentinels for min/max before the first pair (reported as None).
 NO_MIN = 1 << 64
 NO_MAX = -1
+_ACC_START = tuple(
+    [0] * f.words if f.words > 1 else NO_MIN if f.merge == "min" else NO_MAX if f.merge == "max" else 0
+    for f in KERNEL_FIELDS
+)
+_ARRAYS = tuple(i for i, f in enumerate(KERNEL_FIELDS) if f.words > 1)
 
 
 def new_acc() -> list:
-    return [0, 0, 0, NO_MIN, NO_MAX, 0, [0] * HIST_SLOTS]
+    acc = list(_ACC_START)
+    for i in _ARRAYS:
+        acc[i] = list(acc[i])  # type: ignore[arg-type]
+    return acc
+
+
+def acc_stats(acc: list, open_: int = 0) -> ExitStats:
+    """An accumulator as ExitStats (``open_`` is the gauge user space adds)."""
+    fields = {}
+    paired = acc[A_PAIRS] > 0
+    for f, value in zip(KERNEL_FIELDS, acc):
+        if f.words > 1:
+            value = tuple(value)
+        elif f.merge in ("min", "max") and not paired:
+            value = None
+        fields[f.name] = value
+    return ExitStats(open=open_, **fields)
 
 
 @dataclass
@@ -186,16 +208,7 @@ class Pairer:
             acc = acc_by_key.get(key) or new_acc()
             tgid = self.tgid.get(tid, tgids.get(tid, 0))
             ek = ExitKey(tgid, tid, code, detail)
-            st = ExitStats(
-                pairs=acc[A_PAIRS],
-                unfinished=acc[A_UNFIN],
-                open=opens.get(key, 0),
-                total_ns=acc[A_TOTAL],
-                min_ns=acc[A_MIN] if acc[A_PAIRS] else None,
-                max_ns=acc[A_MAX] if acc[A_PAIRS] else None,
-                halt_ns=acc[A_HALT],
-                hist=tuple(acc[A_HIST]),
-            )
+            st = acc_stats(acc, opens.get(key, 0))
             stats[ek] = stats[ek].merge(st) if ek in stats else st
         threads: Dict[int, ThreadInfo] = {}
         for tid in {k.tid for k in stats}:
