@@ -1,4 +1,5 @@
-"""The ``kvmexit`` command: ``kvmexit [live options]``, ``kvmexit report``, ``kvmexit record``.
+"""The ``kvmexit`` command: ``kvmexit [live options]``, ``kvmexit report``, ``kvmexit record``,
+``kvmexit exporter``.
 
 Typed errors from the core become one line and an exit code here, nowhere else.
 """
@@ -13,7 +14,7 @@ from .errors import KvmexitError
 
 __all__ = ["main", "fail"]
 
-SUBCOMMANDS = ("report", "record")
+SUBCOMMANDS = ("report", "record", "exporter")
 
 
 def fail(error: KvmexitError, prog: str = "kvmexit") -> int:

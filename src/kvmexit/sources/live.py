@@ -143,6 +143,8 @@ class LiveSource:
         self._threads: Dict[int, Tuple[Tuple[int, bytes], ThreadInfo]] = {}
         #: Open exits of threads that died before their entry, per key; they count as unfinished.
         self._abandoned: Dict[ExitKey, int] = {}
+        #: New-key notifications the perf buffer dropped (their VMs may then go unnamed).
+        self.lost_events = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> LiveSource:
@@ -155,7 +157,7 @@ class LiveSource:
             ) from e
         try:
             self._fill_filters()
-            self.bpf["new_keys"].open_perf_buffer(self._on_new_key, page_cnt=16)
+            self.bpf["new_keys"].open_perf_buffer(self._on_new_key, page_cnt=16, lost_cb=self._on_lost)
             if self._attach:
                 self._attach_all()
         except BaseException:
@@ -193,6 +195,9 @@ class LiveSource:
         self.resolver.forget(key.tgid)
         self.resolver.vm(key.tgid)
         self._threads.pop(key.tid, None)
+
+    def _on_lost(self, count: int) -> None:
+        self.lost_events += count
 
     def poll(self, timeout_ms: int = 0) -> None:
         """Wait up to ``timeout_ms`` for new-key notifications and handle them."""

@@ -1,0 +1,166 @@
+"""``kvmexit exporter``: serve the kernel's cumulative maps as Prometheus metrics.
+
+Each scrape reads the maps (nothing is cleared, so no exit is lost between scrapes). Built on
+``prometheus_client``, an optional dependency: ``pip install 'kvmexit[exporter]'`` or Debian's
+``python3-prometheus-client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import signal
+import socket
+import sys
+import threading
+from typing import Any, Dict, Optional, Tuple
+
+from ..errors import KvmexitError
+from ..model import Snapshot
+from ..names import NameResolver
+from .live import StopRequest, open_live
+
+__all__ = ["DESCRIPTION", "EPILOG", "DEFAULT_LISTEN", "SharedSource", "parse_listen", "prepare_parser", "run", "serve"]
+
+DEFAULT_LISTEN = "127.0.0.1:9479"
+
+DESCRIPTION = (
+    "Serve KVM exit counts, times and duration histograms per VM, vCPU and exit reason as Prometheus "
+    "metrics, read from the kernel's cumulative maps at each scrape."
+)
+EPILOG = """\
+examples:
+  kvmexit exporter                          # http://127.0.0.1:9479/metrics
+  kvmexit exporter --listen 0.0.0.0:9479    # reachable from other hosts: your decision (no auth, no TLS)
+  kvmexit exporter --vm web01 --per-thread  # one guest, with tgid/tid labels
+
+metrics: kvmexit_exits_total, kvmexit_exit_seconds_total, kvmexit_halted_seconds_total and the
+histogram kvmexit_exit_duration_seconds, labelled vm, vcpu, reason; health counters
+kvmexit_unpaired_entries_total, kvmexit_map_full_total, kvmexit_abandoned_exits_total,
+kvmexit_unfinished_exits_total, kvmexit_lost_events_total. See the README.
+"""
+
+MISSING_CLIENT = KvmexitError(
+    "the exporter needs the prometheus_client Python module",
+    hint="pip install 'kvmexit[exporter]', or apt-get install python3-prometheus-client",
+)
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """``ADDR:PORT`` (``[::1]:PORT`` for IPv6) into (address, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError("expected ADDR:PORT, e.g. 127.0.0.1:9479: %r" % text)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a port number: %r" % port_text) from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("port out of range 1-65535: %r" % port_text)
+    return host, port
+
+
+def prepare_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=parse_listen(DEFAULT_LISTEN),
+        metavar="ADDR:PORT",
+        help="where to serve /metrics (default: %s, this host only; widening it is your decision)" % DEFAULT_LISTEN,
+    )
+    parser.add_argument(
+        "--per-thread",
+        action="store_true",
+        help="add tgid and tid labels (one series set per thread: grows with thread churn)",
+    )
+    g = parser.add_argument_group("filters (applied in the kernel)")
+    g.add_argument("-p", "--pid", dest="pids", type=int, action="append", default=[], metavar="TGID")
+    g.add_argument("-t", "--tid", dest="tids", type=int, action="append", default=[], metavar="TID")
+    g.add_argument("--vm", dest="vms", action="append", default=[], metavar="NAME")
+    g = parser.add_argument_group("advanced")
+    g.add_argument("--max-threads", type=int, default=16384, help="size of the per-thread open-exit map")
+    g.add_argument("--max-keys", type=int, default=65536, help="size of the (thread, reason) statistics map")
+    g.add_argument("--tracefs", help="tracefs mount point (default: auto)")
+
+
+def require_prometheus_client() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:
+        raise MISSING_CLIENT from None
+    return prometheus_client
+
+
+class SharedSource:
+    """The live source shared by the scrape threads and the main loop (bcc is not thread-safe)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            snap: Snapshot = self.source.snapshot()
+            return snap
+
+    def wait(self, seconds: float) -> None:
+        with self._lock:
+            self.source.wait(seconds)
+
+    def sweep(self) -> None:
+        with self._lock:
+            self.source.sweep()
+
+    def lost_events(self) -> int:
+        return int(getattr(self.source, "lost_events", 0))
+
+
+def serve(source: Any, listen: Tuple[str, int], per_thread: bool = False, info: Optional[Dict[str, str]] = None) -> Any:
+    """Start serving ``source`` (an opened live source, or anything with the same ``snapshot``
+    and ``lost_events``) on a daemon thread; returns the registry."""
+    client = require_prometheus_client()
+    from ..reasons import label
+    from ..views.prometheus import ExitCollector
+
+    shared = source if isinstance(source, SharedSource) else SharedSource(source)
+    registry = client.CollectorRegistry(auto_describe=False)
+    registry.register(ExitCollector(shared.snapshot, label, per_thread, shared.lost_events, info))
+    client.ProcessCollector(registry=registry)  # process_resident_memory_bytes: watch a long run
+    addr, port = listen
+    try:
+        client.start_http_server(port, addr=addr, registry=registry)
+    except (OSError, socket.gaierror) as e:
+        raise KvmexitError(
+            "cannot listen on %s:%d: %s" % (addr, port, e.strerror or e), hint="choose another --listen ADDR:PORT"
+        ) from e
+    return registry
+
+
+def run(args: argparse.Namespace) -> int:
+    require_prometheus_client()  # before compiling anything
+    source = open_live(NameResolver(), args.tracefs, args.pids, args.tids, args.vms, args.max_threads, args.max_keys)
+    try:
+        shared = SharedSource(source)
+        info = {"arch": source.layout.arch, "layout": source.layout.name, "kernel": platform.release()}
+        serve(shared, args.listen, args.per_thread, info)
+        addr, port = args.listen
+        shown = "[%s]" % addr if ":" in addr else addr
+        print(
+            "kvmexit exporter: tracing %s exits (layout %s), serving http://%s:%d/metrics"
+            % (source.layout.arch, source.layout.name, shown, port),
+            file=sys.stderr,
+            flush=True,
+        )
+        with StopRequest() as stop:
+            # A daemon has no terminal: a hang-up ends it cleanly too, instead of killing it.
+            previous = signal.signal(signal.SIGHUP, lambda signum, frame: setattr(stop, "requested", True))
+            try:
+                stop.sleep_until(None, shared.sweep, shared.wait)
+            finally:
+                signal.signal(signal.SIGHUP, previous)
+    finally:
+        source.close()
+    print("kvmexit exporter: stopped, programs detached", file=sys.stderr)
+    return 0

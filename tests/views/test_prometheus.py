@@ -1,0 +1,146 @@
+"""The Prometheus collector on hand-made snapshots (no BPF): families, labels, buckets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+prometheus_client = pytest.importorskip("prometheus_client", reason="prometheus_client not installed")
+
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from kvmexit import model  # noqa: E402
+from kvmexit.model import HIST_SLOTS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo, bucket_bounds, hist_slot  # noqa: E402
+from kvmexit.reasons import label  # noqa: E402
+from kvmexit.views import prometheus as view  # noqa: E402
+
+
+def stats(durations, unfinished=0, open_=0, halt=0) -> ExitStats:
+    hist = [0] * HIST_SLOTS
+    for d in durations:
+        hist[hist_slot(d)] += 1
+    return ExitStats(
+        pairs=len(durations),
+        unfinished=unfinished,
+        open=open_,
+        total_ns=sum(durations),
+        min_ns=min(durations) if durations else None,
+        max_ns=max(durations) if durations else None,
+        halt_ns=halt,
+        hist=tuple(hist),
+    )
+
+
+WFX, HVC = (2, 0x01), (2, 0x16)  # arm64 (code, detail): trap with its exception class
+
+SNAP = Snapshot(
+    arch="arm64",
+    stats={
+        ExitKey(100, 101, *WFX): stats([1_500, 3_000_000], halt=2_000_000),
+        ExitKey(100, 101, *HVC): stats([700, 900, 5_000], unfinished=1),
+        ExitKey(100, 102, *HVC): stats([2_000], open_=1),
+        ExitKey(200, 201, *HVC): stats([40_000]),
+        # a second thread of vCPU 0 of web01 (a vCPU re-created): same labels without --per-thread
+        ExitKey(100, 103, *HVC): stats([10]),
+    },
+    health=Health(unpaired_entries=3, start_map_full=4, stats_map_full=5, abandoned=1),
+    threads={
+        101: ThreadInfo("CPU 0/KVM", "web01", 0),
+        102: ThreadInfo("CPU 1/KVM", "web01", 1),
+        103: ThreadInfo("CPU 0/KVM", "web01", 0),
+        201: ThreadInfo("worker", None, None),
+    },
+)
+
+
+def scrape(snapshot=SNAP, per_thread=False, lost=0):
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(view.ExitCollector(lambda: snapshot, label, per_thread, lambda: lost, {"arch": "arm64"}))
+    text = prometheus_client.generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def lbl(vm, vcpu, reason, **more):
+    return tuple(sorted(dict(vm=vm, vcpu=vcpu, reason=reason, **more).items()))
+
+
+def test_counters_per_vm_vcpu_reason():
+    got = scrape()
+    assert got["kvmexit_exits_total", lbl("web01", "0", "WFx")] == 2
+    assert got["kvmexit_exits_total", lbl("web01", "0", "HVC64")] == 4 + 1  # two threads merged
+    assert got["kvmexit_exits_total", lbl("web01", "1", "HVC64")] == 2  # one open
+    assert got["kvmexit_exits_total", lbl("tgid-200", "", "HVC64")] == 1  # unnamed, no vCPU name
+    assert got["kvmexit_exit_seconds_total", lbl("web01", "0", "WFx")] == 3_001_500 / 1e9
+    assert got["kvmexit_halted_seconds_total", lbl("web01", "0", "WFx")] == 2_000_000 / 1e9
+    assert got["kvmexit_exit_duration_seconds_count", lbl("web01", "0", "HVC64")] == 4
+    assert got["kvmexit_exit_duration_seconds_sum", lbl("web01", "0", "HVC64")] == 6_610 / 1e9
+    series = {labels for name, labels in got if name == "kvmexit_exits_total"}
+    assert len(series) == 4
+
+
+def test_histogram_buckets_are_cumulative_kernel_buckets():
+    got = scrape()
+    buckets = {
+        dict(labels)["le"]: v
+        for (name, labels), v in got.items()
+        if name == "kvmexit_exit_duration_seconds_bucket"
+        and ("vm", "web01") in labels
+        and ("vcpu", "0") in labels
+        and ("reason", "HVC64") in labels
+    }
+    durations = [700, 900, 5_000, 10]
+    les = sorted(float(le) for le in buckets)
+    assert les[-1] == math.inf
+    expected_edges = [*sorted({bucket_bounds(s)[1] / 1000000000.0 for s in range(HIST_SLOTS - 1)}), math.inf]
+    assert les == expected_edges
+    for le, count in buckets.items():
+        assert count == sum(1 for d in durations if d / 1e9 <= float(le)), le
+
+
+def test_bucket_edges_follow_the_models_bucket_function(monkeypatch):
+    """Edges are derived, never hard-coded: a finer bucket function gives finer edges."""
+    monkeypatch.setattr(view, "HIST_SLOTS", 6)
+    monkeypatch.setattr(view, "bucket_bounds", lambda slot: (slot * 10, slot * 10 + 9))
+    assert view.bucket_edges() == [(0, 9e-9), (1, 19e-9), (2, 29e-9), (3, 39e-9), (4, 49e-9), (5, math.inf)]
+    assert model.bucket_bounds(3) != (30, 39)
+
+
+def test_slots_sharing_an_upper_bound_make_one_bucket():
+    edges = view.bucket_edges()
+    uppers = [u for _, u in edges]
+    assert uppers == sorted(set(uppers))
+    assert edges[-1] == (HIST_SLOTS - 1, math.inf)
+    assert [s for s, _ in edges] == sorted(s for s, _ in edges)
+
+
+def test_health_metrics():
+    got = scrape(lost=7)
+    assert got["kvmexit_unpaired_entries_total", ()] == 3
+    assert got["kvmexit_map_full_total", (("map", "start"),)] == 4
+    assert got["kvmexit_map_full_total", (("map", "stats"),)] == 5
+    assert got["kvmexit_abandoned_exits_total", ()] == 1
+    assert got["kvmexit_unfinished_exits_total", ()] == 1
+    assert got["kvmexit_lost_events_total", ()] == 7
+    assert got["kvmexit_open_exits", ()] == 1
+    assert got["kvmexit_halt_traced", ()] == 1
+    assert got["kvmexit_tracing_info", (("arch", "arm64"),)] == 1
+
+
+def test_per_thread_labels_only_when_asked():
+    got = scrape(per_thread=True)
+    assert got["kvmexit_exits_total", lbl("web01", "0", "HVC64", tgid="100", tid="101")] == 4
+    assert got["kvmexit_exits_total", lbl("web01", "0", "HVC64", tgid="100", tid="103")] == 1
+    assert not any("tid" in dict(labels) for _, labels in scrape())
+
+
+def test_halted_seconds_absent_when_halts_are_not_traced():
+    import dataclasses
+
+    got = scrape(dataclasses.replace(SNAP, halt_known=False))
+    assert not any(name == "kvmexit_halted_seconds_total" for name, _ in got)
+    assert got["kvmexit_halt_traced", ()] == 0
