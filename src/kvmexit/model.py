@@ -345,6 +345,8 @@ class Report:
     #: Totals over all rows (before --top), for the closing self-check line.
     totals: ExitStats
     halt_known: bool = True
+    #: How long the counts were collected (the source's clock), 0 if unknown: rates divide by it.
+    time_ns: int = 0
 
 
 #: The groupings, each with the identity fields it keeps (the others are merged away).
@@ -426,7 +428,7 @@ def build_report(
     if top is not None:
         rows = rows[:top]
     totals = merge_all(kept, with_hist=False) if kept else ExitStats()
-    return Report(rows, snapshot.health, snapshot.arch, group_by, totals, snapshot.halt_known)
+    return Report(rows, snapshot.health, snapshot.arch, group_by, totals, snapshot.halt_known, snapshot.time_ns)
 
 
 def _reason_matches(name: str, wanted: set) -> bool:

@@ -49,10 +49,15 @@ def report_document(
     """The whole report as a JSON-ready dict. ``source`` says where the data came from."""
     t = report.totals
     h = report.health
+    if report.time_ns:
+        seconds: Optional[float] = report.time_ns / 1e9
+    else:
+        seconds = interval["seconds"] if interval else None
     return {
         "schema": SCHEMA_VERSION,
         "source": source,
         "interval": interval,
+        "seconds": seconds,
         "group_by": report.group_by,
         "rows": [row_dict(r, with_hist, report.halt_known) for r in report.rows],
         "totals": {
