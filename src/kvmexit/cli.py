@@ -14,7 +14,7 @@ from .errors import KvmexitError
 
 __all__ = ["main", "fail"]
 
-SUBCOMMANDS = ("report", "record", "exporter")
+SUBCOMMANDS = ("report", "record", "exporter", "diff")
 
 
 def fail(error: KvmexitError, prog: str = "kvmexit") -> int:
