@@ -7,7 +7,8 @@ second, and exit time per second (total exit->entry time divided by the time the
 
 Whether a change is more than noise is judged by two tests per row, on what kvmexit measures:
 
-- **rate**: the exit counts as Poisson counts over each run's duration. Given ``n = nA + nB``
+- **rate**: the exit counts as Poisson counts over each run's duration (``per_second=False``:
+  over equal exposure, for runs that did the same work). Given ``n = nA + nB``
   exits in all, equal rates put ``nB ~ Binomial(n, tB / (tA + tB))``; the two-sided p-value is
   the exact binomial one (normal approximation above 10^4 exits). This is the conditional test
   for comparing two Poisson rates. Bursty exits vary more than Poisson counts do, so a rate
@@ -117,6 +118,8 @@ class DiffRow:
     in_b: bool
     seconds_a: Optional[float]
     seconds_b: Optional[float]
+    #: Compare per second of each run (False: counts as they are, for runs that did the same work).
+    per_second: bool = True
     rate_p: Optional[float] = None
     latency_p: Optional[float] = None
     rate_changed: bool = False
@@ -161,13 +164,18 @@ class DiffRow:
         )
 
     @property
+    def by_rate(self) -> bool:
+        return bool(self.per_second and self.seconds_a and self.seconds_b)
+
+    @property
     def time_change(self) -> Change:
-        """Exit time per second if both durations are known, else total exit time."""
-        return self.time_per_s if self.seconds_a and self.seconds_b else self.total_ns
+        """Exit time per second when comparing rates, else total exit time."""
+        return self.time_per_s if self.by_rate else self.total_ns
 
     @property
     def verdict(self) -> str:
-        changed = [w for w, c in (("rate", self.rate_changed), ("latency", self.latency_changed)) if c]
+        count = "rate" if self.per_second else "count"
+        changed = [w for w, c in ((count, self.rate_changed), ("latency", self.latency_changed)) if c]
         tested = self.rate_p is not None or self.latency_p is not None
         text = "+".join(changed) if changed else ("within noise" if tested else "untested")
         return text if self.status == "both" else "%s (%s)" % (self.status, text)
@@ -181,6 +189,7 @@ class Diff:
     rows: List[DiffRow]
     total: DiffRow
     alpha: float
+    per_second: bool = True
 
 
 def rate_p_value(n_a: int, t_a: float, n_b: int, t_b: float) -> float:
@@ -250,23 +259,29 @@ def _grouped(rows: Iterable[Row], group_by: str) -> Dict[Key, ExitStats]:
 
 
 def _test(row: DiffRow) -> None:
-    if row.seconds_a and row.seconds_b:
-        row.rate_p = rate_p_value(row.a.exits, row.seconds_a, row.b.exits, row.seconds_b)
+    if row.by_rate:
+        row.rate_p = rate_p_value(row.a.exits, row.seconds_a or 0.0, row.b.exits, row.seconds_b or 0.0)
+    elif not row.per_second:
+        row.rate_p = rate_p_value(row.a.exits, 1.0, row.b.exits, 1.0)  # the same work on both sides
     row.latency_p = latency_p_value(row.a.hist, row.b.hist)
 
 
-def compare(a: RunSide, b: RunSide, group_by: str = "thread", alpha: float = 0.05) -> Diff:
-    """Match the rows of two runs, test each change, sort by the change in exit time."""
+def compare(a: RunSide, b: RunSide, group_by: str = "thread", alpha: float = 0.05, per_second: bool = True) -> Diff:
+    """Match the rows of two runs, test each change, sort by the change in exit time.
+
+    ``per_second=False`` compares counts and total times as they are, for runs that did the same
+    work (a fixed workload) rather than ran the same time: their rates differ with speed alone.
+    """
     if group_by not in DIFF_GROUPINGS:
         raise ValueError("unknown grouping %r" % group_by)
     ga, gb = _grouped(a.rows, group_by), _grouped(b.rows, group_by)
     empty = ExitStats()
     rows = [
-        DiffRow(k, ga.get(k, empty), gb.get(k, empty), k in ga, k in gb, a.seconds, b.seconds)
+        DiffRow(k, ga.get(k, empty), gb.get(k, empty), k in ga, k in gb, a.seconds, b.seconds, per_second)
         for k in set(ga) | set(gb)
     ]
     all_a, all_b = merge_all(list(ga.values()) or [empty]), merge_all(list(gb.values()) or [empty])
-    total = DiffRow((), all_a, all_b, True, True, a.seconds, b.seconds)
+    total = DiffRow((), all_a, all_b, True, True, a.seconds, b.seconds, per_second)
     for row in [*rows, total]:
         _test(row)
     family = [*rows, total]
@@ -279,4 +294,4 @@ def compare(a: RunSide, b: RunSide, group_by: str = "thread", alpha: float = 0.0
         return (-abs(change), tuple("" if v is None else str(v) for v in r.key))
 
     rows.sort(key=order)
-    return Diff(a, b, group_by, rows, total, alpha)
+    return Diff(a, b, group_by, rows, total, alpha, per_second)

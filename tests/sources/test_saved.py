@@ -193,3 +193,16 @@ def test_edited_values_load_or_are_one_bad_report(edits):
     except BadReport:
         return
     assert sum(r.count for r in saved.report.rows) == sum(r["count"] for r in doc["rows"])
+
+
+def test_without_jsonschema_the_error_names_it(monkeypatch, example):
+    import sys
+
+    import kvmexit.sources.saved as saved
+
+    doc = report_document(build_report(example.snapshot, label), example.info.source(), None)
+    monkeypatch.setitem(sys.modules, "jsonschema", None)
+    monkeypatch.setattr(saved, "_VALIDATORS", {})
+    with pytest.raises(BadReport, match="needs the jsonschema module") as e:
+        parse_report(dumps(doc))
+    assert e.value.hint is not None and "python3-jsonschema" in e.value.hint

@@ -101,6 +101,13 @@ def test_names_side_file(tmp_path):
     assert {t: i.vm for t, i in r.snapshot.threads.items()} == {1201: "web", 1202: "web", 1301: "db"}
     r = read_trace(str(p), use_names=False)
     assert {k.tgid for k in r.snapshot.stats} == {0}
+    # gzip -9 vm.trace: the side file keeps its name and is still found.
+    gz = tmp_path / "vm.trace.gz"
+    gz.write_bytes(gzip.compress(src))
+    p.unlink()
+    r = read_trace(str(gz))
+    assert r.info.names_file == str(p) + ".names.json"
+    assert {t: i.vm for t, i in r.snapshot.threads.items()} == {1201: "web", 1202: "web", 1301: "db"}
 
 
 def test_names_file_lost_counts(tmp_path, capsys):

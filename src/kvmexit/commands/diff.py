@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from typing import Optional, Tuple
+from typing import Tuple
 
 from ..compare import DIFF_GROUPINGS, INPUT_GROUPINGS, RunSide, compare
 from ..errors import KvmexitError
 from ..model import build_report
 from ..reasons import label
 from ..sources.saved import is_saved_report, load_report
-from ..sources.trace import NAMES_SUFFIX, open_input, read_trace
+from ..sources.trace import open_input, read_trace
 from ..views.diff import diff_document, format_diff
 from .common import positive_int
 from .report import summarize_health
@@ -31,11 +30,13 @@ JSON reports (`kvmexit --json`, `kvmexit report --json`; `-i --json` files are a
 Rows are matched on what survives a re-run: VM name, vCPU index (a thread without one: its name)
 and exit reason, never thread ids. Rows only in B are "new", only in A "gone". Runs of different
 length compare by rate: exits and exit time per second of the time the counts cover (a saved
-report's "seconds", a trace's first to last kvm event).
+report's "seconds", a trace's first to last kvm event). A fixed workload (the same work in A and
+B) runs longer when it is slower, which changes every rate: compare those with --counts.
 
 noise: a change is reported as one only when a test says it is beyond noise:
-  rate     exact Poisson rate test (conditional binomial) on the exit counts over the durations;
-           bursty exits vary more than that, so read a lone rate change on a bursty row with care
+  rate     exact Poisson rate test (conditional binomial) on the exit counts over the durations
+           (--counts: over equal exposure, "count"); bursty exits vary more than Poisson counts,
+           so read a lone rate change on a bursty row (IRQ) with care
   latency  Mann-Whitney U test on the log2 histogram buckets (8+ timed exits a side); a change
            inside one bucket is not seen
   All p-values of the comparison are Holm-corrected together at --alpha (default 0.05).
@@ -59,6 +60,12 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=positive_int, metavar="N", help="show only the first N rows (text)")
     parser.add_argument(
         "--alpha", type=_alpha, default=0.05, help="family-wise error rate of the noise tests (default 0.05)"
+    )
+    parser.add_argument(
+        "--counts",
+        action="store_true",
+        help="compare counts and total times, not rates: for runs that did the same work (a fixed workload)"
+        " rather than ran the same time",
     )
     parser.add_argument("--json", action="store_true", help="one JSON document (schema kvmexit-diff/1)")
 
@@ -91,21 +98,12 @@ def load_side(path: str, group_by: str) -> Tuple[RunSide, str]:
                 % " or --by ".join(INPUT_GROUPINGS[rep.group_by]),
             )
         return RunSide(path, rep.report.rows, rep.seconds, rep.report.totals, rep.source), rep.group_by
-    result = read_trace(path, names_path=_names_file(path))
+    result = read_trace(path)
     for line in summarize_health(result.health, "kvmexit diff"):
         print(line, file=sys.stderr)
     report = build_report(result.snapshot, label)
     seconds = result.snapshot.time_ns / 1e9 if result.snapshot.time_ns else None
     return RunSide(path, report.rows, seconds, report.totals, result.info.source()), "thread"
-
-
-def _names_file(path: str) -> Optional[str]:
-    """``FILE.names.json``, or for a compressed ``FILE.gz``/``FILE.xz`` also ``FILE.names.json``
-    (``kvmexit record`` names the side file after the uncompressed trace)."""
-    for base in (path, os.path.splitext(path)[0] if path.endswith((".gz", ".xz")) else None):
-        if base is not None and os.path.exists(base + NAMES_SUFFIX):
-            return base + NAMES_SUFFIX
-    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             "%s is %s and %s is %s: exit reasons of different architectures do not compare"
             % (args.a, a.source.get("arch"), args.b, b.source.get("arch"))
         )
-    diff = compare(a, b, args.by, args.alpha)
+    diff = compare(a, b, args.by, args.alpha, per_second=not args.counts)
     if args.json:
         sys.stdout.write(json.dumps(diff_document(diff)) + "\n")
     else:

@@ -7,15 +7,22 @@ from typing import Any, Callable, Dict, List, Optional
 from ..compare import DIFF_GROUPINGS, MIN_PAIRS, Change, Diff, DiffRow, RunSide
 from .text import format_duration
 
-__all__ = ["DIFF_SCHEMA_VERSION", "METHOD", "diff_document", "format_diff"]
+__all__ = ["DIFF_SCHEMA_VERSION", "diff_document", "format_diff", "method"]
 
 DIFF_SCHEMA_VERSION = "kvmexit-diff/1"
 
-#: How the noise is judged, in one line (the same words as ``kvmexit diff -h`` and the README).
-METHOD = (
-    "rate: exact Poisson rate test on the exit counts over each run's duration; latency: Mann-Whitney U "
-    "test on the log2 histogram buckets (at least %d timed exits a side); Holm-corrected together" % MIN_PAIRS
-)
+
+def method(per_second: bool = True) -> str:
+    """How the noise is judged, in one line (the same words as ``kvmexit diff -h`` and the README)."""
+    return (
+        "%s: exact Poisson rate test on the exit counts over %s; latency: Mann-Whitney U test on the log2 "
+        "histogram buckets (at least %d timed exits a side); Holm-corrected together"
+        % ("rate", "each run's duration", MIN_PAIRS)
+        if per_second
+        else "count: exact Poisson test on the exit counts over equal exposure; latency: Mann-Whitney U test on "
+        "the log2 histogram buckets (at least %d timed exits a side); Holm-corrected together" % MIN_PAIRS
+    )
+
 
 _HEADERS = {"vm": ("VM", "<"), "vcpu": ("VCPU", ">"), "reason": ("REASON", "<")}
 
@@ -24,6 +31,10 @@ def _rate(value: Optional[float]) -> str:
     if value is None:
         return "-"
     return "%.3g" % value if value < 1000 else "%.3gk" % (value / 1000)
+
+
+def _count(value: Optional[float]) -> str:
+    return "-" if value is None else "%d" % value
 
 
 def _pct(rel: Optional[float]) -> str:
@@ -58,7 +69,7 @@ def _side_line(name: str, side: RunSide) -> str:
 
 
 def format_diff(diff: Diff, top: Optional[int] = None) -> str:
-    by_rate = bool(diff.a.seconds and diff.b.seconds)
+    by_rate = diff.total.by_rate
     ident = DIFF_GROUPINGS[diff.group_by]
     headers = [_HEADERS[f][0] for f in ident] + [
         "EXITS/s" if by_rate else "EXITS",
@@ -76,7 +87,7 @@ def format_diff(diff: Diff, top: Optional[int] = None) -> str:
         time = r.time_change
         return [
             *keys,
-            _pair(r.exits_per_s if by_rate else r.exits, _rate),
+            _pair(r.exits_per_s, _rate) if by_rate else _pair(r.exits, _count),
             _pair(r.avg_ns, format_duration),
             _pair(r.p(50), format_duration, percent=False),
             _pair(r.p(99), format_duration, percent=False),
@@ -95,9 +106,11 @@ def format_diff(diff: Diff, top: Optional[int] = None) -> str:
     if top is not None and len(diff.rows) > top:
         lines.append("(%d more rows; --top)" % (len(diff.rows) - top))
     lines.append("")
-    if not by_rate:
+    if not diff.per_second:
+        lines.append("kvmexit diff: --counts: counts and total times compared as they are (the same work in A and B)")
+    elif not by_rate:
         lines.append("kvmexit diff: a run's duration is unknown: counts and total times are compared as they are")
-    lines.append("kvmexit diff: changes beyond noise at %g: %s" % (diff.alpha, METHOD))
+    lines.append("kvmexit diff: changes beyond noise at %g: %s" % (diff.alpha, method(diff.per_second)))
     return "\n".join(lines)
 
 
@@ -150,7 +163,8 @@ def diff_document(diff: Diff) -> Dict[str, Any]:
         "group_by": diff.group_by,
         "keys": list(ident),
         "alpha": diff.alpha,
-        "method": METHOD,
+        "per_second": diff.per_second,
+        "method": method(diff.per_second),
         "rows": [_row_dict(r, ident) for r in diff.rows],
         "total": _row_dict(diff.total, ()),
     }

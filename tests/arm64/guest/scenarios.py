@@ -276,6 +276,17 @@ def scenario_cost():
     write(os.path.join(outdir, "cost.json"), json.dumps({"base_s": base, "traced_s": traced}))
 
 
+def scenario_ab(ftrace, specs_b):
+    """A second workload (B) and the first one again (A2), under ftrace in the same boot, for
+    `kvmexit diff` (KVMEXIT_E2E_B="MMIO:HVC:SYS:WFI MMIO:HVC:SYS:WFI")."""
+    for name, specs in (("workload-b", specs_b), ("workload-a2", None)):
+        outdir = os.path.join(RESULTS, name)
+        os.makedirs(outdir)
+        ftrace.start()
+        run_vmm(outdir, specs=specs)
+        ftrace.stop(outdir)
+
+
 def main():
     if os.path.isdir(RESULTS):
         shutil.rmtree(RESULTS)
@@ -293,6 +304,8 @@ def main():
         ftrace.start()
         run_vmm(outdir)
         ftrace.stop(outdir)
+        if ENV.get("KVMEXIT_E2E_B"):
+            scenario_ab(ftrace, ENV["KVMEXIT_E2E_B"].split())
         if ENV.get("KVMEXIT_E2E_ONLY", "") != "ftrace":
             steps = [
                 ("live", lambda: traced_scenario("live", ["--json", "--by", "thread"], ftrace=ftrace)),

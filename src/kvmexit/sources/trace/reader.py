@@ -123,12 +123,16 @@ def read_trace(
 ) -> TraceResult:
     """Read a trace file (``-`` for stdin; gzip/xz transparently) into a snapshot.
 
-    ``names_path`` defaults to ``path + ".names.json"`` when that file exists.
+    ``names_path`` defaults to ``path + ".names.json"`` when that file exists, or for a compressed
+    ``FILE.gz``/``FILE.xz`` to ``FILE.names.json`` (``kvmexit record`` names it after the trace).
     """
     names: Optional[Names] = None
     if use_names:
-        if names_path is None and path != "-" and os.path.exists(path + NAMES_SUFFIX):
-            names_path = path + NAMES_SUFFIX
+        if names_path is None and path != "-":
+            for base in (path, path[:-3] if path.endswith((".gz", ".xz")) else None):
+                if base is not None and os.path.exists(base + NAMES_SUFFIX):
+                    names_path = base + NAMES_SUFFIX
+                    break
         if names_path is not None:
             names = load_names(names_path)
     stream, compression = open_input(path)
