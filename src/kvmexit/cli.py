@@ -10,7 +10,8 @@ import argparse
 import sys
 from typing import Callable, List, Optional
 
-from .errors import KvmexitError
+from . import streams
+from .errors import EXIT_INTERRUPTED, EXIT_OK, KvmexitError
 
 __all__ = ["main", "fail"]
 
@@ -37,15 +38,22 @@ def run_command(
         prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     prepare(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except KvmexitError as e:
-        return fail(e, prog)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 0
+    with streams.guarded():
+        args = parser.parse_args(argv)
+        try:
+            code = run(args)
+            sys.stdout.flush()  # a full disk shows at the last flush: say so here, not at exit
+            return code
+        except streams.OutputError as e:
+            streams.silence_stdout()
+            return fail(e, prog)
+        except KvmexitError as e:
+            return fail(e, prog)
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:  # the reader stopped early (`| head`): nothing went wrong
+            streams.silence_stdout()
+            return EXIT_OK
 
 
 def main(argv: Optional[List[str]] = None) -> int:

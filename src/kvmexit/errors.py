@@ -13,7 +13,18 @@ __all__ = [
     "UnsupportedArch",
     "UnsupportedLayout",
     "BadTrace",
+    "UsageError",
+    "EXIT_OK",
+    "EXIT_ERROR",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
 ]
+
+#: Exit codes of every kvmexit command (documented in the man pages and the README).
+EXIT_OK = 0  # done; a report was printed (also after SIGINT, SIGTERM or SIGHUP while tracing)
+EXIT_ERROR = 1  # an error the message names: missing prerequisite, bad input, nothing matched
+EXIT_USAGE = 2  # bad arguments (argparse's own code)
+EXIT_INTERRUPTED = 130  # Ctrl-C before tracing started (128 + SIGINT)
 
 
 class KvmexitError(Exception):
@@ -52,3 +63,9 @@ class UnsupportedLayout(KvmexitError):
 
 class BadTrace(KvmexitError):
     """A trace file that holds nothing usable."""
+
+
+class UsageError(KvmexitError):
+    """Arguments that cannot work (argparse can only check them one by one)."""
+
+    exit_code = EXIT_USAGE

@@ -221,3 +221,98 @@ def test_non_positive_numbers_are_refused_before_anything_runs(args):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("kvmexit: error: argument")
+
+
+# -- arguments: refused before anything runs, one line each ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--max-threads", "0"), "argument --max-threads: 0: must be 1 to"),
+        (("--max-keys", "0"), "argument --max-keys: 0: must be 1 to"),
+        (("--max-keys", "99999999999"), "argument --max-keys: 99999999999: must be 1 to"),
+        (("-t", "99999999999999999999"), "argument -t/--tid: 99999999999999999999: must be 1 to 4194304"),
+        (("-p", "0"), "argument -p/--pid: 0: must be 1 to 4194304"),
+        (("-T", "5,x"), "argument -T/--tids: not an integer: 'x'"),
+        (("inf",), "argument duration: must be finite: 'inf'"),
+        (("-i", "inf"), "argument -i/--interval: must be finite"),
+        (("-v", "0"), "-v/--vcpu is bcc kvmexit's option, not kvmexit's: filter the vCPU's thread with -t TID"),
+        (("--reason", "NOPE"), "argument --reason: no x86 exit is named 'NOPE'"),
+        (("-c", "3"), "-c/--count needs -i/--interval"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(args, message):
+    if "--reason" in args and os.uname().machine != "x86_64":
+        args, message = ("--reason", "NOPE"), "argument --reason: no arm64 exit is named 'NOPE'"
+    proc = kvmexit(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("kvmexit: error: " + message)
+
+
+def test_a_misspelt_reason_gets_the_close_names():
+    proc = kvmexit("report", "--example", "--reason", "wfi")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith("no arm64 exit is named 'wfi' (hint: did you mean WFx?)")
+
+
+def test_bcc_kvmexit_aliases_are_accepted():
+    import argparse
+
+    from kvmexit.commands import live
+
+    parser = argparse.ArgumentParser()
+    live.prepare_parser(parser)
+    args = parser.parse_args(["-T", "5,6", "-t", "7", "-a", "3"])
+    assert (args.tids, args.by, args.duration) == ([5, 6, 7], "thread", 3.0)
+    assert parser.parse_args(["--by", "reason"]).by == "reason"
+
+
+def test_tracefs_that_does_not_exist_is_named():
+    line = one_error_line(kvmexit("--tracefs", "/nonexistent", "1"))
+    assert line.startswith("kvmexit: error: no tracefs at /nonexistent (it has no events directory)")
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (("-p", "1"), "-p 1"),
+        (("-T", "1,135"), "-t 1 -t 135"),  # 135 is the example's VMM process, not one of its threads
+        (("--vm", "nope"), "--vm nope"),
+        (("--reason", "HVC32"), "--reason HVC32"),
+    ],
+)
+def test_a_report_filter_that_matches_nothing_says_so(args, named):
+    proc = kvmexit("report", "--example", *args)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "kvmexit report: error: no exit in the trace matches " + named
+
+
+@needs_kvm_tracefs
+def test_a_live_filter_naming_no_running_process_says_so():
+    line = one_error_line(kvmexit("-p", "4194304", "-t", "4194303", "1"))
+    assert line.startswith("kvmexit: error: no running process or thread matches -p 4194304 -t 4194303")
+
+
+# -- signals and idle intervals ------------------------------------------------------------------
+
+
+@needs_kvm_tracefs
+@pytest.mark.parametrize("module", ["kvmexit", "kvmexit.commands.compat_aarch64"])
+def test_sighup_ends_tracing_with_a_report(module):
+    proc = start_tracing(module=module)
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert any(line.split()[:2] == ["TGID", "TID"] for line in out.splitlines()), out
+    assert "kvmexit: no KVM exits traced" in err + out
+
+
+@needs_kvm_tracefs
+def test_idle_intervals_say_why_once():
+    proc = kvmexit("-i", "0.2", "-c", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 4
+    assert proc.stderr.count("kvmexit: no KVM exits traced") == 1, proc.stderr

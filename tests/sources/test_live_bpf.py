@@ -571,3 +571,49 @@ def test_kernel_record_is_generated_from_the_one_field_table(arm64):
     assert [f[0] for f in leaf._fields_] == [f.name for f in KERNEL_FIELDS] + ["comm"]
     for f in KERNEL_FIELDS:
         assert getattr(leaf, f.name).size == 8 * f.words
+
+
+# -- a failed attach ----------------------------------------------------------------------------
+
+
+def bpf_descriptors_of_this_process() -> list:
+    """This process's open BPF programs, links and perf events (attachments), by fd target:
+    scoped to this process, unlike bpftool's list, which shows other helpers' programs too."""
+    import os
+
+    kinds = ("anon_inode:bpf-prog", "anon_inode:bpf-link", "anon_inode:[perf_event]")
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            continue
+        if target in kinds:
+            out.append(target)
+    return sorted(out)
+
+
+def test_a_failed_attach_is_one_line_and_leaves_nothing_attached(capfd):
+    import dataclasses
+
+    from kvmexit.errors import KvmexitError
+    from kvmexit.sources.live import LiveSource
+
+    before = bpf_descriptors_of_this_process()
+    control = LiveSource(live_layout()).open()
+    try:  # the check below sees attached programs at all
+        assert "anon_inode:bpf-prog" in bpf_descriptors_of_this_process()
+    finally:
+        control.close()
+    assert bpf_descriptors_of_this_process() == before
+    src = LiveSource(live_layout())
+    bad = (*src.program.attach[:1], ("raw", "kvm:no_such_event", "kvmexit_entry"))
+    src.program = dataclasses.replace(src.program, attach=bad)
+    with pytest.raises(KvmexitError) as e:
+        src.open()
+    message = str(e.value)
+    assert message.startswith("cannot attach kvmexit_entry to kvm:no_such_event (raw tracepoint): ")
+    assert "\n" not in message and "nothing was left attached" in (e.value.hint or "")
+    assert src.bpf is None
+    assert capfd.readouterr().err == ""  # libbcc's own message went into the one line
+    assert bpf_descriptors_of_this_process() == before

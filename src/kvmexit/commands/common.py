@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import math
 import sys
 import time
-from typing import Any, Dict, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
+from ..errors import UsageError
 from ..model import GROUPINGS, SORT_KEYS, Report, Snapshot, build_report
-from ..reasons import label
+from ..reasons import is_reason_name, label, reason_names
+from ..streams import OutputError, stdout_is_closed
 from ..views import format_csv, format_health, format_hist, format_table, report_document
 
-__all__ = ["add_filter_options", "add_output_options", "make_report", "Emitter", "positive_float", "positive_int"]
+__all__ = [
+    "add_filter_options",
+    "add_output_options",
+    "bounded_int",
+    "check_reasons",
+    "describe_filters",
+    "make_report",
+    "Emitter",
+    "positive_float",
+    "positive_int",
+    "PID_MAX_LIMIT",
+    "require_stdout",
+]
+
+#: The kernel's largest possible pid (PID_MAX_LIMIT on 64-bit): no process or thread id exceeds it.
+PID_MAX_LIMIT = 4194304
 
 
 def positive_float(text: str) -> float:
@@ -23,7 +42,53 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError("not a number: %r" % text) from None
     if not value > 0:
         raise argparse.ArgumentTypeError("must be positive: %r" % text)
+    if math.isinf(value):
+        raise argparse.ArgumentTypeError("must be finite: %r (leave it out to trace until Ctrl-C)" % text)
     return value
+
+
+def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
+    """argparse type for an integer in ``[low, high]``; ``what`` names the range in errors."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("not an integer: %r" % text) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                "%s: must be %d to %d" % (text, low, high) + (" (%s)" % what if what else "")
+            )
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+_task_id = bounded_int(1, PID_MAX_LIMIT, "a process or thread id")
+
+
+def _task_ids(text: str) -> List[int]:
+    """bcc kvmexit's ``-T 1,2,3``."""
+    return [_task_id(part) for part in text.split(",")]
+
+
+class _ExtendAction(argparse.Action):
+    """``action="extend"`` (Python 3.8+) for 3.7."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), *values])
+
+
+class _RefusedOption(argparse.Action):
+    """An option of bcc's kvmexit that kvmexit does not take: refused by name, with the way to do it here."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        parser.error("%s is bcc kvmexit's option, not kvmexit's: %s" % ("/".join(self.option_strings), self.const))
 
 
 def positive_int(text: str) -> int:
@@ -43,7 +108,7 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
         "-p",
         "--pid",
         dest="pids",
-        type=int,
+        type=_task_id,
         action="append",
         default=[],
         metavar="TGID",
@@ -53,11 +118,20 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
         "-t",
         "--tid",
         dest="tids",
-        type=int,
+        type=_task_id,
         action="append",
         default=[],
         metavar="TID",
         help="only this thread (repeatable)",
+    )
+    g.add_argument(
+        "-T",
+        "--tids",
+        dest="tids",
+        type=_task_ids,
+        action=_ExtendAction,
+        metavar="TID,TID",
+        help="only these threads (as bcc's kvmexit -T)",
     )
     g.add_argument(
         "--vm",
@@ -75,6 +149,25 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="only this exit reason, e.g. WFx, IRQ, HLT, EC_0x2a (repeatable)",
     )
+    # bcc's kvmexit options: -T is above; -a is what kvmexit does anyway; -v has no kernel-side
+    # equivalent here (a vCPU is a thread: its TID is in the VCPU column).
+    g.add_argument(
+        "-a",
+        "--alltids",
+        dest="by",
+        action="store_const",
+        const="thread",
+        default=argparse.SUPPRESS,  # --by owns the default
+        help="one row per thread and reason (as bcc's kvmexit -a; the default, --by thread)",
+    )
+    g.add_argument(
+        "-v",
+        "--vcpu",
+        action=_RefusedOption,
+        metavar="VCPU",
+        const="filter the vCPU's thread with -t TID (the VCPU column names each thread's vCPU), or use --by vcpu",
+        help="refused (bcc kvmexit's vCPU filter): use -t TID of the vCPU's thread",
+    )
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +181,39 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     fmt.add_argument("--csv", action="store_true", help="CSV, one line per row")
 
 
+#: Examples of reason names per architecture, for the hint of an unknown --reason.
+_REASON_EXAMPLES = {"arm64": "IRQ, WFx, DABT_LOW, or EC_0x2a", "x86": "HLT, EPT_VIOLATION, hlt, npf, or VMX_0x99"}
+
+
+def check_reasons(arch: str, reasons: Sequence[str]) -> None:
+    """Refuse a ``--reason`` that no exit of ``arch`` can have, suggesting close names."""
+    for reason in reasons:
+        if is_reason_name(arch, reason):
+            continue
+        by_lower = {n.lower(): n for n in reason_names(arch)}
+        close = difflib.get_close_matches(reason.split("+", 1)[0].lower(), list(by_lower), n=3)
+        if close:
+            hint = "did you mean %s?" % " or ".join(by_lower[c] for c in close)
+        else:
+            hint = "%s reasons are named as in the REASON column: %s" % (arch, _REASON_EXAMPLES.get(arch, ""))
+        raise UsageError("argument --reason: no %s exit is named %r" % (arch, reason), hint=hint)
+
+
+def require_stdout() -> None:
+    """Refuse to start tracing when the report could go nowhere."""
+    if stdout_is_closed():
+        raise OutputError("standard output is closed: the report would go nowhere", hint="redirect it to a file")
+
+
+def describe_filters(args: argparse.Namespace) -> str:
+    """The filters given, as typed: ``-p 1 --vm web01``."""
+    parts = ["-p %d" % p for p in args.pids] + ["-t %d" % t for t in args.tids]
+    parts += ["--vm %s" % v for v in args.vms] + ["--reason %s" % r for r in args.reasons]
+    return " ".join(parts)
+
+
 def make_report(snapshot: Snapshot, args: argparse.Namespace) -> Report:
+    check_reasons(snapshot.arch, args.reasons)
     return build_report(
         snapshot,
         label,
@@ -103,11 +228,12 @@ def make_report(snapshot: Snapshot, args: argparse.Namespace) -> Report:
 class Emitter:
     """Writes reports in the chosen format; keeps the CSV header to one per stream."""
 
-    def __init__(self, args: argparse.Namespace, source: Dict[str, Any], out: TextIO = sys.stdout) -> None:
+    def __init__(self, args: argparse.Namespace, source: Dict[str, Any], out: Optional[TextIO] = None) -> None:
         self.args = args
         self.source = source
-        self.out = out
+        self.out = out if out is not None else sys.stdout
         self._csv_header = True
+        self._last_empty: Optional[str] = None
 
     def emit(self, report: Report, interval: Optional[Dict[str, Any]] = None, why_empty: Optional[str] = None) -> None:
         a = self.args
@@ -129,6 +255,11 @@ class Emitter:
         self.out.flush()
         # The self-check goes to stderr in machine formats so stdout stays parseable.
         health = format_health(report, why_empty)
+        # An idle host in interval mode: say why nothing was traced once, then only when it changes.
+        repeated = health == self._last_empty
+        self._last_empty = health if report.totals.exits == 0 and report.health.unpaired_entries == 0 else None
+        if repeated:
+            return
         if a.json or a.csv:
             print(health, file=sys.stderr)
         else:

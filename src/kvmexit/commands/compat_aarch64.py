@@ -17,7 +17,7 @@ from ..model import Report, build_report, delta
 from ..names import NameResolver
 from ..reasons import label
 from ..views import format_health
-from .common import positive_float
+from .common import positive_float, require_stdout
 from .live import StopRequest, announce, open_live
 
 __all__ = ["main", "format_compat"]
@@ -45,6 +45,7 @@ def format_compat(report: Report) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_stdout()
     source = open_live(NameResolver())
     try:
         with StopRequest() as stop:

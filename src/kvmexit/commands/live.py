@@ -10,11 +10,23 @@ import sys
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from ..errors import KvmexitError, UnsupportedArch
+from ..errors import KvmexitError, TracepointsMissing, UnsupportedArch, UsageError
 from ..layouts import Layout, detect, find_tracefs, read_formats
 from ..model import Snapshot, delta, paused_gc
 from ..names import NameResolver
-from .common import Emitter, add_filter_options, add_output_options, make_report, positive_float, positive_int
+from .common import (
+    PID_MAX_LIMIT,
+    Emitter,
+    add_filter_options,
+    add_output_options,
+    bounded_int,
+    check_reasons,
+    describe_filters,
+    make_report,
+    positive_float,
+    positive_int,
+    require_stdout,
+)
 
 __all__ = ["DESCRIPTION", "EPILOG", "StopRequest", "announce", "open_live", "prepare_parser", "run"]
 
@@ -43,16 +55,20 @@ upper bound of its log2 bucket; HALT% is the share of that time the vCPU was hal
 _SUPPORTED_MACHINES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86"}
 
 
+#: Signals that end a run with its report, in every command: Ctrl-C, kill, and a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class StopRequest:
-    """Once the programs are attached, SIGINT and SIGTERM only set a flag: the run ends at its
-    next wait and still prints its report, and a signal never cuts a map read in half."""
+    """Once the programs are attached, SIGINT, SIGTERM and SIGHUP only set a flag: the run ends
+    at its next wait and still prints its report, and a signal never cuts a map read in half."""
 
     def __init__(self) -> None:
         self.requested = False
         self._saved: Dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._saved[sig] = signal.signal(sig, self._request)
         return self
 
@@ -93,8 +109,20 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     add_filter_options(parser)
     add_output_options(parser)
     g = parser.add_argument_group("advanced")
-    g.add_argument("--max-threads", type=int, default=16384, help="size of the per-thread open-exit map")
-    g.add_argument("--max-keys", type=int, default=65536, help="size of the (thread, reason) statistics map")
+    g.add_argument(
+        "--max-threads",
+        type=bounded_int(1, PID_MAX_LIMIT),
+        default=16384,
+        metavar="N",
+        help="size of the per-thread open-exit map (default: 16384)",
+    )
+    g.add_argument(
+        "--max-keys",
+        type=bounded_int(1, MAX_KEYS_LIMIT, "the whole map is read into memory at every report"),
+        default=65536,
+        metavar="N",
+        help="size of the (thread, reason) statistics map (default: 65536)",
+    )
     g.add_argument("--tracefs", help="tracefs mount point (default: auto)")
     g.add_argument("--ebpf", action="store_true", help="print the BPF program and its defines, then exit")
     g.add_argument(
@@ -111,7 +139,16 @@ def check_machine(machine: Optional[str] = None) -> str:
     return _SUPPORTED_MACHINES[machine]
 
 
+#: --max-keys bound: a stats entry is ~400 bytes, in the kernel and in each read buffer.
+MAX_KEYS_LIMIT = 1 << 20
+
+
 def detect_layout(tracefs: Optional[str]) -> Layout:
+    if tracefs and not os.path.isdir(os.path.join(tracefs, "events")):
+        raise TracepointsMissing(
+            "no tracefs at %s (it has no events directory)" % tracefs,
+            hint="give tracefs's mount point, usually /sys/kernel/tracing, or leave --tracefs out",
+        )
     root = tracefs or find_tracefs()
     return detect(read_formats(root))
 
@@ -133,6 +170,10 @@ def open_live(
     layout = detect_layout(tracefs)
     live.import_bcc()
     live.check_headers()
+    missing = ["-p %d" % p for p in pids if _tgid_of(resolver.procfs, p) != p]
+    missing += ["-t %d" % t for t in tids if _tgid_of(resolver.procfs, t) is None]
+    if missing:
+        raise KvmexitError("no running process or thread matches %s" % " ".join(missing), hint="see ps -eLf")
     tgids = list(pids)
     if vms:
         found = resolver.tgids_of_vm(vms)
@@ -145,9 +186,21 @@ def open_live(
     return source.open()
 
 
+def _tgid_of(procfs: str, task_id: int) -> Optional[int]:
+    """The process of a running thread (any thread id works as a /proc entry), else None."""
+    try:
+        with open(os.path.join(procfs, str(task_id), "status"), "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _why_empty(args: argparse.Namespace) -> str:
     if args.pids or args.tids or args.vms or args.reasons:
-        return "the filters matched no exit"
+        return "no exit matched %s" % describe_filters(args)
     kvm_debugfs = "/sys/kernel/debug/kvm"
     try:
         vms = [d for d in os.listdir(kvm_debugfs) if "-" in d]
@@ -175,7 +228,9 @@ def run(args: argparse.Namespace) -> int:
         print(program.text)
         return 0
     if args.count is not None and args.interval is None:
-        raise KvmexitError("-c/--count needs -i/--interval")
+        raise UsageError("-c/--count needs -i/--interval")
+    check_reasons(check_machine(), args.reasons)
+    require_stdout()
     try:
         source = open_live(
             NameResolver(), args.tracefs, args.pids, args.tids, args.vms, args.max_threads, args.max_keys

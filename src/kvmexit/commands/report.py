@@ -12,10 +12,11 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from ..errors import KvmexitError
+from ..errors import BadTrace, KvmexitError
 from ..sources.trace import FORMATS, LAYOUTS, TraceResult, read_trace
 from ..sources.trace.pairing import TraceHealth
-from .common import Emitter, add_filter_options, add_output_options, make_report
+from ..streams import InputError, stdin_is_closed
+from .common import Emitter, add_filter_options, add_output_options, describe_filters, make_report
 
 __all__ = [
     "DESCRIPTION",
@@ -114,11 +115,32 @@ def report_trace(result: TraceResult, args: argparse.Namespace, source: Optional
     for line in summarize_health(result.health):
         print(line, file=sys.stderr)
     report = make_report(result.snapshot, args)
-    why = None
-    if not report.rows and (args.reasons or args.vms or args.pids or args.tids):
-        why = "nothing matched the filters"
-    Emitter(args, source or result.info.source(), out=sys.stdout).emit(report, why_empty=why)
+    if not report.rows and _filtering(args):
+        raise _matched_nothing(args)
+    Emitter(args, source or result.info.source(), out=sys.stdout).emit(report)
     return 0
+
+
+def _filtering(args: argparse.Namespace) -> bool:
+    return bool(args.pids or args.tids or args.vms or args.reasons)
+
+
+def _matched_nothing(args: argparse.Namespace) -> KvmexitError:
+    """One rule for every filter: one that matches no exit of the trace is an error naming it."""
+    return KvmexitError("no exit in the trace matches %s" % describe_filters(args))
+
+
+def _read_filtered(path: str, args: argparse.Namespace, **options: Any) -> TraceResult:
+    """``read_trace`` with the thread filters applied while reading. If no KVM event is left,
+    read again unfiltered (only on that error path) to tell an empty trace from a filter that
+    matches nothing."""
+    try:
+        return read_trace(path, tids=args.tids, tgids=args.pids, **options)
+    except BadTrace:
+        if not (args.tids or args.pids):
+            raise
+        read_trace(path, **options)  # raises BadTrace again if the trace itself is empty
+        raise _matched_nothing(args) from None
 
 
 def report_example(args: argparse.Namespace, why: Optional[str] = None) -> int:
@@ -132,10 +154,9 @@ def report_example(args: argparse.Namespace, why: Optional[str] = None) -> int:
     if why:
         note += ": " + why
     print(note, file=sys.stderr)
-    result = read_trace(
+    result = _read_filtered(
         EXAMPLE_TRACE,
-        tids=getattr(args, "tids", ()) or (),
-        tgids=getattr(args, "pids", ()) or (),
+        args,
         names_path=EXAMPLE_NAMES,
         display_path="example:" + os.path.basename(EXAMPLE_TRACE),
     )
@@ -160,12 +181,13 @@ def run(args: argparse.Namespace) -> int:
         return report_example(args)
     if not args.file:
         raise KvmexitError("no trace file given", hint="kvmexit report FILE (or - for stdin), or --example")
-    result = read_trace(
+    if args.file == "-" and stdin_is_closed():
+        raise InputError("standard input is closed", hint="give a file, or pipe the trace in")
+    result = _read_filtered(
         args.file,
+        args,
         fmt=args.format,
         layout=args.layout,
-        tids=args.tids,
-        tgids=args.pids,
         names_path=args.names,
         use_names=not args.no_names,
         display_path="<stdin>" if args.file == "-" else args.file,

@@ -12,11 +12,12 @@ Unknown values are named by their number, never dropped.
 
 from __future__ import annotations
 
-from typing import Tuple
+import re
+from typing import List, Tuple
 
 from . import arm64, svm, vmx
 
-__all__ = ["ARCH_ARM64", "ARCH_X86", "ISA_VMX", "ISA_SVM", "label", "normalize_arm64"]
+__all__ = ["ARCH_ARM64", "ARCH_X86", "ISA_VMX", "ISA_SVM", "label", "normalize_arm64", "reason_names", "is_reason_name"]
 
 ARCH_ARM64 = "arm64"
 ARCH_X86 = "x86"
@@ -72,3 +73,28 @@ def label(arch: str, code: int, detail: int) -> str:
     if arch == ARCH_X86:
         return _label_x86(code, detail)
     raise ValueError("unknown architecture %r" % arch)
+
+
+#: The shapes of names given to unknown values by :func:`label`.
+_NUMBERED = {
+    ARCH_ARM64: re.compile(r"(EC|EXC)_0x[0-9a-f]+\Z", re.IGNORECASE),
+    ARCH_X86: re.compile(r"(VMX|SVM|ISA\d+)_0x[0-9a-f]+\Z", re.IGNORECASE),
+}
+
+
+def reason_names(arch: str) -> List[str]:
+    """Every name :func:`label` can give a known exit of ``arch`` (without ``+`` flags)."""
+    if arch == ARCH_ARM64:
+        tables = [arm64.EXCEPTION_TYPES, arm64.EXCEPTION_CLASSES]
+    elif arch == ARCH_X86:
+        tables = [vmx.EXIT_REASONS, svm.EXIT_REASONS]
+    else:
+        raise ValueError("unknown architecture %r" % arch)
+    return sorted({name for table in tables for name in table.values()})
+
+
+def is_reason_name(arch: str, name: str) -> bool:
+    """True if ``name`` (a ``--reason`` value: case-insensitive, flags after ``+`` ignored) can
+    name an exit of ``arch``, including the numbered names of unknown values."""
+    base = name.split("+", 1)[0]
+    return base.lower() in {n.lower() for n in reason_names(arch)} or bool(_NUMBERED[arch].match(base))

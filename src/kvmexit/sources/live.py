@@ -11,9 +11,11 @@ import errno
 import os
 import struct
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import BccMissing, HeadersMissing, KvmexitError, NotRoot
 from ..layouts import TRACEFS_ROOTS, Layout
@@ -175,13 +177,25 @@ class LiveSource:
 
     def _attach_all(self) -> None:
         for kind, tracepoint, fn in self.program.attach:
-            if kind == "tp":
-                self.bpf.attach_tracepoint(tp=tracepoint, fn_name=fn)
-            elif fn == "kvmexit_wakeup" and not self._tracepoint_exists(tracepoint):
+            if kind == "raw" and fn == "kvmexit_wakeup" and not self._tracepoint_exists(tracepoint):
                 self.halt_known = False
                 continue
-            else:
-                self.bpf.attach_raw_tracepoint(tp=tracepoint.split(":", 1)[1], fn_name=fn)
+            printed: List[str] = []
+            try:
+                with _c_stderr_to(printed):
+                    if kind == "tp":
+                        self.bpf.attach_tracepoint(tp=tracepoint, fn_name=fn)
+                    else:
+                        self.bpf.attach_raw_tracepoint(tp=tracepoint.split(":", 1)[1], fn_name=fn)
+            except Exception as e:  # bcc raises bare Exception; libbcc printed the reason
+                why = "; ".join(line for line in printed if line.strip()) or str(e)
+                raise KvmexitError(
+                    "cannot attach %s to %s%s: %s"
+                    % (fn, tracepoint, " (raw tracepoint)" if kind == "raw" else "", why),
+                    hint="nothing was left attached; check dmesg and that %s exists in events/" % tracepoint,
+                ) from None
+            for line in printed:  # warnings of an attach that worked are still shown
+                print(line, file=sys.stderr)
 
     @staticmethod
     def _tracepoint_exists(tracepoint: str) -> bool:
@@ -302,6 +316,23 @@ class LiveSource:
             if key.tid not in threads:
                 threads[key.tid] = self._thread(key.tgid, key.tid, comms.get(key.tid, b""))
         return Snapshot(self.layout.arch, stats, health, threads, now, self.halt_known)
+
+
+@contextmanager
+def _c_stderr_to(lines: List[str]) -> Iterator[None]:
+    """Collect what C code (libbcc) prints to file descriptor 2 meanwhile into ``lines``, so a
+    failure becomes one line instead of libbcc's message followed by a traceback."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read(4096).decode("utf-8", "replace").splitlines())
 
 
 #: struct kvmexit_key and struct kvmexit_value (bpf/kvmexit.h), native byte order, no padding.
