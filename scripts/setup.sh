@@ -61,6 +61,6 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
 fi
 if ! .venv/bin/python -c 'import kvmexit, ruff, mypy, vermin' 2>/dev/null; then
     say "pip install -e . and dev tools into .venv"
-    .venv/bin/pip install -q --disable-pip-version-check -e . ruff mypy vermin
+    .venv/bin/pip install -q --disable-pip-version-check -e . ruff mypy vermin argparse-manpage shtab
 fi
 say "ready: .venv/bin/kvmexit"

@@ -104,17 +104,24 @@ def test_headers_missing():
     assert "hint: install linux-headers" in line
 
 
-def no_kvmexit_programs(timeout=5.0) -> bool:
+def kvmexit_program_ids() -> set:
+    listing = json.loads(subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, check=True).stdout)
+    return {p["id"] for p in listing if p.get("name", "").startswith("kvmexit_")}
+
+
+def released(proc, timeout=5.0) -> bool:
+    """The programs ``proc`` loaded are gone (the kernel frees them after an RCU grace period).
+    Only its own: other processes may run kvmexit at the same time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True, check=True).stdout
-        if "kvmexit_" not in out:
+        if not proc.program_ids & kvmexit_program_ids():
             return True
         time.sleep(0.05)
     return False
 
 
 def start_tracing(*args: str, module="kvmexit"):
+    before = kvmexit_program_ids()
     proc = subprocess.Popen(
         [sys.executable, "-m", module, *args],
         stdout=subprocess.PIPE,
@@ -124,8 +131,8 @@ def start_tracing(*args: str, module="kvmexit"):
     )
     line = proc.stderr.readline()  # blocks until attached (or failed)
     assert line.startswith("kvmexit: tracing"), line + proc.stderr.read()
-    out = subprocess.run(["bpftool", "prog", "list"], capture_output=True, text=True, check=True).stdout
-    assert "kvmexit_exit" in out
+    proc.program_ids = kvmexit_program_ids() - before
+    assert proc.program_ids, "no kvmexit_* program loaded while tracing"
     return proc
 
 
@@ -140,18 +147,19 @@ def test_signal_ends_tracing_with_a_valid_report_and_detaches(sig):
     jsonschema.validate(doc, SCHEMA)
     assert doc["source"]["kind"] == "live"
     assert "kvmexit: no KVM exits traced" in err
-    assert no_kvmexit_programs()
+    assert released(proc)
 
 
 @needs_kvm_tracefs
 def test_intervals_print_one_json_document_each_and_detach():
-    proc = kvmexit("-i", "0.3", "-c", "3", "--json")
-    assert proc.returncode == 0, proc.stderr
-    docs = [json.loads(line) for line in proc.stdout.splitlines()]
+    proc = start_tracing("-i", "0.3", "-c", "3", "--json")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert released(proc)
+    docs = [json.loads(line) for line in out.splitlines()]
     assert [d["interval"]["index"] for d in docs] == [0, 1, 2]
     for d in docs:
         jsonschema.validate(d, SCHEMA)
-    assert no_kvmexit_programs()
 
 
 @needs_kvm_tracefs
@@ -171,7 +179,7 @@ def test_compat_front_end_prints_the_original_columns_and_detaches():
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert out.splitlines()[0].split() == ["TGID", "TID", "COMM", "KVM_EXIT_REASON", "COUNT", "AVG_TIME(ns)"]
-    assert no_kvmexit_programs()
+    assert released(proc)
 
 
 @needs_kvm_tracefs
@@ -202,14 +210,25 @@ def test_fallback_example_when_live_tracing_is_impossible(tmp_path):
 
 @needs_kvm_tracefs
 def test_fallback_example_when_no_exit_occurs():
-    # No guest exits through kvm_exit on the development machines; where one does, this is moot.
+    """The README's promise: it says why on one line and reports on the example instead (no empty
+    live report before it)."""
     proc = kvmexit("--fallback-example", "--json", "0.3")
     assert proc.returncode == 0, proc.stderr
     docs = [json.loads(line) for line in proc.stdout.splitlines()]
     if docs[0]["source"]["kind"] == "live" and docs[0]["totals"]["exits"]:
         pytest.skip("exits happened on this host while tracing: no fallback to check")
-    assert docs[-1]["source"]["kind"] == "trace" and docs[-1]["source"]["example"] is True
-    assert "no KVM exit occurred while tracing live" in proc.stderr
+    assert len(docs) == 1 and docs[0]["source"]["kind"] == "trace" and docs[0]["source"]["example"] is True
+    ready, note, *rest = proc.stderr.splitlines()
+    assert ready.startswith("kvmexit: tracing")
+    assert note.startswith("kvmexit: showing the example trace shipped with kvmexit")
+    assert "no KVM exit occurred while tracing live (" in note
+    assert all(line.startswith("kvmexit: ") and "exits:" in line for line in rest)  # the example's self-check
+
+
+def test_fallback_example_is_one_report_not_intervals():
+    proc = kvmexit("--fallback-example", "-i", "1")
+    assert proc.returncode == 2
+    assert "--fallback-example replaces one empty report" in proc.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import List, Optional
 
-from ..cli import run_command
+from ..cli import build_parser, run_command
 from ..model import Report, build_report, delta
 from ..names import NameResolver
 from ..reasons import label
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run_command(prepare_parser, run, argv, "kvmexit-aarch64", DESCRIPTION, EPILOG)
+    return run_command(build_parser("aarch64"), run, argv)
 
 
 if __name__ == "__main__":

@@ -229,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.count is not None and args.interval is None:
         raise UsageError("-c/--count needs -i/--interval")
+    if args.fallback_example and args.interval is not None:
+        raise UsageError("--fallback-example replaces one empty report: it does not combine with -i")
     check_reasons(check_machine(), args.reasons)
     require_stdout()
     try:
@@ -241,11 +243,11 @@ def run(args: argparse.Namespace) -> int:
         raise
     try:
         with StopRequest() as stop:
-            traced = _trace(source, args, stop)
+            idle = _trace(source, args, stop)
     finally:
         source.close()
-    if traced == 0 and args.fallback_example:
-        return _fallback(args, "no KVM exit occurred while tracing live")
+    if idle is not None:  # only with --fallback-example: nothing was printed for the live run
+        return _fallback(args, "no KVM exit occurred while tracing live (%s)" % idle)
     return 0
 
 
@@ -263,8 +265,9 @@ def announce(source: Any, duration: Optional[float]) -> None:
     sys.stderr.flush()
 
 
-def _trace(source: Any, args: argparse.Namespace, stop: StopRequest) -> int:
-    """Run the tracing loop; returns the number of exits seen."""
+def _trace(source: Any, args: argparse.Namespace, stop: StopRequest) -> Optional[str]:
+    """Run the tracing loop. With --fallback-example, a run that saw nothing prints nothing and
+    returns why (the example is reported instead); else None."""
     emitter = Emitter(args, _source_info(source))
     start, start_mono = time.time(), time.monotonic()
     prev = source.snapshot()
@@ -272,33 +275,42 @@ def _trace(source: Any, args: argparse.Namespace, stop: StopRequest) -> int:
     deadline = start_mono + args.duration if args.duration else None
     if args.interval is None:
         stop.sleep_until(deadline, source.sweep, source.wait)
-        return _emit_since(source, args, emitter, prev, start, 0)[1]
-    prev_t, seen, index = start, 0, 0
+        return _emit_since(source, args, emitter, prev, start, 0, unless_idle=args.fallback_example)[2]
+    prev_t, index = start, 0
     wake = start_mono
     while args.count is None or index < args.count:
         wake += args.interval
         stopped = stop.sleep_until(wake if deadline is None else min(wake, deadline), wait=source.wait)
         now_t = time.time()
-        prev, n = _emit_since(source, args, emitter, prev, prev_t, index)
+        prev = _emit_since(source, args, emitter, prev, prev_t, index)[0]
         prev_t = now_t
-        seen += n
         index += 1
         if stopped or (deadline is not None and time.monotonic() >= deadline):
             break
-    return seen
+    return None
 
 
 def _emit_since(
-    source: Any, args: argparse.Namespace, emitter: Emitter, prev: Snapshot, prev_t: float, index: int
-) -> Tuple[Snapshot, int]:
-    """Report what happened since ``prev``; returns the new snapshot and its number of exits."""
+    source: Any,
+    args: argparse.Namespace,
+    emitter: Emitter,
+    prev: Snapshot,
+    prev_t: float,
+    index: int,
+    unless_idle: bool = False,
+) -> Tuple[Snapshot, int, Optional[str]]:
+    """Report what happened since ``prev`` (``unless_idle``: not if nothing did); returns the new
+    snapshot, its number of exits, and, if ``unless_idle`` kept an idle report back, why nothing
+    was traced (else None)."""
     now_t = time.time()
     with paused_gc():
         snap = source.snapshot()
         report = make_report(delta(snap, prev), args)
+        idle = not report.totals.exits and not report.health.unpaired_entries
         why = _why_empty(args) if not report.totals.exits else None  # reads debugfs: only when needed
-        emitter.emit(report, _interval(index, prev_t, now_t), why)
-    return snap, report.totals.exits
+        if not (idle and unless_idle):
+            emitter.emit(report, _interval(index, prev_t, now_t), why)
+    return snap, report.totals.exits, why if idle and unless_idle else None
 
 
 def _interval(index: int, start: float, end: float) -> Dict[str, Any]:
