@@ -2,6 +2,12 @@
 
 Every line ends up as a kvm event, a known non-kvm line (other event, header, loss marker) or a
 malformed line: ``lines == events + other_events + ignored + malformed``.
+
+The hostile strategies (issue 10) splice into real and synthetic lines what once hung or crashed
+the reader: whitespace runs (cubic regexes), digit runs (Python's int digit limit, the timestamp
+scale table), lines longer than the reader's limit, NUL and invalid UTF-8. Time is not asserted
+here (``bench/pathological_bench.py`` shows linear growth); the runs are kept short enough that a
+super-linear grammar would be seen as a hang.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ for name in (
     "arm64-upstream-lost.synthetic.trace",
 ):
     SEED_LINES += (TRACES / name).read_bytes().splitlines(keepends=True)
+#: Real captures (arm64 KVM in the emulated host, x86 sched events): every tenth line.
+for name in ("arm64-6.1-e2e.trace", "x86-6.18-sched.real.trace", "x86-6.18-sched.real.trace-cmd"):
+    SEED_LINES += (TRACES / name).read_bytes().splitlines(keepends=True)[::10]
 
 
 def mutate(line: bytes, pos: int, junk: bytes, how: int) -> bytes:
@@ -51,10 +60,13 @@ LINE = st.one_of(
 )
 
 
-def check(data: bytes, fmt=None) -> None:
+def check(data: bytes, fmt=None, max_line=None) -> None:
     n_lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)  # "\n"-lines
     try:
-        r = read_stream(io.BytesIO(data), fmt=fmt)
+        if max_line is None:
+            r = read_stream(io.BytesIO(data), fmt=fmt)
+        else:
+            r = read_stream(io.BytesIO(data), fmt=fmt, max_line=max_line)
     except BadTrace as e:
         assert "no KVM exit/entry events" in str(e)
         return
@@ -77,3 +89,58 @@ def test_no_crash_no_silent_drop(lines, fmt):
 @given(st.binary(max_size=2000))
 def test_random_bytes(data):
     check(data)
+
+
+# -- hostile runs spliced into real lines -------------------------------------------------------------
+
+RUN = st.one_of(
+    st.builds(
+        lambda c, n: c * n, st.sampled_from([b" ", b"\t", b" \t", b"\r", b"\x0b", b"\x0c"]), st.integers(1, 3000)
+    ),
+    st.builds(lambda c, n: c * n, st.sampled_from([b"1", b"0", b"9", b"f"]), st.integers(15, 5000)),
+    st.builds(
+        lambda c, n: c * n,
+        st.sampled_from([b"\0", b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xe2\x80"]),
+        st.integers(1, 500),
+    ),
+    st.builds(
+        lambda c, n: c * n,
+        st.sampled_from([b"-1 ", b"-1 [1] ", b": ", b"(1) ", b"CPU:1 ", b"a 1 ", b"1.", b"#", b"kvm:"]),
+        st.integers(1, 600),
+    ),
+)
+
+
+def splice(line: bytes, pos: int, run: bytes, replace: bool) -> bytes:
+    body = line.rstrip(b"\n")
+    pos = pos % (len(body) + 1)
+    rest = body[pos + len(run) :] if replace else body[pos:]
+    return body[:pos] + run + rest + b"\n"
+
+
+HOSTILE_LINE = st.one_of(
+    st.sampled_from(SEED_LINES),
+    st.builds(splice, st.sampled_from(SEED_LINES), st.integers(0, 300), RUN, st.booleans()),
+    RUN.map(lambda r: r + b"\n"),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(HOSTILE_LINE, min_size=1, max_size=30), st.sampled_from([None, "ftrace", "trace-cmd", "perf"]))
+def test_hostile_runs_in_real_lines(lines, fmt):
+    check(b"".join(lines), fmt)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    st.lists(HOSTILE_LINE, min_size=1, max_size=20),
+    st.sampled_from([None, "ftrace", "perf"]),
+    st.integers(min_value=1, max_value=400),
+    st.booleans(),
+)
+def test_lines_over_the_limit_are_counted(lines, fmt, max_line, final_newline):
+    """With a small line limit many lines are over it: each is one malformed line, never lost."""
+    data = b"".join(lines)
+    if not final_newline:
+        data = data.rstrip(b"\n")
+    check(data, fmt, max_line=max_line)

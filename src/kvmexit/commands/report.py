@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import BadTrace, KvmexitError
 from ..sources.trace import FORMATS, LAYOUTS, TraceResult, read_trace
+from ..sources.trace.formats import MAX_LINE
 from ..sources.trace.pairing import TraceHealth
 from ..streams import InputError, stdin_is_closed
 from .common import Emitter, add_filter_options, add_output_options, describe_filters, make_report
@@ -86,7 +87,10 @@ def summarize_health(h: TraceHealth, prog: str = "kvmexit report") -> List[str]:
                 ", ".join(str(n) for n in h.malformed_lines)
                 + (", ..." if h.malformed > len(h.malformed_lines) else ""),
             )
+            + ("; %d of them longer than %d KiB" % (h.too_long, MAX_LINE // 1024) if h.too_long else "")
         )
+    if h.truncated:
+        out.append("%s: warning: the compressed trace is truncated (%s); read up to there" % (prog, h.truncated))
     if h.lost:
         cpus = [
             "CPU %d (%s)" % (c, "unknown number" if n is None else "%d events" % n) for c, n in sorted(h.lost.items())

@@ -59,15 +59,18 @@ _VMX_FLAG_BY_NAME: Dict[str, int] = {v: k for k, v in vmx.FLAGS.items()}
 _SVM_BY_NAME: Dict[str, int] = {v: k for k, v in svm.EXIT_REASONS.items()}
 _SVM_BY_NAME.setdefault("invalid_guest_state", 0xFFFFFFFF)  # { -1, "invalid_guest_state" }
 
-_HSR = re.compile(rb"^(\S+): HSR_EC: 0x([0-9a-fA-F]+) \(")
-_EULER_EXIT = re.compile(rb"^VCPU \d+: exit_type=(\S+)$")
-_EULER_ENTRY = re.compile(rb"^VCPU \d+: ")
-_EULER_TRAP = re.compile(rb"HSR_EC=0x([0-9a-fA-F]+)")
-_X86 = re.compile(rb"^(?:vcpu \d+,? )?reason (.+)$")
-_UNKNOWN = re.compile(r"^UNKNOWN \((\d+)\)$")
-_WAKE = re.compile(rb"time (\d+) ns")
+_HSR = re.compile(rb"^(\S+): HSR_EC: 0x([0-9a-fA-F]{1,16}) \(")
+_EULER_EXIT = re.compile(rb"^VCPU \d{1,20}: exit_type=(\S+)$")
+_EULER_ENTRY = re.compile(rb"^VCPU \d{1,20}: ")
+_EULER_TRAP = re.compile(rb"HSR_EC=0x([0-9a-fA-F]{1,16})(?![0-9a-fA-F])")
+_X86 = re.compile(rb"^(?:vcpu \d{1,20},? )?reason (.+)$")
+_UNKNOWN = re.compile(r"^UNKNOWN \((\d{1,20})\)$")
+_WAKE = re.compile(rb"time (\d{1,20}) ns")
 
 _CACHE_MAX = 1 << 16
+
+# Every number is a bounded digit run (20 decimal or 16 hex digits hold a u64): a longer one makes
+# the line malformed instead of reaching ``int`` (Python refuses more than 4,300 decimal digits).
 
 
 def arch_of(layout: str) -> str:
@@ -77,6 +80,9 @@ def arch_of(layout: str) -> str:
 
 
 def _int(text: bytes) -> Optional[int]:
+    """A decimal or ``0x`` number of at most 20 digits (a longer one is not a value a kernel prints)."""
+    if len(text) > 20:
+        return None
     try:
         return int(text, 16) if text[:2] in (b"0x", b"0X") else int(text)
     except ValueError:

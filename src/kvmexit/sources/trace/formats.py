@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import lzma
 import re
 import sys
-from typing import IO, Iterable, List, Optional, Pattern, Tuple
+from typing import IO, Iterable, Iterator, List, Optional, Pattern, Tuple
 
 from ...errors import BadTrace
 
@@ -40,18 +41,56 @@ __all__ = [
     "classify_other",
     "LOST",
     "OTHER_IGNORED",
+    "LineReader",
+    "MAX_LINE",
+    "MAX_DIGITS",
+    "MAX_FRACTION",
+    "TOO_LONG",
 ]
 
 FORMATS = ("ftrace", "trace-cmd", "perf")
 
+#: The longest digit run a number may have: 20 digits hold any u64. A longer run makes the line
+#: malformed (so ``int`` never meets Python's 4,300-digit limit, nor a huge number).
+MAX_DIGITS = 20
+#: The most timestamp fraction digits: 9 is ns, the finest any tool prints.
+MAX_FRACTION = 9
+
+
+def _atomic(name: str, rx: bytes) -> bytes:
+    """``rx`` matched atomically (never given back): Python 3.7 has no possessive quantifiers, but
+    a lookahead does not backtrack, and a backreference then consumes exactly what it took."""
+    return rb"(?=(?P<%s>%s))(?P=%s)" % (name.encode(), rx, name.encode())
+
+
+# Linear time on any line: every whitespace run the regex engine could otherwise split between
+# two quantifiers is consumed atomically, the comm ends at a non-space character (so each
+# whitespace run is tried by one candidate comm only), and digit runs are bounded. A run of n
+# spaces used to cost O(n**3) in the perf grammar.
+_NUM = rb"\d{1,%d}" % MAX_DIGITS
+_TS = rb"(?P<sec>%s)(?!\d)\.?(?P<frac>\d{0,%d}):" % (_NUM, MAX_FRACTION)
 _FTRACE = (
-    rb"^\s*(?P<comm>.*?)-(?P<tid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
-    rb"(?:[^\s\[\]]{4,6}\s+)?(?P<sec>\d+)\.?(?P<frac>\d*):\s+(?P<event>\w+):\s*(?P<payload>.*)"
+    rb"^" + _atomic("_lead", rb"\s*") + rb"(?P<comm>.*?)-(?P<tid>" + _NUM + rb")\s+"
+    rb"(?:\(\s*(?P<tgid>" + _NUM + rb"|-{1,%d})\)\s+)?\[(?P<cpu>" % MAX_DIGITS + _NUM + rb")\]\s+"
+    rb"(?:[^\s\[\]]{4,6}\s+)?" + _TS + rb"\s+(?P<event>\w+):\s*(?P<payload>.*)"
 )
 _TRACECMD = rb"^(?:(?P<buffer>\S+): )?" + _FTRACE[1:]
 _PERF = (
-    rb"^\s*(?P<comm>.*?)\s+(?:(?P<tgid>\d+)/)?(?P<tid>\d+)\s+\[(?P<cpu>\d+)\]\s+"
-    rb"(?P<sec>\d+)\.?(?P<frac>\d*):\s+(?:\d+\s+)?(?P<sys>\w+):(?P<event>\w+):\s*(?P<payload>.*)"
+    rb"^"
+    + _atomic("_lead", rb"\s*")
+    + rb"(?P<comm>.*?\S)"
+    + _atomic("_sep", rb"\s+")
+    + rb"(?:(?P<tgid>"
+    + _NUM
+    + rb")/)?(?P<tid>"
+    + _NUM
+    + rb")\s+\[(?P<cpu>"
+    + _NUM
+    + rb")\]\s+"
+    + _TS
+    + rb"\s+(?:"
+    + _NUM
+    + rb"\s+)?(?P<sys>\w+):(?P<event>\w+):\s*(?P<payload>.*)"
 )
 
 GROUPS = ("comm", "tid", "tgid", "cpu", "sec", "frac", "event", "payload")
@@ -65,13 +104,23 @@ GRAMMARS = {
 #: ``CPU:3 [LOST 12 EVENTS]`` (ftrace, trace-cmd), ``CPU:3 [12 EVENTS DROPPED]``,
 #: ``CPU:3 [EVENTS DROPPED]`` (trace-cmd), ``##### CPU 3 buffer started ####`` (ftrace).
 LOST = re.compile(
-    rb"^(?:\S+: )?\s*(?:CPU:\s*(?P<cpu>\d+)\s+\[(?:LOST\s+(?P<n>\d+)\s+EVENTS|(?P<n2>\d+\s+)?EVENTS DROPPED)\]"
-    rb"|#+ CPU (?P<cpu2>\d+) buffer started #+)\s*$"
+    rb"^(?:\S+: )?"
+    + _atomic("_lead", rb"\s*")
+    + rb"(?:CPU:\s*(?P<cpu>"
+    + _NUM
+    + rb")\s+\[(?:LOST\s+(?P<n>"
+    + _NUM
+    + rb")\s+EVENTS|(?P<n2>"
+    + _NUM
+    + rb"\s+)?EVENTS DROPPED)\]"
+    rb"|#+ CPU (?P<cpu2>" + _NUM + rb") buffer started #+)\s*$"
 )
 
 #: Known lines that are not events: headers of the three tools.
 OTHER_IGNORED = re.compile(
-    rb"^\s*(?:#.*|cpus=\d+|version\s*=\s*\d+.*|CPU\s*\d+ is empty|\S+: *CPU\s*\d+ is empty|)\s*$"
+    rb"^"
+    + _atomic("_lead", rb"\s*")
+    + rb"(?:#.*|cpus=\d+|version\s*=\s*\d+.*|CPU\s*\d+ is empty|\S+: *CPU\s*\d+ is empty|)\s*$"
 )
 
 _GZIP = b"\x1f\x8b"
@@ -141,11 +190,89 @@ def classify_other(line: bytes) -> Tuple[str, Optional[Tuple[int, Optional[int]]
     return "malformed", None
 
 
-def head_lines(stream: IO[bytes], max_lines: int = 2000, max_bytes: int = 1 << 20) -> List[bytes]:
-    """Read up to ``max_lines`` lines (and about ``max_bytes``) for detection; they are replayed."""
+#: The longest line read: far above any real trace line (an event is at most a page of the ring
+#: buffer), low enough that memory stays bounded whatever the input (``/dev/zero`` has no line end).
+MAX_LINE = 1 << 20
+
+#: What :class:`LineReader` yields in place of a line longer than its limit: no grammar takes it,
+#: so it is counted as a malformed line at its own line number (the reader tells it by identity).
+TOO_LONG = b"\0<line too long>"
+
+_CHUNK = 1 << 18
+
+
+class LineReader:
+    """The ``\\n``-separated lines of a binary stream (without their ``\\n``), in bounded memory.
+
+    The stream is read in chunks and split in C. A line longer than ``max_line`` bytes is skipped
+    up to its end and yielded as :data:`TOO_LONG`, so one line costs at most ``max_line`` bytes of
+    memory. A compressed stream cut short (``EOFError``) ends the lines, and :attr:`truncated`
+    says so: what it held is still read.
+    """
+
+    def __init__(self, stream: IO[bytes], max_line: int = MAX_LINE, chunk: int = _CHUNK) -> None:
+        self.stream = stream
+        self.max_line = max_line
+        self.chunk = chunk
+        self.truncated: Optional[str] = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return itertools.chain.from_iterable(self._batches())
+
+    def _batches(self) -> Iterator[List[bytes]]:
+        # One underlying read per call: a plain read() of a gzip/xz file loops over several and
+        # loses what they returned when a later one finds the stream cut short.
+        read = getattr(self.stream, "read1", self.stream.read)
+        limit = self.max_line
+        # A chunk no longer than the limit cannot hold a whole over-long line: only the first and
+        # the last piece of each chunk (those joined with the neighbouring chunks) need a check.
+        size = min(self.chunk, limit)
+        carry: List[bytes] = []  # the start of a line not ended yet
+        carried = 0
+        skipping = False  # inside a line already known to be over-long
+        while True:
+            try:
+                block = read(size)
+            except EOFError as e:  # gzip/xz stream cut short: keep what it held
+                self.truncated = str(e) or "compressed stream ended early"
+                break
+            if not block:
+                break
+            lines = block.split(b"\n")
+            last = lines.pop()
+            if lines:
+                first = lines[0]
+                if skipping:
+                    lines[0] = TOO_LONG
+                    skipping = False
+                elif carry:
+                    if carried + len(first) > limit:
+                        lines[0] = TOO_LONG
+                    else:
+                        carry.append(first)
+                        lines[0] = b"".join(carry)
+                carry = []
+                carried = 0
+                yield lines
+            if not skipping and last:
+                carried += len(last)
+                if carried > limit:
+                    skipping = True
+                    carry = []
+                    carried = 0
+                else:
+                    carry.append(last)
+        if skipping:
+            yield [TOO_LONG]
+        elif carry:
+            yield [b"".join(carry)]
+
+
+def head_lines(lines: Iterator[bytes], max_lines: int = 2000, max_bytes: int = 1 << 20) -> List[bytes]:
+    """Take up to ``max_lines`` lines (and about ``max_bytes``) for detection; they are replayed."""
     out: List[bytes] = []
     size = 0
-    for line in stream:
+    for line in lines:
         out.append(line)
         size += len(line)
         if len(out) >= max_lines or size >= max_bytes:

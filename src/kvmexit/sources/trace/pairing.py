@@ -82,6 +82,9 @@ class TraceHealth:
     ignored: int = 0  # comments, headers, blank lines, loss markers
     malformed: int = 0
     malformed_lines: List[int] = field(default_factory=list)
+    too_long: int = 0  # malformed lines longer than the reader's limit (formats.MAX_LINE)
+    #: Why a compressed input ended before its end marker (its lines up to there were read).
+    truncated: Optional[str] = None
     #: CPU -> events reported lost (None: unknown number, e.g. "buffer started").
     lost: Dict[int, Optional[int]] = field(default_factory=dict)
     #: Open exits closed as unfinished because their CPU lost events.

@@ -19,12 +19,25 @@ import re
 from dataclasses import dataclass
 from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from ...errors import BadTrace
+from ...errors import BadTrace, KvmexitError
 from ...layouts import detect as detect_layout_from_formats
 from ...model import Snapshot, ThreadInfo
 from ...names import vcpu_from_comm
 from .decode import LAYOUTS, Decoder, arch_of, detect_layout
-from .formats import FORMATS, GRAMMARS, GROUPS, classify_other, detect_format, head_lines, open_input
+from .formats import (
+    FORMATS,
+    GRAMMARS,
+    GROUPS,
+    MAX_DIGITS,
+    MAX_FRACTION,
+    MAX_LINE,
+    TOO_LONG,
+    LineReader,
+    classify_other,
+    detect_format,
+    head_lines,
+    open_input,
+)
 from .pairing import A_HALT, A_HIST, A_MAX, A_MIN, A_PAIRS, A_TOTAL, A_UNFIN, LAST_SLOT, Pairer, TraceHealth, new_acc
 
 __all__ = ["TraceInfo", "TraceResult", "read_trace", "read_stream", "load_names", "NAMES_SUFFIX"]
@@ -33,7 +46,7 @@ NAMES_SUFFIX = ".names.json"
 _RECORD_HEADER = re.compile(rb"^# kvmexit record: layout=(\S+)")
 
 #: ns per unit for a timestamp fraction of n digits (0 digits: a raw counter, taken as ns).
-_SCALE = tuple([1] + [10 ** (9 - n) if n <= 9 else 1 for n in range(1, 20)])
+_SCALE = tuple([1] + [10 ** (9 - n) for n in range(1, MAX_FRACTION + 1)])
 
 
 @dataclass
@@ -83,32 +96,118 @@ class Names:
         self.threads = self.threads or {}
 
 
+#: A names file is a few MB on a busy host; anything far larger is not one (and would be held whole).
+NAMES_MAX_BYTES = 256 << 20
+_U64 = 1 << 64
+
+
+class _BadNames(Exception):
+    pass
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _mapping(value: Any, where: str) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _BadNames("%s: not an object" % where)
+    return value
+
+
+def _number(value: Any, where: str) -> int:
+    """A non-negative integer below 2**64 (JSON ``1e400`` is a float, ``true`` is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _U64:
+        raise _BadNames("%s: %s is not an integer from 0 to 2**64-1" % (where, _short(value)))
+    return value
+
+
+def _key(key: str, where: str) -> int:
+    if not (0 < len(key) <= MAX_DIGITS and key.isdigit() and key.isascii()):
+        raise _BadNames("%s: key %s is not a number" % (where, _short(key)))
+    return int(key)
+
+
+def _text(value: Any, where: str) -> Optional[str]:
+    if value is not None and not isinstance(value, str):
+        raise _BadNames("%s: %s is not a string" % (where, _short(value)))
+    return value
+
+
 def load_names(path: str) -> Names:
-    """Read a names side file (``FILE.names.json``); bad content raises :class:`BadTrace`."""
+    """Read a names side file (``FILE.names.json``).
+
+    Content is checked field by field: anything unexpected (not JSON, a wrong type, a number out of
+    range, nesting too deep, format files that name no known layout) raises :class:`BadTrace` with
+    one line naming the field; nothing is half-used.
+    """
     try:
-        with open(path) as f:
-            doc = json.load(f)
-        vm_of = {int(k): str(v) for k, v in (doc.get("vms") or {}).items() if v is not None}
-        tgid_of: Dict[int, int] = {}
-        threads: Dict[int, ThreadInfo] = {}
-        for k, t in (doc.get("threads") or {}).items():
-            tid = int(k)
-            if t.get("tgid") is not None:
-                tgid_of[tid] = int(t["tgid"])
-            comm = str(t.get("comm") or "")
-            vcpu = t.get("vcpu")
-            threads[tid] = ThreadInfo(
-                comm=comm,
-                vm=vm_of.get(tgid_of.get(tid, -1)),
-                vcpu=int(vcpu) if vcpu is not None else vcpu_from_comm(comm),
-            )
-        layout = doc.get("layout")
-        if layout is None and doc.get("formats"):
-            layout = detect_layout_from_formats(doc["formats"]).name
-        lost = {int(c): {k: int(v) for k, v in s.items()} for c, s in (doc.get("lost") or {}).items()}
-        return Names(layout=layout, tgid_of=tgid_of, vm_of=vm_of, threads=threads, lost=lost)
-    except (OSError, ValueError, TypeError, AttributeError) as e:
-        raise BadTrace("cannot read names file %s: %s" % (path, e)) from e
+        with open(path, "rb") as f:
+            raw = f.read(NAMES_MAX_BYTES + 1)
+    except OSError as e:
+        raise BadTrace("cannot read names file %s: %s" % (path, e.strerror)) from e
+    try:
+        if len(raw) > NAMES_MAX_BYTES:
+            raise _BadNames("larger than %d MiB" % (NAMES_MAX_BYTES >> 20))
+        try:
+            doc = json.loads(raw, parse_constant=_no_constant)
+        except RecursionError:
+            raise _BadNames("nested too deeply") from None
+        except ValueError as e:
+            raise _BadNames("not JSON: %s" % e) from None
+        return _names_from(_mapping(doc, "document"))
+    except _BadNames as e:
+        raise BadTrace(
+            "bad names file %s: %s" % (path, e), hint="fix or remove it, or ignore it with --no-names"
+        ) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError("%s is not a JSON number" % name)
+
+
+def _names_from(doc: Dict[str, Any]) -> Names:
+    vm_of: Dict[int, str] = {}
+    for k, v in _mapping(doc.get("vms"), "vms").items():
+        name = _text(v, "vms." + k)
+        tgid = _key(k, "vms")
+        if name is not None:
+            vm_of[tgid] = name
+    tgid_of: Dict[int, int] = {}
+    threads: Dict[int, ThreadInfo] = {}
+    for k, t in _mapping(doc.get("threads"), "threads").items():
+        where = "threads." + k
+        tid = _key(k, "threads")
+        t = _mapping(t, where)
+        if t.get("tgid") is not None:
+            tgid_of[tid] = _number(t["tgid"], where + ".tgid")
+        comm = _text(t.get("comm"), where + ".comm") or ""
+        vcpu = t.get("vcpu")
+        threads[tid] = ThreadInfo(
+            comm=comm,
+            vm=vm_of.get(tgid_of.get(tid, -1)),
+            vcpu=_number(vcpu, where + ".vcpu") if vcpu is not None else vcpu_from_comm(comm),
+        )
+    layout = _text(doc.get("layout"), "layout")
+    if layout is not None and layout not in LAYOUTS:
+        raise _BadNames("layout: unknown %s" % _short(layout))
+    formats = _mapping(doc.get("formats"), "formats")
+    if layout is None and formats:
+        for k, v in formats.items():
+            _text(v, "formats." + k)
+        try:
+            layout = detect_layout_from_formats(formats).name
+        except KvmexitError as e:
+            raise _BadNames("its kvm format files name no known layout (%s)" % e) from None
+    lost: Dict[int, Dict[str, int]] = {}
+    for c, st in _mapping(doc.get("lost"), "lost").items():
+        lost[_key(c, "lost")] = {
+            name: _number(v, "lost.%s.%s" % (c, name)) for name, v in _mapping(st, "lost." + c).items()
+        }
+    return Names(layout=layout, tgid_of=tgid_of, vm_of=vm_of, threads=threads, lost=lost)
 
 
 def read_trace(
@@ -138,8 +237,6 @@ def read_trace(
     stream, compression = open_input(path)
     try:
         result = read_stream(stream, fmt=fmt, layout=layout, tids=tids, tgids=tgids, names=names)
-    except EOFError as e:  # truncated gzip/xz stream
-        raise BadTrace("%s: compressed stream is truncated: %s" % (path, e)) from e
     except (OSError, lzma.LZMAError) as e:
         raise BadTrace("%s: cannot read: %s" % (path, e)) from e
     finally:
@@ -158,13 +255,19 @@ def read_stream(
     tids: Iterable[int] = (),
     tgids: Iterable[int] = (),
     names: Optional[Names] = None,
+    max_line: int = MAX_LINE,
 ) -> TraceResult:
-    """Read an uncompressed binary line stream (see :func:`read_trace`)."""
+    """Read an uncompressed binary line stream (see :func:`read_trace`).
+
+    A line longer than ``max_line`` bytes is counted as malformed (memory stays bounded).
+    """
     if fmt is not None and fmt not in FORMATS:
         raise BadTrace("unknown format %r" % fmt)
     if layout is not None:
         arch_of(layout)  # validates
-    head = head_lines(stream)
+    reader = LineReader(stream, max_line=max_line)
+    lines = iter(reader)
+    head = head_lines(lines)
     if fmt is None:
         fmt = detect_format(head) or "ftrace"
     rx = GRAMMARS[fmt]
@@ -185,12 +288,20 @@ def read_stream(
         layout = detect_layout(samples)
     pairer = Pairer()
     decoder = Decoder(layout) if layout is not None else None
-    decoder = _loop(itertools.chain(head, stream), rx, order, decoder, pairer, set(tids), set(tgids), names, fmt)
+    decoder = _loop(itertools.chain(head, lines), rx, order, decoder, pairer, set(tids), set(tgids), names, fmt)
     h = pairer.health
+    h.truncated = reader.truncated
     if h.events == 0 or decoder is None:
         raise BadTrace(
-            "no KVM exit/entry events in this %s trace (%d lines: %d other events, %d ignored, %d malformed)"
-            % (fmt, h.lines, h.other_events, h.ignored, h.malformed),
+            "no KVM exit/entry events in this %s trace (%d lines: %d other events, %d ignored, %d malformed)%s"
+            % (
+                fmt,
+                h.lines,
+                h.other_events,
+                h.ignored,
+                h.malformed,
+                "; compressed stream truncated: %s" % h.truncated if h.truncated else "",
+            ),
             hint="trace the kvm:kvm_exit and kvm:kvm_entry events (kvmexit record)",
         )
     threads: Dict[int, ThreadInfo] = {}
@@ -269,6 +380,8 @@ def _loop(
                 n_ignored += 1
             else:
                 health.note_malformed(n)
+                if line is TOO_LONG:
+                    health.too_long += 1
             return None
         comm, tid_b, tgid_b, cpu_b, sec, frac, ev, payload = m.group(*order)
         if sys_group is not None:
@@ -303,7 +416,8 @@ def _loop(
             if info is not None:
                 sec, _, frac = prefix[i + 1 :].partition(b".")
                 digits = sec + frac
-                if not digits.isdigit():
+                # The grammar's bounds: 1-20 digits of seconds, at most 9 of fraction.
+                if not (0 < len(sec) <= MAX_DIGITS and len(frac) <= MAX_FRACTION and digits.isdigit()):
                     info = None
         if info is None or (ev != E_ENTRY and ev != E_EXIT and ev != E_WAKE and ev != E_TRAP):
             g = grammar(line, parts)
