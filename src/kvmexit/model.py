@@ -70,7 +70,8 @@ HIST_SLOTS = 40
 
 
 class ExitKey(NamedTuple):
-    tgid: int
+    #: None where the source does not know it (a trace without tgids and no names file).
+    tgid: Optional[int]
     tid: int
     code: int
     detail: int

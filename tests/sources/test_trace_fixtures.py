@@ -122,7 +122,7 @@ def test_fixture_numbers(name, fmt, layout, expected, has_tgid, unpaired):
     if has_tgid:
         assert tgids == {1201: 1200, 1202: 1200, 1301: 1300}
     else:
-        assert set(tgids.values()) == {0}  # not in this rendering: unknown
+        assert set(tgids.values()) == {None}  # not in this rendering: unknown
     assert {t: i.comm for t, i in r.snapshot.threads.items()} == {
         1201: "CPU 0/KVM",
         1202: "CPU 1/KVM",

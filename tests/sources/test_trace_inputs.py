@@ -92,7 +92,7 @@ def test_names_side_file(tmp_path):
     assert {k.tid: k.tgid for k in r.snapshot.stats} == {1201: 1200, 1202: 1200, 1301: 1300}
     assert {t: i.vm for t, i in r.snapshot.threads.items()} == {1201: "web", 1202: "web", 1301: "db"}
     r = read_trace(str(p), use_names=False)
-    assert {k.tgid for k in r.snapshot.stats} == {0}
+    assert {k.tgid for k in r.snapshot.stats} == {None}
     # gzip -9 vm.trace: the side file keeps its name and is still found.
     gz = tmp_path / "vm.trace.gz"
     gz.write_bytes(gzip.compress(src))

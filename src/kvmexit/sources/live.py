@@ -314,7 +314,8 @@ class LiveSource:
                 stats[key] = ExitStats(open=opened.get(key, 0), unfinished=self._abandoned.get(key, 0))
         for key in stats:
             if key.tid not in threads:
-                threads[key.tid] = self._thread(key.tgid, key.tid, comms.get(key.tid, b""))
+                # The kernel always knows the tgid; only trace files may not (ExitKey.tgid None).
+                threads[key.tid] = self._thread(key.tgid or 0, key.tid, comms.get(key.tid, b""))
         return Snapshot(self.layout.arch, stats, health, threads, now, self.halt_known)
 
 

@@ -197,7 +197,7 @@ class Pairer:
         """The cumulative state now; open exits become the ``open`` gauge.
 
         ``tgids``/``names`` (from a names side file) fill in what the trace does not show; a tgid
-        nobody knows is reported as 0.
+        nobody knows is ``None`` (shown as unknown, never as a process 0).
         """
         names = names or {}
         tgids = tgids or {}
@@ -209,7 +209,7 @@ class Pairer:
         for key in set(acc_by_key) | set(opens):
             tid, code, detail = key
             acc = acc_by_key.get(key) or new_acc()
-            tgid = self.tgid.get(tid, tgids.get(tid, 0))
+            tgid = self.tgid.get(tid, tgids.get(tid))
             ek = ExitKey(tgid, tid, code, detail)
             st = acc_stats(acc, opens.get(key, 0))
             stats[ek] = stats[ek].merge(st) if ek in stats else st

@@ -1,0 +1,70 @@
+"""``kvmexit report`` on hostile or incomplete input (issue 10): one line on stderr, never a
+traceback; unknown values shown as unknown."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from kvmexit.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+TRACES = ROOT / "tests" / "data" / "traces"
+ARM = TRACES / "arm64-upstream.synthetic.trace"
+#: perf script without -F +pid: no tgid anywhere, and no names file.
+NO_TGID = str(TRACES / "x86-vmx.synthetic.perf")
+
+
+def run(capsys, *args):
+    rc = main(["report", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# -- 7: an unknown tgid is unknown, not process 0 ------------------------------------------------------
+
+
+def test_unknown_tgid_is_null_in_json(capsys):
+    rc, out, _ = run(capsys, "--json", NO_TGID)
+    assert rc == 0
+    rows = json.loads(out)["rows"]
+    assert rows and {r["tgid"] for r in rows} == {None}
+
+
+def test_unknown_tgid_is_a_dash_in_the_table(capsys):
+    for by in ("thread", "vcpu", "vm"):
+        rc, out, _ = run(capsys, "--by", by, NO_TGID)
+        assert rc == 0
+        body = out.splitlines()[1:]
+        rows = [line.split() for line in body if line and not line.startswith("kvmexit:")]
+        assert rows and {r[0] for r in rows} == {"-"}, (by, out)
+
+
+def test_unknown_tgid_is_empty_in_csv(capsys):
+    rc, out, _ = run(capsys, "--csv", NO_TGID)
+    assert rc == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rows and {r["tgid"] for r in rows} == {""}
+
+
+# -- 1-5 at the command line: one line, a non-zero exit only when nothing is usable --------------------
+
+
+def test_whitespace_file_is_one_error_line(capsys, tmp_path):
+    p = tmp_path / "s.trace"
+    p.write_bytes(b" " * 100000 + b"\n")
+    rc, out, err = run(capsys, str(p))
+    assert rc == 1 and out == ""
+    assert err.count("\n") == 1 and "no KVM exit/entry events" in err and "1 ignored" in err
+
+
+def test_bad_lines_are_counted_with_their_numbers(capsys, tmp_path):
+    lines = ARM.read_bytes().splitlines(keepends=True)
+    bad = lines[20].replace(b"512.0", b"512.0" + b"0" * 20)
+    p = tmp_path / "t.trace"
+    p.write_bytes(b"".join(lines[:20]) + bad + b"x" * (2 << 20) + b"\n" + b"".join(lines[20:]))
+    rc, out, err = run(capsys, str(p))
+    assert rc == 0 and "TGID" in out
+    assert err == "kvmexit report: 2 malformed lines skipped (line 21, 22); 1 of them longer than 1024 KiB\n"
