@@ -235,6 +235,12 @@ class Emitter:
         self._csv_header = True
         self._last_empty: Optional[str] = None
 
+    def _tty(self) -> bool:
+        try:
+            return self.out.isatty()
+        except (AttributeError, ValueError):  # no such method, or a closed stream
+            return False
+
     def emit(self, report: Report, interval: Optional[Dict[str, Any]] = None, why_empty: Optional[str] = None) -> None:
         a = self.args
         if a.json:
@@ -242,7 +248,7 @@ class Emitter:
             self.out.write(json.dumps(doc, sort_keys=False) + "\n")
         elif a.csv:
             stamp = interval["end"] if interval else time.strftime("%Y-%m-%dT%H:%M:%S")
-            self.out.write(format_csv(report, time=stamp, header=self._csv_header))
+            self.out.write(format_csv(report, time=stamp, header=self._csv_header, escape=self._tty()))
             self._csv_header = False
         else:
             if interval:

@@ -16,7 +16,7 @@ from ..cli import build_parser, run_command
 from ..model import Report, build_report, delta
 from ..names import NameResolver
 from ..reasons import label
-from ..views import format_health
+from ..views import format_health, printable
 from .common import positive_float, require_stdout
 from .live import StopRequest, announce, open_live
 
@@ -40,7 +40,10 @@ def format_compat(report: Report) -> str:
     lines = ["%-8s %-8s %-16s %-16s %-10s %s" % ("TGID", "TID", "COMM", "KVM_EXIT_REASON", "COUNT", "AVG_TIME(ns)")]
     for r in report.rows:
         avg = "-" if r.avg_ns is None else "%d" % round(r.avg_ns)
-        lines.append("%-8d %-8d %-16s %-16s %-10d %s" % (r.tgid or 0, r.tid or 0, r.comm or "", r.reason, r.count, avg))
+        lines.append(
+            "%-8d %-8d %-16s %-16s %-10d %s"
+            % (r.tgid or 0, r.tid or 0, printable(r.comm or ""), r.reason, r.count, avg)
+        )
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .csv import CSV_COLUMNS, format_csv
 from .json import SCHEMA_VERSION, report_document
-from .text import format_duration, format_health, format_hist, format_table
+from .text import format_duration, format_health, format_hist, format_table, printable
 
 __all__ = [
     "CSV_COLUMNS",
@@ -14,5 +14,6 @@ __all__ = [
     "format_health",
     "format_hist",
     "format_table",
+    "printable",
     "report_document",
 ]

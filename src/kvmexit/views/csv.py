@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 
 from ..model import Report
 from .json import row_dict
+from .text import printable
 
 __all__ = ["CSV_COLUMNS", "format_csv"]
 
@@ -34,7 +35,8 @@ CSV_COLUMNS = (
 )
 
 
-def format_csv(report: Report, time: Optional[str] = None, header: bool = True) -> str:
+def format_csv(report: Report, time: Optional[str] = None, header: bool = True, escape: bool = False) -> str:
+    """``escape``: escape non-printable characters in names (for a terminal; files keep them)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     if header:
@@ -44,5 +46,7 @@ def format_csv(report: Report, time: Optional[str] = None, header: bool = True) 
         d["time"] = time or ""
         if d["avg_ns"] is not None:
             d["avg_ns"] = "%.1f" % d["avg_ns"]
+        if escape:
+            d["comm"], d["vm"] = printable(d["comm"] or ""), printable(d["vm"] or "")
         w.writerow({k: "" if v is None else v for k, v in d.items()})
     return buf.getvalue()

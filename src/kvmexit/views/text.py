@@ -7,7 +7,19 @@ from typing import Callable, List, Optional
 
 from ..model import ExitStats, Health, Report, Row, bucket_bounds, percentile
 
-__all__ = ["format_duration", "format_table", "format_hist", "format_health"]
+__all__ = ["format_duration", "format_table", "format_hist", "format_health", "printable"]
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\x1b``, ``\\u202e``).
+
+    VM names (QEMU ``-name``, libvirt, a names file) and thread names are chosen by whoever runs
+    the guest: printed raw, an escape sequence in one would reach the terminal (retitle it, hide
+    rows, ...). Only what is printed as text is escaped; JSON keeps the exact string.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def format_duration(ns: Optional[float]) -> str:
@@ -48,6 +60,8 @@ _IDENT_BY_GROUP = {
 def _cells(row: Row, ident: Callable[[Row], tuple], halt_known: bool) -> List[str]:
     # The hot loop of big reports (10^5 rows): no per-cell helper calls.
     cells = ["-" if v is None or v == "" else str(v) for v in ident(row)]
+    if not "".join(cells).isprintable():
+        cells = [printable(c) for c in cells]
     st = row.stats
     pairs = st.pairs
     cells += [
@@ -79,7 +93,7 @@ def format_hist(row: Row, width: int = 40) -> str:
     """A bcc-style log2 histogram of one row's exit->entry times."""
     hist = row.stats.hist
     used = [i for i, n in enumerate(hist) if n]
-    title = " ".join(_dash(x) for x in (row.tgid, row.tid, row.vm, row.reason) if x is not None)
+    title = printable(" ".join(_dash(x) for x in (row.tgid, row.tid, row.vm, row.reason) if x is not None))
     if not used:
         return "%s: no completed pairs" % title
     peak = max(hist)
