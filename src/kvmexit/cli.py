@@ -1,5 +1,5 @@
 """The ``kvmexit`` command: ``kvmexit [live options]``, ``kvmexit report``, ``kvmexit record``,
-``kvmexit exporter``, ``kvmexit diff``; and ``kvmexit-aarch64``.
+``kvmexit exporter``, ``kvmexit top``, ``kvmexit diff``; and ``kvmexit-aarch64``.
 
 Typed errors from the core become one line and an exit code here, nowhere else. The parsers are
 built here too, so the man pages and shell completions are generated from the same ones
@@ -25,18 +25,20 @@ __all__ = [
     "report_parser",
     "record_parser",
     "exporter_parser",
+    "top_parser",
     "diff_parser",
     "aarch64_parser",
     "completion_parser",
 ]
 
-SUBCOMMANDS = ("report", "record", "exporter", "diff")
+SUBCOMMANDS = ("report", "record", "exporter", "top", "diff")
 #: command -> (module with DESCRIPTION, EPILOG, prepare_parser and run; program name)
 COMMANDS = {
     "live": ("kvmexit.commands.live", "kvmexit"),
     "report": ("kvmexit.commands.report", "kvmexit report"),
     "record": ("kvmexit.commands.record", "kvmexit record"),
     "exporter": ("kvmexit.commands.exporter", "kvmexit exporter"),
+    "top": ("kvmexit.commands.top", "kvmexit top"),
     "diff": ("kvmexit.commands.diff", "kvmexit diff"),
     "aarch64": ("kvmexit.commands.compat_aarch64", "kvmexit-aarch64"),
 }
@@ -85,6 +87,10 @@ def record_parser() -> argparse.ArgumentParser:
 
 def exporter_parser() -> argparse.ArgumentParser:
     return build_parser("exporter")
+
+
+def top_parser() -> argparse.ArgumentParser:
+    return build_parser("top")
 
 
 def diff_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,253 @@
+"""``kvmexit top`` as a person uses it: in a terminal (tmux), keys sent with send-keys, the
+screen read with capture-pane. The command attaches kvmexit's arm64 programs as usual (fake
+format files); fake VMMs send exits through those very programs (BPF_PROG_TEST_RUN, by id);
+the rows on screen are compared with the kernel's stats map of the top process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import pytest
+
+from fake_kvm import FakeVmm, prog_fds_of, write_tracefs
+
+pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_env")]
+
+ROOT = Path(__file__).resolve().parents[2]
+EC_WFX, EC_HVC64, EC_SYS64, EC_DABT_LOW = 0x01, 0x16, 0x18, 0x24
+
+
+def tmux_binary() -> str:
+    found = shutil.which("tmux")
+    if not found:
+        if os.environ.get("KVMEXIT_REQUIRE_BPF") == "1":
+            pytest.fail("KVMEXIT_REQUIRE_BPF=1 but tmux is not installed (scripts/setup.sh)")
+        pytest.skip("tmux is not installed")
+    return found
+
+
+class Terminal:
+    """``kvmexit top`` in a private tmux server (its own socket), 150x30."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.tmux = tmux_binary()
+        self.socket = "kvmexit-test-%d" % os.getpid()
+        conf = tmp_path / "tmux.conf"
+        conf.write_text("set -g remain-on-exit on\nset -g status off\n")
+        tracefs = write_tracefs(tmp_path / "tracefs")
+        cmd = [sys.executable, "-m", "kvmexit", "top", "--tracefs", str(tracefs), *args]
+        self.run(
+            "-f", str(conf), "new-session", "-d", "-x", "150", "-y", "30",
+            "-e", "PYTHONPATH=%s" % (ROOT / "src"), "-e", "TERM=xterm", *cmd,
+        )  # fmt: skip
+        self.pid = int(self.run("display", "-p", "#{pane_pid}").strip())
+        self.wait_for(lambda s: "kvmexit top:" in s, timeout=120)
+
+    def run(self, *args: str) -> str:
+        return subprocess.run([self.tmux, "-L", self.socket, *args], capture_output=True, text=True, check=True).stdout
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p")
+
+    def keys(self, *keys: str) -> None:
+        for k in keys:
+            self.run("send-keys", k)
+            time.sleep(0.2)  # one key per read, like a person
+
+    def wait_for(self, cond: Callable[[str], bool], timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.screen()
+            if cond(s):
+                return s
+            if self.dead() or time.monotonic() > deadline:
+                raise AssertionError("screen never matched:\n" + s)
+            time.sleep(0.2)
+
+    def dead(self) -> bool:
+        return self.run("display", "-p", "#{pane_dead}").strip() == "1"
+
+    def exit_status(self, timeout: float = 30.0) -> int:
+        """The exit status, or -N if killed by signal N (tmux fills these in just after the
+        pane is marked dead)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, sig = self.run("display", "-p", "#{pane_dead_status} #{pane_dead_signal}").strip("\n").split(" ")
+            if self.dead() and (status or sig):
+                return int(status) if status else -int(sig)
+            if time.monotonic() > deadline:
+                raise AssertionError("top did not exit:\n" + self.screen())
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        subprocess.run([self.tmux, "-L", self.socket, "kill-server"], capture_output=True)
+
+
+def rows(screen: str, header: str) -> List[List[str]]:
+    """The table under the header line starting with ``header``, split into cells."""
+    lines = screen.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(header))
+    out = []
+    for ln in lines[start + 1 :]:
+        if not ln.strip() or ln.startswith("q quit"):
+            break
+        out.append(ln.split())
+    return out
+
+
+def kernel_exits(pid: int) -> Counter:
+    """Exits per (tgid, tid, code, detail) in the stats map of process ``pid`` (pairs plus
+    unfinished; open exits live in the start map and are none here)."""
+    from kvmexit.model import KERNEL_FIELDS
+    from kvmexit.sources.live import _KEY_FORMAT
+
+    names = [f.name for f in KERNEL_FIELDS]
+    pairs_at, unfinished_at = names.index("pairs") * 8, names.index("unfinished") * 8
+    ids = []
+    for fd in os.listdir("/proc/%d/fdinfo" % pid):
+        try:
+            text = Path("/proc/%d/fdinfo/%s" % (pid, fd)).read_text()
+        except OSError:
+            continue
+        ids += [int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("map_id:")]
+    out: Counter = Counter()
+    for map_id in ids:
+        info = json.loads(
+            subprocess.run(["bpftool", "map", "show", "id", str(map_id), "-j"], capture_output=True).stdout
+        )
+        if info.get("name") != "stats":
+            continue
+        dump = subprocess.run(["bpftool", "map", "dump", "id", str(map_id), "-j"], capture_output=True, check=True)
+        for entry in json.loads(dump.stdout):
+            key = struct.unpack(_KEY_FORMAT, bytes(int(b, 16) for b in entry["key"]))
+            value = bytes(int(b, 16) for b in entry["value"])
+            (pairs,) = struct.unpack_from("=Q", value, pairs_at)
+            (unfinished,) = struct.unpack_from("=Q", value, unfinished_at)
+            out[key] += pairs + unfinished
+    return out
+
+
+def by(counts: Counter, field: Callable[[Tuple[int, ...]], object]) -> Dict[object, int]:
+    out: Dict[object, int] = {}
+    for key, n in counts.items():
+        out[field(key)] = out.get(field(key), 0) + n
+    return out
+
+
+@pytest.fixture
+def top(tmp_path):
+    term = Terminal(tmp_path, "-d", "0.5")
+    yield term
+    term.close()
+
+
+def test_rows_match_the_kernel_maps_through_drill_filter_group_and_pause(top):
+    fds = prog_fds_of(top.pid)
+    web = FakeVmm(fds, [(0, EC_HVC64, 30, 0, 0), (1, EC_WFX, 5, 400_000, 0.002), (1, EC_SYS64, 4, 0, 0)], "web01")
+    db = FakeVmm(fds, [(0, EC_DABT_LOW, 12, 0, 0)], "db02")
+    time.sleep(1.0)  # top names VMs while they run (its loop polls every 50 ms)
+    web.close()
+    db.close()
+    maps = kernel_exits(top.pid)
+    per_vm = by(maps, lambda k: k[0])
+    assert per_vm == {web.pid: 39, db.pid: 12}  # what was sent is what the kernel holds
+
+    top.keys("c")  # totals since start: what the maps hold, whatever the refresh timing
+    screen = top.wait_for(lambda s: "totals since start" in s and "db02" in s and " 39" in s)
+    table = rows(screen, "VM ")
+    assert [(r[0], int(r[1]), int(r[-1])) for r in table] == [("web01", web.pid, 39), ("db02", db.pid, 12)]
+    assert [r[3] for r in table] == ["%.1f" % (100 * 39 / 51), "%.1f" % (100 * 12 / 51)]  # %EXITS
+    assert "51 exits: 51 paired, 0 open, 0 unfinished" in screen
+
+    top.keys("Enter")  # into web01: its vCPUs
+    screen = top.wait_for(lambda s: "view: all > web01" in s)
+    per_tid = by(Counter({k: n for k, n in maps.items() if k[0] == web.pid}), lambda k: k[1])
+    table = rows(screen, "VM ")
+    assert sorted((r[0], int(r[1]), int(r[2]), int(r[-1])) for r in table) == sorted(
+        ("web01", vcpu, tid, per_tid[tid]) for vcpu, tid in zip((0, 1), sorted(per_tid, key=lambda t: -per_tid[t]))
+    )
+    assert [int(r[-1]) for r in table] == [30, 9]
+
+    top.keys("Down", "Enter")  # into vCPU 1: its reasons
+    screen = top.wait_for(lambda s: "view: all > web01 > vCPU 1" in s)
+    table = {r[0]: r for r in rows(screen, "REASON")}
+    assert {name: int(r[-1]) for name, r in table.items()} == {"WFx": 5, "SYS64": 4}
+    assert table["WFx"][6].endswith("%") and int(table["WFx"][6][:-1]) > 0  # HALT%: halts were reported
+    assert table["SYS64"][6] == "0%"
+
+    top.keys("BSpace", "BSpace")  # back to all VMs
+    top.wait_for(lambda s: "view: all\n" in s + "\n" or "view: all " in s)
+    top.keys("r", "W", "F", "x", "Enter")  # filter by reason
+    screen = top.wait_for(lambda s: "filter: reason=WFx" in s)
+    assert [(r[0], int(r[-1])) for r in rows(screen, "VM ")] == [("web01", 5)]
+    top.keys("x", "4")  # clear filters, group by reason
+    screen = top.wait_for(lambda s: "by reason" in s and "filter:" not in s)
+    per_reason = {r[0]: int(r[-1]) for r in rows(screen, "REASON")}
+    assert per_reason == {"HVC64": 30, "DABT_LOW": 12, "WFx": 5, "SYS64": 4}
+
+    top.keys("Space")  # pause: the screen keeps its numbers while exits go on
+    top.wait_for(lambda s: "[PAUSED]" in s)
+    more = FakeVmm(fds, [(0, EC_HVC64, 7, 0, 0)], "web01")
+    more.close()
+    time.sleep(1.5)  # three refresh periods
+    assert {r[0]: int(r[-1]) for r in rows(top.screen(), "REASON")}["HVC64"] == 30
+    top.keys("Space")
+    screen = top.wait_for(lambda s: "[PAUSED]" not in s and " 37" in s)
+    assert (
+        {r[0]: int(r[-1]) for r in rows(screen, "REASON")}["HVC64"]
+        == 37
+        == by(kernel_exits(top.pid), lambda k: k[3])[EC_HVC64]
+    )
+
+    top.keys("q")
+    assert top.exit_status() == 0
+    assert top.run("display", "-p", "#{alternate_on}").strip() == "0"  # terminal restored
+
+
+def test_interval_mode_shows_rates(top):
+    fds = prog_fds_of(top.pid)
+    vmm = FakeVmm(fds, [(0, EC_HVC64, 20, 0, 0)], "web01")
+    time.sleep(0.3)
+    vmm.close()
+    # In some refresh interval the 20 exits arrive: EXITS/S is 20 over that interval's length.
+    screen = top.wait_for(lambda s: any(r[0] == "web01" and r[2] != "0.0" for r in rows(s, "VM ")))
+    row = next(r for r in rows(screen, "VM ") if r[0] == "web01")
+    seconds = float(screen.split("last ", 1)[1].split("s", 1)[0])
+    assert float(row[2]) == pytest.approx(20 / seconds, rel=0.02, abs=0.1)  # both rounded on screen
+    assert (row[3], int(row[-1])) == ("100.0", 20)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_signals_and_resize_leave_cleanly(top, sig):
+    top.run("resize-window", "-x", "90", "-y", "16")
+    screen = top.wait_for(lambda s: len(s.splitlines()) == 16 and s.splitlines()[-1].startswith("q quit"))
+    assert max(len(ln) for ln in screen.splitlines()) <= 90
+    assert not top.dead()
+    os.kill(top.pid, sig)
+    assert top.exit_status() == 0
+    assert top.run("display", "-p", "#{alternate_on}").strip() == "0"
+    assert "Traceback" not in top.screen()
+
+
+def test_without_a_terminal_it_says_so(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvmexit", "top"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        "kvmexit top: error: top needs a terminal (hint: use `kvmexit -i SECS` for a scrolling or logged view)"
+    )
