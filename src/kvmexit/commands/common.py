@@ -248,7 +248,10 @@ class Emitter:
             self.out.write(json.dumps(doc, sort_keys=False) + "\n")
         elif a.csv:
             stamp = interval["end"] if interval else time.strftime("%Y-%m-%dT%H:%M:%S")
-            self.out.write(format_csv(report, time=stamp, header=self._csv_header, escape=self._tty()))
+            # A log file knows whether it is new (appending to a log adds no second header).
+            at_start = getattr(self.out, "at_start", None)
+            header = self._csv_header if at_start is None else at_start
+            self.out.write(format_csv(report, time=stamp, header=header, escape=self._tty()))
             self._csv_header = False
         else:
             if interval:

@@ -27,6 +27,7 @@ from .common import (
     positive_int,
     require_stdout,
 )
+from .logfile import LogFile
 
 __all__ = ["DESCRIPTION", "EPILOG", "StopRequest", "announce", "open_live", "prepare_parser", "run"]
 
@@ -44,6 +45,7 @@ examples:
   kvmexit --by vm --sort total --top 5  # the five VMs that spend most time exited
   kvmexit --json 5 > exits.json # machine-readable (schema kvmexit/1)
   kvmexit -i 10 --csv >> exits.csv      # a CSV log, like kvm_stat -l
+  kvmexit -i 10 --csv --log /var/log/kvmexit.csv   # kept for days: SIGHUP reopens it (logrotate)
   kvmexit report trace.txt      # the same report from a recorded trace (no bcc needed)
   kvmexit record -o trace.txt 30         # record with tracefs alone, for later `report`
 
@@ -108,6 +110,12 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--count", type=positive_int, metavar="N", help="with -i: stop after N reports")
     add_filter_options(parser)
     add_output_options(parser)
+    parser.add_argument(
+        "--log",
+        metavar="FILE",
+        help="append the reports to FILE, each line flushed; the CSV header only at the start of the file; "
+        "SIGHUP reopens FILE (for logrotate)",
+    )
     g = parser.add_argument_group("advanced")
     g.add_argument(
         "--max-threads",
@@ -232,20 +240,32 @@ def run(args: argparse.Namespace) -> int:
     if args.fallback_example and args.interval is not None:
         raise UsageError("--fallback-example replaces one empty report: it does not combine with -i")
     check_reasons(check_machine(), args.reasons)
-    require_stdout()
+    log = LogFile(args.log) if args.log else None  # a bad path fails before anything is loaded
+    if log is None:
+        require_stdout()
     try:
-        source = open_live(
-            NameResolver(), args.tracefs, args.pids, args.tids, args.vms, args.max_threads, args.max_keys
-        )
-    except KvmexitError as e:
-        if args.fallback_example:
-            return _fallback(args, "live tracing is not possible here: %s" % e)
-        raise
-    try:
-        with StopRequest() as stop:
-            idle = _trace(source, args, stop)
+        try:
+            source = open_live(
+                NameResolver(), args.tracefs, args.pids, args.tids, args.vms, args.max_threads, args.max_keys
+            )
+        except KvmexitError as e:
+            if args.fallback_example:
+                return _fallback(args, "live tracing is not possible here: %s" % e)
+            raise
+        try:
+            with StopRequest() as stop:
+                # With a log, a hang-up means "logrotate moved the file", not "stop".
+                previous = log.reopen_on_sighup() if log is not None else None
+                try:
+                    idle = _trace(source, args, stop, log)
+                finally:
+                    if previous is not None:
+                        signal.signal(signal.SIGHUP, previous)
+        finally:
+            source.close()
     finally:
-        source.close()
+        if log is not None:
+            log.close()
     if idle is not None:  # only with --fallback-example: nothing was printed for the live run
         return _fallback(args, "no KVM exit occurred while tracing live (%s)" % idle)
     return 0
@@ -265,10 +285,11 @@ def announce(source: Any, duration: Optional[float]) -> None:
     sys.stderr.flush()
 
 
-def _trace(source: Any, args: argparse.Namespace, stop: StopRequest) -> Optional[str]:
+def _trace(source: Any, args: argparse.Namespace, stop: StopRequest, out: Any = None) -> Optional[str]:
     """Run the tracing loop. With --fallback-example, a run that saw nothing prints nothing and
-    returns why (the example is reported instead); else None."""
-    emitter = Emitter(args, _source_info(source))
+    returns why (the example is reported instead); else None. Reports go to ``out`` (a log) or
+    standard output."""
+    emitter = Emitter(args, _source_info(source), out if out is not None else sys.stdout)
     start, start_mono = time.time(), time.monotonic()
     prev = source.snapshot()
     announce(source, args.duration)
