@@ -26,6 +26,7 @@ PAGES = (
     ("kvmexit-report", "report_parser", "report KVM exits from a recorded trace, offline"),
     ("kvmexit-record", "record_parser", "record KVM exits with tracefs alone, for kvmexit report"),
     ("kvmexit-exporter", "exporter_parser", "serve KVM exit statistics as Prometheus metrics"),
+    ("kvmexit-top", "top_parser", "a full-screen live view of KVM exits"),
     ("kvmexit-diff", "diff_parser", "compare two KVM exit reports (A/B)"),
     ("kvmexit-aarch64", "aarch64_parser", "count KVM exits per thread and reason (kvmexit-aarch64.py compatible)"),
 )
