@@ -42,7 +42,9 @@ class Terminal:
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.tmux = tmux_binary()
-        self.socket = "kvmexit-test-%d" % os.getpid()
+        # One server per terminal: a socket name reused right after kill-server can meet the
+        # old server on its way out ("server exited unexpectedly").
+        self.socket = "kvmexit-test-%d-%s" % (os.getpid(), os.urandom(4).hex())
         conf = tmp_path / "tmux.conf"
         conf.write_text("set -g status off\n")
         tracefs = write_tracefs(tmp_path / "tracefs")
