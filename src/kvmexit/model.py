@@ -11,10 +11,13 @@ The pairing rules are those of the kernel side (``bpf/kvmexit.bpf.c``):
 - an exit still waiting for its entry when a snapshot is taken is *open*;
 - an exit followed by another exit on the same thread, with no entry between, is *unfinished*;
 - an entry with no exit before it is an *unpaired entry* and is ignored;
-- an open exit whose thread has died is *abandoned*: counted as unfinished and in the health
-  totals, and removed, so thread churn cannot leak map entries.
+- an open exit whose thread has died is *abandoned* (the VMM thread exited, or was killed,
+  before entering the guest again): counted as such, and its per-thread slot removed, so thread
+  churn cannot leak map entries. Live, user space sees the thread gone; offline, the trace says
+  so with ``sched:sched_process_exit`` (``kvmexit record`` records it); without that event an
+  abandoned exit stays *open*.
 
-So ``exits = pairs + unfinished + open``, and averages divide by ``pairs`` only.
+So ``exits = pairs + unfinished + open + abandoned``, and averages divide by ``pairs`` only.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ STAT_FIELDS: Tuple[StatField, ...] = (
     StatField("max_ns", "max"),
     StatField("halt_ns", "sum"),  # time halted (kvm_vcpu_wakeup) inside the timed exits
     StatField("hist", "sum", HIST_SLOTS),  # log2 buckets, see hist_slot
+    StatField("abandoned", "sum", 0),  # exits whose thread exited before their entry
 )
 
 
@@ -120,10 +124,11 @@ class ExitStats(NamedTuple):
     max_ns: Optional[int] = None
     halt_ns: int = 0
     hist: Tuple[int, ...] = (0,) * HIST_SLOTS
+    abandoned: int = 0
 
     @property
     def exits(self) -> int:
-        return self.pairs + self.unfinished + self.open
+        return self.pairs + self.unfinished + self.open + self.abandoned
 
     def merge(self, other: ExitStats) -> ExitStats:
         return merge_all((self, other))
@@ -169,7 +174,7 @@ class Health:
     unpaired_entries: int = 0
     start_map_full: int = 0
     stats_map_full: int = 0
-    #: Open exits of threads that died before their entry; removed so the map does not leak.
+    #: Open exits of threads that died before their entry (all keys; the rows have theirs).
     abandoned: int = 0
 
     def minus(self, other: Health) -> Health:
@@ -216,7 +221,7 @@ def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
             stats[key] = cur
             continue
         d = ExitStats(*(_delta_one(f, c, p) for f, c, p in zip(STAT_FIELDS, cur, prev)))
-        if d.pairs or d.unfinished or d.open:
+        if d.pairs or d.unfinished or d.open or d.abandoned:
             stats[key] = d
     for key, prev in previous.stats.items():
         if key not in current.stats:

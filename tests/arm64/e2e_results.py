@@ -69,7 +69,7 @@ class Ftrace:
                     raise ValueError("unparsed kvm_vcpu_wakeup body: %r" % m.group("body"))
                 if tid in open_exit:  # kvmexit's rule: halt time counts inside an open exit
                     open_halt[tid] += int(w.group("ns"))
-            else:
+            elif event == "kvm_entry":
                 self.entries[tid] += 1
                 label = open_exit.pop(tid, None)
                 if label is not None:

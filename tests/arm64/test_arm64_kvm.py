@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -292,7 +293,7 @@ def test_compat_front_end_counts(compat):
     assert set(got) == set(want)
 
 
-@pytest.mark.parametrize("name", ["live", "interval", "compat", "cost"])
+@pytest.mark.parametrize("name", ["live", "interval", "compat", "abandon", "cost"])
 def test_clean_detach(results, name):
     d = os.path.join(results, name)
     if _exists(d, "attach_failed") or (_exists(d, "cost.json") and not _exists(d, "bpftool_attached.json")):
@@ -346,3 +347,54 @@ def test_offline_report_of_the_same_capture(live):
         assert row["pairs"] == live.ftrace.pairs[row["tid"]][row["reason"]], row
     for tid in want:
         assert _halt_by_reason(docs[0]["rows"], tid) == {k: v for k, v in live.ftrace.halt_ns[tid].items() if v}
+
+
+# -- live and offline accounting of the same run ----------------------------------------------------
+
+ACCOUNTS = ("pairs", "open", "unfinished", "abandoned")
+_HEALTH = re.compile(
+    r"kvmexit: (?P<exits>\d+) exits: (?P<pairs>\d+) paired, (?P<open>\d+) open, (?P<unfinished>\d+) unfinished, "
+    r"(?P<abandoned>\d+) abandoned by exited threads;"
+)
+
+
+def _live_accounts(d: str) -> dict:
+    """What kvmexit said while tracing: JSON totals (summed over intervals: open is a gauge whose
+    deltas add up), or kvmexit-aarch64's closing line."""
+    out = _read(d, "kvmexit.out") if _exists(d, "kvmexit.out") else ""
+    if out.lstrip().startswith("{"):
+        docs = er.json_docs(out)
+        return {k: sum(doc["totals"][k] for doc in docs) for k in ACCOUNTS}
+    m = _HEALTH.search(_read(d, "kvmexit.err"))
+    assert m, "no closing line in %s/kvmexit.err" % d
+    return {k: int(m.group(k)) for k in ACCOUNTS}
+
+
+def _offline_accounts(trace: str) -> dict:
+    src = os.environ.get("KVMEXIT_ARM64_SRC") or os.path.join(os.path.dirname(os.path.dirname(HERE)), "src", "kvmexit")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(src))
+    cmd = [sys.executable, "-m", "kvmexit", "report", "--json", trace]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    totals = er.json_docs(p.stdout)[0]["totals"]
+    return {k: totals[k] for k in ACCOUNTS}
+
+
+@pytest.mark.parametrize("name", ["live", "interval", "compat", "abandon"])
+def test_live_and_offline_accounting_agree(results, name):
+    """kvmexit live and `kvmexit report` on the ftrace capture of the same run (with
+    sched:sched_process_exit, as `kvmexit record` records it) account for every exit alike.
+    Every vCPU thread ends with an exit open: the VMM's "done" MMIO exit, or, in `abandon`, the
+    exit the kill interrupted. Both threads died, so both exits are abandoned, none open."""
+    d = os.path.join(results, name)
+    if not os.path.isdir(d) or _exists(d, "attach_failed"):
+        pytest.fail("scenario %s did not run kvmexit (crash: %s)" % (name, Scenario._crash(results, name)))
+    assert int(_read(d, "rc").strip()) == 0, _read(d, "kvmexit.err")[-3000:]
+    live = _live_accounts(d)
+    offline = _offline_accounts(os.path.join(d, "trace"))
+    print("\n%s: live %s\n%s  offline %s" % (name, live, " " * len(name), offline))
+    assert live == offline
+    assert live["abandoned"] == 2 and live["open"] == 0, live
+    if name == "abandon":
+        assert "rc=-9" in _read(d, "vmm.err"), "the VMM was not killed mid-run"
+        assert live["pairs"] > 0

@@ -68,7 +68,7 @@ def test_an_idle_host_is_explained_once_then_when_it_changes():
     assert lines == [
         "kvmexit: no KVM exits traced (no VMs are running)",
         "kvmexit: no KVM exits traced (2 VMs exist)",
-        "kvmexit: 1 exits: 1 paired, 0 open, 0 unfinished; 0 unpaired entries; map full: 0 start, 0 stats; "
-        "0 abandoned by exited threads",
+        "kvmexit: 1 exits: 1 paired, 0 open, 0 unfinished, 0 abandoned by exited threads; 0 unpaired entries; "
+        "map full: 0 start, 0 stats",
         "kvmexit: no KVM exits traced (2 VMs exist)",
     ]

@@ -109,6 +109,20 @@ def kvmexit_program_ids() -> set:
     return {p["id"] for p in listing if p.get("name", "").startswith("kvmexit_")}
 
 
+def program_ids_of(pid: int) -> set:
+    """IDs of the BPF programs process ``pid`` holds open (from /proc/PID/fdinfo)."""
+    ids = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)) != "anon_inode:bpf-prog":
+                continue
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                ids.update(int(line.split()[1]) for line in f if line.startswith("prog_id:"))
+        except OSError:
+            continue
+    return ids
+
+
 def released(proc, timeout=5.0) -> bool:
     """The programs ``proc`` loaded are gone (the kernel frees them after an RCU grace period).
     Only its own: other processes may run kvmexit at the same time."""
@@ -121,7 +135,6 @@ def released(proc, timeout=5.0) -> bool:
 
 
 def start_tracing(*args: str, module="kvmexit"):
-    before = kvmexit_program_ids()
     proc = subprocess.Popen(
         [sys.executable, "-m", module, *args],
         stdout=subprocess.PIPE,
@@ -131,8 +144,8 @@ def start_tracing(*args: str, module="kvmexit"):
     )
     line = proc.stderr.readline()  # blocks until attached (or failed)
     assert line.startswith("kvmexit: tracing"), line + proc.stderr.read()
-    proc.program_ids = kvmexit_program_ids() - before
-    assert proc.program_ids, "no kvmexit_* program loaded while tracing"
+    proc.program_ids = program_ids_of(proc.pid)
+    assert proc.program_ids and proc.program_ids <= kvmexit_program_ids(), "no kvmexit_* program loaded"
     return proc
 
 

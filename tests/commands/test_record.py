@@ -86,6 +86,8 @@ def test_duration_records_and_cleans_up(tmp_path, duration):
     first = out.read_text().splitlines()[0]
     assert first.startswith("# kvmexit record: layout=")
     assert "kvm_exit,kvm_entry" in first
+    # thread exits too, so report can tell an exit abandoned by its thread from an open one
+    assert "sched:sched_process_exit" in first.split("events=")[1].split()[0].split(",")
     names = json.loads((tmp_path / "vm.trace.names.json").read_text())
     assert names["layout"] in ("x86", "arm64", "arm64-4.19", "arm64-openeuler-4.19", "arm64-openeuler-5.10")
     assert "kvm_exit" in names["formats"]

@@ -32,7 +32,9 @@ def test_table_has_the_live_columns(capsys):
     lines = out.splitlines()
     assert lines[0].split() == ["TGID", "TID", "VM", "VCPU", "REASON", "COUNT", "AVG", "MIN", "MAX", "P99", "HALT%"]
     assert lines[1].split()[:6] == ["1200", "1202", "-", "1", "IRQ", "5"]
-    assert "kvmexit: 26 exits: 23 paired, 2 open, 1 unfinished; 1 unpaired entries" in out
+    assert (
+        "kvmexit: 26 exits: 23 paired, 2 open, 1 unfinished, 0 abandoned by exited threads; 1 unpaired entries" in out
+    )
     assert err == ""
 
 

@@ -160,11 +160,11 @@ def test_production_program_attaches_here_and_detaches_cleanly():
     try:
         listing = prog_names()
         assert "kvmexit_exit" in listing and "kvmexit_entry" in listing
-        assert len(bpf_descriptors_of_this_process()) > len(before)
+        assert new_descriptors(before)
     finally:
         src.close()
     # This process's programs and attachments only: other processes may trace at the same time.
-    assert bpf_descriptors_of_this_process() == before
+    assert new_descriptors(before) == set()
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
@@ -271,7 +271,8 @@ def test_open_exit_of_an_exited_thread_is_abandoned_not_leaked(arm64):
         time.sleep(0.02)
         snap = arm64.snapshot()
     assert snap.health.abandoned == 1
-    assert by_label(snap, tid) == {"WFx": (1, 0, 0, 1)}
+    assert by_label(snap, tid) == {"WFx": (1, 0, 0, 0)}  # (exits, pairs, open, unfinished)
+    assert [s.abandoned for k, s in snap.stats.items() if k.tid == tid] == [1]
     assert len(arm64.source.bpf["starts"]) == 0
     assert arm64.snapshot().health.abandoned == 1  # counted once
 
@@ -579,21 +580,26 @@ def test_kernel_record_is_generated_from_the_one_field_table(arm64):
 # -- a failed attach ----------------------------------------------------------------------------
 
 
-def bpf_descriptors_of_this_process() -> list:
-    """This process's open BPF programs, links and perf events (attachments), by fd target:
-    scoped to this process, unlike bpftool's list, which shows other helpers' programs too."""
+def bpf_descriptors_of_this_process() -> set:
+    """This process's open BPF programs, links and perf events (attachments), as (fd, kind):
+    scoped to this process, unlike bpftool's list, which shows other helpers' programs too.
+    Compare with :func:`new_descriptors`: earlier tests' objects may be closed meanwhile."""
     import os
 
     kinds = ("anon_inode:bpf-prog", "anon_inode:bpf-link", "anon_inode:[perf_event]")
-    out = []
+    out = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink("/proc/self/fd/" + fd)
         except OSError:
             continue
         if target in kinds:
-            out.append(target)
-    return sorted(out)
+            out.add((int(fd), target))
+    return out
+
+
+def new_descriptors(before: set) -> set:
+    return bpf_descriptors_of_this_process() - before
 
 
 def test_a_failed_attach_is_one_line_and_leaves_nothing_attached(capfd):
@@ -605,10 +611,10 @@ def test_a_failed_attach_is_one_line_and_leaves_nothing_attached(capfd):
     before = bpf_descriptors_of_this_process()
     control = LiveSource(live_layout()).open()
     try:  # the check below sees attached programs at all
-        assert "anon_inode:bpf-prog" in bpf_descriptors_of_this_process()
+        assert "anon_inode:bpf-prog" in {kind for _, kind in new_descriptors(before)}
     finally:
         control.close()
-    assert bpf_descriptors_of_this_process() == before
+    assert new_descriptors(before) == set()
     src = LiveSource(live_layout())
     bad = (*src.program.attach[:1], ("raw", "kvm:no_such_event", "kvmexit_entry"))
     src.program = dataclasses.replace(src.program, attach=bad)
@@ -619,4 +625,44 @@ def test_a_failed_attach_is_one_line_and_leaves_nothing_attached(capfd):
     assert "\n" not in message and "nothing was left attached" in (e.value.hint or "")
     assert src.bpf is None
     assert capfd.readouterr().err == ""  # libbcc's own message went into the one line
-    assert bpf_descriptors_of_this_process() == before
+    assert new_descriptors(before) == set()
+
+
+# -- abandoned exits: live and offline alike ------------------------------------------------------
+
+
+def test_a_dead_threads_open_exit_is_abandoned_live_and_offline_alike(arm64):
+    """The same events through the kernel programs and through the offline rules: a thread that
+    dies with an exit open (the VMM thread returned to user space and exited) is *abandoned*
+    in both, and the snapshot that finds it says so in its health too."""
+    from kvmexit.sources.trace.pairing import Pairer
+
+    pairer = Pairer()
+
+    def vcpu_that_dies():
+        tid = threading.get_native_id()
+        arm64.arm64_exit(TRAP, EC_HVC64)
+        pairer.exit(1, tid, TRAP, EC_HVC64)
+        arm64.entry()
+        pairer.entry(2, tid)
+        arm64.arm64_exit(TRAP, EC_DABT_LOW)  # the last exit: user space ends the thread
+        pairer.exit(3, tid, TRAP, EC_DABT_LOW)
+
+    dead = in_thread(vcpu_that_dies)
+    pairer.thread_exit(dead)  # what sched_process_exit tells the offline reader
+    alive = threading.get_native_id()
+    arm64.arm64_exit(IRQ, 0)  # stays open: this thread lives on
+    pairer.exit(4, alive, IRQ, 0)
+
+    def totals(snap):
+        mine = [s for k, s in snap.stats.items() if k.tid in (dead, alive)]
+        return tuple(sum(getattr(s, f) for s in mine) for f in ("pairs", "open", "unfinished", "abandoned"))
+
+    deadline = time.monotonic() + 5
+    snap = arm64.snapshot()
+    while totals(snap)[3] == 0 and time.monotonic() < deadline:  # until the task is reaped
+        time.sleep(0.02)
+        snap = arm64.snapshot()
+    offline = pairer.snapshot("arm64")
+    assert totals(snap) == totals(offline) == (1, 1, 0, 1)  # pairs, open, unfinished, abandoned
+    assert snap.health.abandoned == offline.health.abandoned == 1  # in the same snapshot

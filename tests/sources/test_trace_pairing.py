@@ -115,3 +115,42 @@ def test_reader_equals_reference(events, layout):
         (k.tid, k.code, k.detail): v for k, v in want.stats.items()
     }
     assert got.snapshot.health.unpaired_entries == want.health.unpaired_entries
+
+
+ABANDON_TRACE = b"""\
+# tracer: nop
+       CPU 0/KVM-136     [001] .....    18.196160: kvm_exit: TRAP: HSR_EC: 0x0016 (HVC64), PC: 0x0000000040000000
+       CPU 0/KVM-136     [001] d....    18.196200: kvm_entry: PC: 0x0000000040000004
+       CPU 0/KVM-136     [001] .....    18.196300: kvm_exit: TRAP: HSR_EC: 0x0024 (DABT_LOW), PC: 0x0000000040000008
+       CPU 1/KVM-137     [000] .....    18.196310: kvm_exit: IRQ: HSR_EC: 0x0000 (UNKNOWN), PC: 0x0000000041000000
+       CPU 0/KVM-136     [001] .....    18.197000: sched_process_exit: comm=CPU 0/KVM pid=136 prio=120 group_dead=0
+            bash-200     [000] .....    18.197100: sched_process_exit: comm=bash pid=200 prio=120 group_dead=1
+"""
+
+
+def test_an_exit_open_when_its_thread_dies_is_abandoned():
+    """sched_process_exit (kvmexit record records it) tells the offline reader what the live
+    source sees in /proc: the thread died before its entry. Other threads' exits stay open."""
+    from kvmexit.commands.common import make_report
+    from kvmexit.views import format_health
+
+    result = read_stream(io.BytesIO(ABANDON_TRACE), fmt="ftrace")
+    from kvmexit.reasons import label
+
+    rows = sorted(
+        (k.tid, label("arm64", k.code, k.detail), s.exits, s.pairs, s.open, s.unfinished, s.abandoned)
+        for k, s in result.snapshot.stats.items()
+    )
+    # (tid, reason, exits, pairs, open, unfinished, abandoned)
+    assert rows == [(136, "DABT_LOW", 1, 0, 0, 0, 1), (136, "HVC64", 1, 1, 0, 0, 0), (137, "IRQ", 1, 0, 1, 0, 0)]
+    assert result.snapshot.health.abandoned == 1
+    args = type("A", (), {"by": "thread", "sort": "count", "top": None, "reasons": [], "vms": []})()
+    line = format_health(make_report(result.snapshot, args))
+    assert line.startswith("kvmexit: 3 exits: 1 paired, 1 open, 0 unfinished, 1 abandoned by exited threads;")
+
+
+def test_without_thread_exits_the_same_exit_stays_open():
+    trace = b"".join(line + b"\n" for line in ABANDON_TRACE.splitlines() if b"sched_process_exit" not in line)
+    snap = read_stream(io.BytesIO(trace), fmt="ftrace").snapshot
+    assert sum(s.open for s in snap.stats.values()) == 2
+    assert sum(s.abandoned for s in snap.stats.values()) == 0

@@ -51,8 +51,8 @@ def test_histogram_covers_used_buckets_only():
 def test_health_line_accounts_for_everything():
     rep = build_report(SNAP, label)
     assert format_health(rep) == (
-        "kvmexit: 24 exits: 21 paired, 1 open, 2 unfinished; 0 unpaired entries; "
-        "map full: 0 start, 0 stats; 0 abandoned by exited threads"
+        "kvmexit: 24 exits: 21 paired, 1 open, 2 unfinished, 0 abandoned by exited threads; 0 unpaired entries; "
+        "map full: 0 start, 0 stats"
     )
 
 

@@ -39,6 +39,9 @@ examples:
 """
 
 KVM_EVENTS = ("kvm_exit", "kvm_entry", "kvm_trap_enter", "kvm_vcpu_wakeup")
+#: Thread exits: an exit still open when its thread dies is *abandoned*, as the live tool counts
+#: it, not open (rare events: one per thread exit on the host).
+THREAD_EXIT = ("sched", "sched_process_exit")
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
@@ -177,6 +180,8 @@ def run(args: argparse.Namespace, tracefs: Optional[str] = None, procfs: str = "
         if not inst.set_option("record-tgid", True):
             notes.append("tgids not in the trace (record-tgid is global on this kernel); the names file maps them")
         enabled = [e for e in KVM_EVENTS if inst.enable_event("kvm", e)]
+        if inst.enable_event(*THREAD_EXIT):
+            enabled.append("%s:%s" % THREAD_EXIT)
         for system, event in extra:
             if not inst.enable_event(system, event):
                 raise KvmexitError("no tracepoint %s:%s" % (system, event))

@@ -143,7 +143,7 @@ class LiveSource:
         #: False when this kernel has no kvm_vcpu_wakeup to attach to (HALT% is then unknown).
         self.halt_known = True
         self._threads: Dict[int, Tuple[Tuple[int, bytes], ThreadInfo]] = {}
-        #: Open exits of threads that died before their entry, per key; they count as unfinished.
+        #: Open exits of threads that died before their entry, per key (abandoned).
         self._abandoned: Dict[ExitKey, int] = {}
         #: New-key notifications the perf buffer dropped (their VMs may then go unnamed).
         self.lost_events = 0
@@ -297,9 +297,9 @@ class LiveSource:
         """
         now = time.monotonic_ns() if hasattr(time, "monotonic_ns") else int(time.monotonic() * 1e9)
         self.poll(0)
-        health = self.health()
         items = self._stats_items()
         opened = self._open_exits()
+        health = self.health()  # after _open_exits, which finds the abandoned exits
         stats: Dict[ExitKey, ExitStats] = {}
         threads: Dict[int, ThreadInfo] = {}
         comms: Dict[int, bytes] = {}
@@ -307,11 +307,11 @@ class LiveSource:
             comms.setdefault(key.tid, comm)
             more_open, abandoned = opened.get(key, 0), self._abandoned.get(key, 0)
             if more_open or abandoned:
-                st = st._replace(open=more_open, unfinished=st.unfinished + abandoned)
+                st = st._replace(open=more_open, abandoned=abandoned)
             stats[key] = st
         for key in set(opened) | set(self._abandoned):
             if key not in stats:
-                stats[key] = ExitStats(open=opened.get(key, 0), unfinished=self._abandoned.get(key, 0))
+                stats[key] = ExitStats(open=opened.get(key, 0), abandoned=self._abandoned.get(key, 0))
         for key in stats:
             if key.tid not in threads:
                 # The kernel always knows the tgid; only trace files may not (ExitKey.tgid None).

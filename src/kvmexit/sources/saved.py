@@ -198,7 +198,7 @@ def _stats(row: Dict[str, Any]) -> ExitStats:
             values[name] = row[name]
     stats = ExitStats(**values)
     if stats.exits != row["count"]:
-        raise ValueError("row count %d is not pairs + unfinished + open (%d)" % (row["count"], stats.exits))
+        raise ValueError("row count %d is not pairs + unfinished + open + abandoned (%d)" % (row["count"], stats.exits))
     if stats.pairs > 0 and "hist" not in row:
         raise ValueError("a row with pairs has no histogram")
     if "hist" in row and sum(stats.hist) != stats.pairs:
@@ -248,6 +248,9 @@ def _assemble(docs: List[Dict[str, Any]], path: str, schema: str) -> SavedReport
                 pairs=t["pairs"],
                 unfinished=t["unfinished"],
                 open=t["open"],
+                # Before rows had "abandoned", those exits were in "unfinished" and totals' count
+                # of them was only a health note.
+                abandoned=t["abandoned"] if all("abandoned" in r for r in doc["rows"]) else 0,
                 total_ns=t["total_ns"],
                 halt_ns=t["halt_ns"] or 0,
             )

@@ -24,6 +24,7 @@ CSV_COLUMNS = (
     "pairs",
     "open",
     "unfinished",
+    "abandoned",
     "total_ns",
     "avg_ns",
     "min_ns",

@@ -26,6 +26,7 @@ def row_dict(row: Row, with_hist: bool = True, halt_known: bool = True) -> Dict[
         "pairs": st.pairs,
         "open": st.open,
         "unfinished": st.unfinished,
+        "abandoned": st.abandoned,
         "total_ns": st.total_ns,
         "avg_ns": row.avg_ns,
         "min_ns": st.min_ns,
@@ -70,6 +71,6 @@ def report_document(
             "unpaired_entries": h.unpaired_entries,
             "start_map_full": h.start_map_full,
             "stats_map_full": h.stats_map_full,
-            "abandoned": h.abandoned,
+            "abandoned": t.abandoned,
         },
     }

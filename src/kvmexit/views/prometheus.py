@@ -149,7 +149,7 @@ class ExitCollector:
         )
         yield CounterMetricFamily(
             "kvmexit_unfinished_exits",
-            "Exits followed by another exit before any entry (a missed kvm_entry) or abandoned",
+            "Exits followed by another exit before any entry (a missed kvm_entry)",
             value=totals.unfinished,
         )
         yield CounterMetricFamily(

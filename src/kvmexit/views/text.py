@@ -113,16 +113,16 @@ def format_health(report: Report, why_empty: Optional[str] = None) -> str:
     if t.exits == 0 and h.unpaired_entries == 0:
         return "kvmexit: no KVM exits traced" + (" (%s)" % why_empty if why_empty else "")
     return (
-        "kvmexit: %d exits: %d paired, %d open, %d unfinished; %d unpaired entries; "
-        "map full: %d start, %d stats; %d abandoned by exited threads"
+        "kvmexit: %d exits: %d paired, %d open, %d unfinished, %d abandoned by exited threads; "
+        "%d unpaired entries; map full: %d start, %d stats"
         % (
             t.exits,
             t.pairs,
             t.open,
             t.unfinished,
+            t.abandoned,
             h.unpaired_entries,
             h.start_map_full,
             h.stats_map_full,
-            h.abandoned,
         )
     )

@@ -77,15 +77,16 @@ def bpftool_progs():
 
 
 class Ftrace:
-    """kvm:kvm_exit + kvm:kvm_entry (+ kvm:kvm_vcpu_wakeup: halt time) in a private tracefs instance."""
+    """kvm:kvm_exit + kvm:kvm_entry (+ kvm:kvm_vcpu_wakeup: halt time; sched:sched_process_exit:
+    which threads died, as kvmexit record records it) in a private tracefs instance."""
 
     def __init__(self):
         if not os.path.isdir(INSTANCE):
             os.mkdir(INSTANCE)
         self._w("buffer_size_kb", "16384")
         self._w("tracing_on", "0")
-        for ev in ("kvm_exit", "kvm_entry", "kvm_vcpu_wakeup"):
-            self._w("events/kvm/%s/enable" % ev, "1")
+        for ev in ("kvm/kvm_exit", "kvm/kvm_entry", "kvm/kvm_vcpu_wakeup", "sched/sched_process_exit"):
+            self._w("events/%s/enable" % ev, "1")
 
     def _w(self, rel, val):
         with open(os.path.join(INSTANCE, rel), "w") as f:
@@ -214,6 +215,36 @@ def traced_scenario(name, args, module="kvmexit", ftrace=None):
     write(os.path.join(outdir, "bpftool_after.json"), bpftool_progs())
 
 
+def scenario_abandon(ftrace):
+    """The VMM killed while its vCPUs run (a crashed or killed QEMU): each vCPU thread dies with
+    an exit open, which kvmexit must count as abandoned, live and from the trace alike."""
+    outdir = os.path.join(RESULTS, "abandon")
+    os.makedirs(outdir)
+    say("scenario abandon: kvmexit --json, VMM killed mid-run")
+    write(os.path.join(outdir, "bpftool_before.json"), bpftool_progs())
+    k = Kvmexit(outdir, ["--json"])
+    if not k.start():
+        write(os.path.join(outdir, "attach_failed"), "1\n")
+        write(os.path.join(outdir, "bpftool_after.json"), bpftool_progs())
+        return
+    write(os.path.join(outdir, "bpftool_attached.json"), bpftool_progs())
+    ftrace.start()
+    specs = [CONF.get("ABANDON_VCPU0", "1000000:0:0:0"), CONF.get("ABANDON_VCPU1", "0:1000000:0:0")]
+    vmm = subprocess.Popen(vmm_args(specs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    time.sleep(float(CONF.get("ABANDON_AFTER_S", "3")))
+    vmm.kill()
+    out, err = vmm.communicate()
+    write(os.path.join(outdir, "vmm.out"), out)
+    write(os.path.join(outdir, "vmm.err"), err + "\nrc=%d\n" % vmm.returncode)
+    say("abandon: VMM pid %d killed, rc=%d" % (vmm.pid, vmm.returncode))
+    time.sleep(0.5)  # the threads' exits reach the trace
+    ftrace.stop(outdir)
+    time.sleep(1.5)
+    k.stop()
+    time.sleep(1)
+    write(os.path.join(outdir, "bpftool_after.json"), bpftool_progs())
+
+
 def scenario_meta():
     outdir = os.path.join(RESULTS, "meta")
     os.makedirs(outdir)
@@ -311,9 +342,13 @@ def main():
                 ("live", lambda: traced_scenario("live", ["--json", "--by", "thread"], ftrace=ftrace)),
                 ("interval", lambda: traced_scenario("interval", ["-i", "1", "--json"], ftrace=ftrace)),
                 ("compat", lambda: traced_scenario("compat", [], module=compat_module(), ftrace=ftrace)),
+                ("abandon", lambda: scenario_abandon(ftrace)),
                 ("cost", scenario_cost),
             ]
+    only = ENV.get("KVMEXIT_E2E_SCENARIOS", "").split(",")  # development: e.g. "abandon"
     for name, fn in steps:
+        if only != [""] and name not in only:
+            continue
         try:
             fn()
         except Exception as e:  # record and go on with the next scenario

@@ -10,6 +10,8 @@ This mirrors ``bpf/kvmexit.bpf.c`` exactly (see the rules in :mod:`kvmexit.model
 - ``kvm_trap_enter`` (openEuler 5.10+) sets the class of an open TRAP exit, keeping the SError flag
   (the reader applies it only on that layout: elsewhere ``kvm_exit`` carries the class);
 - ``kvm_vcpu_wakeup`` adds its ``ns`` to the open exit's halt time;
+- ``sched_process_exit`` of a thread with an open exit: that exit is *abandoned* (the thread
+  died before its entry), as the live source counts it;
 - at the end, exits still open are reported as ``open``.
 
 Trace files add one rule the kernel does not need: a ring-buffer overrun on a CPU (``[LOST N
@@ -59,8 +61,8 @@ def new_acc() -> list:
     return acc
 
 
-def acc_stats(acc: list, open_: int = 0) -> ExitStats:
-    """An accumulator as ExitStats (``open_`` is the gauge user space adds)."""
+def acc_stats(acc: list, open_: int = 0, abandoned: int = 0) -> ExitStats:
+    """An accumulator as ExitStats (``open_`` and ``abandoned`` are what user space adds)."""
     fields = {}
     paired = acc[A_PAIRS] > 0
     for f, value in zip(KERNEL_FIELDS, acc):
@@ -69,7 +71,7 @@ def acc_stats(acc: list, open_: int = 0) -> ExitStats:
         elif f.merge in ("min", "max") and not paired:
             value = None
         fields[f.name] = value
-    return ExitStats(open=open_, **fields)
+    return ExitStats(open=open_, abandoned=abandoned, **fields)
 
 
 @dataclass
@@ -124,6 +126,8 @@ class Pairer:
         self.tgid: Dict[int, int] = {}
         self.comm: Dict[int, str] = {}
         self.unpaired_entries = 0
+        #: (tid, code, detail) -> open exits of threads that exited before their entry
+        self.abandoned: Dict[Tuple[int, int, int], int] = {}
         self.wakeups = 0  # kvm_vcpu_wakeup events seen: without any, halt time is unknown
         self.health = TraceHealth()
         self.first_ns: Optional[int] = None
@@ -174,6 +178,12 @@ class Pairer:
         if s is not None:
             s[S_HALT] += ns
 
+    def thread_exit(self, tid: int) -> None:
+        """``sched_process_exit`` of ``tid``: its open exit, if any, will never see its entry."""
+        s = self.starts.pop(tid, None)
+        if s is not None:
+            self.abandoned[s[S_KEY]] = self.abandoned.get(s[S_KEY], 0) + 1
+
     def lost(self, cpu: int, n: Optional[int]) -> None:
         """A gap in ``cpu``'s events: close the open exits that started there as unfinished."""
         self.health.add_lost(cpu, n)
@@ -206,12 +216,12 @@ class Pairer:
         for s in self.starts.values():
             opens[s[S_KEY]] = opens.get(s[S_KEY], 0) + 1
         stats: Dict[ExitKey, ExitStats] = {}
-        for key in set(acc_by_key) | set(opens):
+        for key in set(acc_by_key) | set(opens) | set(self.abandoned):
             tid, code, detail = key
             acc = acc_by_key.get(key) or new_acc()
             tgid = self.tgid.get(tid, tgids.get(tid))
             ek = ExitKey(tgid, tid, code, detail)
-            st = acc_stats(acc, opens.get(key, 0))
+            st = acc_stats(acc, opens.get(key, 0), self.abandoned.get(key, 0))
             stats[ek] = stats[ek].merge(st) if ek in stats else st
         threads: Dict[int, ThreadInfo] = {}
         for tid in {k.tid for k in stats}:
@@ -227,7 +237,7 @@ class Pairer:
         return Snapshot(
             arch=arch,
             stats=stats,
-            health=Health(unpaired_entries=self.unpaired_entries),
+            health=Health(unpaired_entries=self.unpaired_entries, abandoned=sum(self.abandoned.values())),
             threads=threads,
             time_ns=span,
             halt_known=self.wakeups > 0,  # without kvm_vcpu_wakeup events, halt time is unknown

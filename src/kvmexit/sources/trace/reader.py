@@ -360,6 +360,8 @@ def _loop(
     sysp = b"kvm:" if fmt == "perf" else b""
     E_EXIT, E_ENTRY = sysp + b"kvm_exit", sysp + b"kvm_entry"
     E_WAKE, E_TRAP = sysp + b"kvm_vcpu_wakeup", sysp + b"kvm_trap_enter"
+    # A thread's death: its open exit is abandoned (pairing.Pairer.thread_exit). Not a kvm event.
+    E_GONE = (b"sched:" if fmt == "perf" else b"") + b"sched_process_exit"
     heads: Dict[bytes, tuple] = {}
     heads_get = heads.get
     n = n_exit = n_entry = n_other = n_ignored = n_filtered = unpaired = negative = 0
@@ -386,7 +388,7 @@ def _loop(
         comm, tid_b, tgid_b, cpu_b, sec, frac, ev, payload = m.group(*order)
         if sys_group is not None:
             ev = m.group(sys_group) + b":" + ev
-        if ev != E_ENTRY and ev != E_EXIT and ev != E_WAKE and ev != E_TRAP:
+        if ev != E_ENTRY and ev != E_EXIT and ev != E_WAKE and ev != E_TRAP and ev != E_GONE:
             n_other += 1
             return None
         tid = int(tid_b)
@@ -419,7 +421,7 @@ def _loop(
                 # The grammar's bounds: 1-20 digits of seconds, at most 9 of fraction.
                 if not (0 < len(sec) <= MAX_DIGITS and len(frac) <= MAX_FRACTION and digits.isdigit()):
                     info = None
-        if info is None or (ev != E_ENTRY and ev != E_EXIT and ev != E_WAKE and ev != E_TRAP):
+        if info is None or (ev != E_ENTRY and ev != E_EXIT and ev != E_WAKE and ev != E_TRAP and ev != E_GONE):
             g = grammar(line, parts)
             if g is None:
                 continue
@@ -492,6 +494,10 @@ def _loop(
                     acc = stats[pk] = new_acc()
                 acc[A_UNFIN] += 1
             starts[tid] = [ts, (tid, val[0], val[1]), 0, info[2]]
+        elif ev == E_GONE:
+            n_other += 1  # not a kvm event: a trace of thread exits alone is still no KVM trace
+            if info[4] and tid in starts:
+                pairer.thread_exit(tid)
         else:
             if ev == E_TRAP:
                 ec = (decoder or Decoder("arm64-openeuler-5.10")).trap(payload)
