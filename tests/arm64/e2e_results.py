@@ -160,3 +160,131 @@ def parse_compat(text: str) -> Tuple[List[str], List[dict]]:
 def bpf_progs(text: str) -> List[dict]:
     text = text.strip()
     return json.loads(text) if text else []
+
+
+# --- sub-reasons: the kernel's own events inside each exit (docs/subreasons.md) ---------------
+
+_ANY = re.compile(
+    r"^\s*(?P<comm>.*?)-(?P<tid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+\S+\s+"
+    r"(?P<ts>[\d.]+):\s+(?P<event>kvm_\w+):\s*(?P<body>.*)$"
+)
+_HVC = re.compile(r"^HVC at 0x[0-9a-f]+ \(r0: 0x(?P<r0>[0-9a-f]+), imm: 0x[0-9a-f]+\)$")
+_HSR = re.compile(r"^HSR 0x(?P<esr>[0-9a-f]+)$")
+_MMIO = re.compile(r"^mmio (?P<type>\S+) len (?P<len>\d+) gpa 0x(?P<gpa>[0-9a-f]+) val 0x[0-9a-f]+$")
+_USER = re.compile(r"^reason (?P<name>\S+) \((?P<num>-?\d+)\)$")
+_WFX = re.compile(r"^guest executed wf(?P<k>[ie]) at: 0x[0-9a-f]+$")
+
+
+def sysreg_of_esr(esr: int) -> Tuple[Tuple[int, int, int, int, int], str]:
+    """(Op0, Op1, CRn, CRm, Op2), "read"/"write" from an EC 0x18 ESR (Arm ARM ISS layout)."""
+    enc = ((esr >> 20) & 3, (esr >> 14) & 7, (esr >> 10) & 15, (esr >> 1) & 15, (esr >> 17) & 7)
+    return enc, ("read" if esr & 1 else "write")
+
+
+class Exit:
+    __slots__ = ("events", "label", "paired", "tid")
+
+    def __init__(self, tid: int, label: str) -> None:
+        self.tid = tid
+        self.label = label
+        self.events: List[Tuple[str, str]] = []
+        self.paired = False
+
+    def kinds(self) -> List[str]:
+        return [e for e, _b in self.events]
+
+
+class SubFtrace:
+    """Every exit of a trace with the kvm events that fired inside it (same thread, before its entry)."""
+
+    def __init__(self, text: str) -> None:
+        self.exits: List[Exit] = []
+        #: kvm events (not exit/entry/wakeup) on a thread with no open exit.
+        self.outside: List[Tuple[int, str, str]] = []
+        self.lines: List[Tuple[str, str]] = []  # (event, body) of every sub-reason event line
+        open_exit: Dict[int, Exit] = {}
+        for line in text.splitlines():
+            m = _ANY.match(line)
+            if not m:
+                continue
+            tid, event, body = int(m.group("tid")), m.group("event"), m.group("body")
+            if event == "kvm_exit":
+                e = Exit(tid, exit_label(body))
+                self.exits.append(e)
+                open_exit[tid] = e
+            elif event == "kvm_entry":
+                e = open_exit.pop(tid, None)
+                if e is not None:
+                    e.paired = True
+            elif event == "kvm_vcpu_wakeup":
+                continue
+            else:
+                self.lines.append((event, body))
+                if tid in open_exit:
+                    open_exit[tid].events.append((event, body))
+                else:
+                    self.outside.append((tid, event, body))
+
+    def by_tid(self, tid: int) -> List[Exit]:
+        return [e for e in self.exits if e.tid == tid]
+
+    def hvc_functions(self, tid: int) -> Counter:
+        out: Counter = Counter()
+        for e in self.by_tid(tid):
+            for ev, body in e.events:
+                if ev == "kvm_hvc_arm64":
+                    m = _HVC.match(body)
+                    if not m:
+                        raise ValueError("unparsed kvm_hvc_arm64: %r" % body)
+                    out[int(m.group("r0"), 16)] += 1
+        return out
+
+    def sysregs(self, tid: int) -> Counter:
+        out: Counter = Counter()
+        for e in self.by_tid(tid):
+            for ev, body in e.events:
+                if ev == "kvm_handle_sys_reg":
+                    m = _HSR.match(body)
+                    if not m:
+                        raise ValueError("unparsed kvm_handle_sys_reg: %r" % body)
+                    out[sysreg_of_esr(int(m.group("esr"), 16))] += 1
+        return out
+
+    def abort_kinds(self, tid: int, label: str = "DABT_LOW") -> Counter:
+        """Per exit of the class: user-mmio (kvm_mmio and a KVM_EXIT_MMIO user-space exit),
+        kernel-mmio (kvm_mmio, no user-space exit), memory (kvm_guest_fault only), or other."""
+        out: Counter = Counter()
+        for e in self.by_tid(tid):
+            if e.label != label:
+                continue
+            kinds = e.kinds()
+            user_mmio = any(ev == "kvm_userspace_exit" and "KVM_EXIT_MMIO" in b for ev, b in e.events)
+            if "kvm_guest_fault" not in kinds:
+                out["other"] += 1
+            elif "kvm_mmio" in kinds:
+                out["user-mmio" if user_mmio else "kernel-mmio"] += 1
+            else:
+                out["memory"] += 1
+        return out
+
+    def mmio_addresses(self, tid: int) -> Counter:
+        out: Counter = Counter()
+        for e in self.by_tid(tid):
+            for ev, body in e.events:
+                if ev == "kvm_mmio":
+                    m = _MMIO.match(body)
+                    if not m:
+                        raise ValueError("unparsed kvm_mmio: %r" % body)
+                    out[(m.group("type"), int(m.group("gpa"), 16))] += 1
+        return out
+
+    def wfx_kinds(self, tid: int) -> Counter:
+        out: Counter = Counter()
+        for e in self.by_tid(tid):
+            for ev, body in e.events:
+                if ev == "kvm_wfx_arm64":
+                    m = _WFX.match(body)
+                    if not m:
+                        raise ValueError("unparsed kvm_wfx_arm64: %r" % body)
+                    out["wf" + m.group("k")] += 1
+        return out

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
@@ -25,6 +26,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import e2e_results as er  # noqa: E402
+
+from kvmexit.reasons import arm64_calls, arm64_iss  # noqa: E402
+from kvmexit.sources.trace import subdecode  # noqa: E402
 
 pytestmark = pytest.mark.arm64
 
@@ -398,3 +402,150 @@ def test_live_and_offline_accounting_agree(results, name):
     if name == "abandon":
         assert "rc=-9" in _read(d, "vmm.err"), "the VMM was not killed mid-run"
         assert live["pairs"] > 0
+
+
+# --- sub-reasons (the `subreasons` scenario) ----------------------------------------------------
+#
+# e2evmm with SUB_VCPU0/SUB_VCPU1 of scenario.conf: PSCI and SMCCC calls (and an unknown function
+# id), trapped system register reads and writes, MMIO to the VMM and to the in-kernel vGIC, first
+# touches of fresh guest pages, under kvmexit and an ftrace instance with the sub-reason events
+# (docs/subreasons.md). The truth is the kernel's own events, parsed by e2e_results independently
+# of kvmexit; the guest code's counts check that the scenario made what it says.
+
+#: The 8 function ids of e2evmm's CALLS loop, with kvmexit's names for them.
+CALLS = {
+    0x84000000: "PSCI_VERSION",
+    0x8400000A: "PSCI_FEATURES",
+    0xC4000004: "PSCI_AFFINITY_INFO64",
+    0x80000000: "SMCCC_VERSION",
+    0x80000001: "SMCCC_ARCH_FEATURES",
+    0x86000000: "KVM_FEATURES",
+    0x84000050: "TRNG_VERSION",
+    0x8400FFFF: "FN_0x8400ffff",
+}
+ID_AA64PFR0 = ((3, 0, 0, 4, 0), "read")
+OSLAR = ((2, 0, 1, 0, 4), "write")
+OSLSR = ((2, 0, 1, 1, 4), "read")
+MMIO_ADDR, DONE_ADDR, GICD_BASE, GICR_BASE = 0x09000000, 0x09001000, 0x08000000, 0x080A0000
+
+
+class Sub(Scenario):
+    def __init__(self, res: str) -> None:
+        super().__init__(res, "subreasons")
+        self.sub = er.SubFtrace(_read(self.dir, "trace"))
+
+
+@pytest.fixture(scope="session")
+def sub(results):
+    return Sub(results)
+
+
+def _each_vcpu(sub):
+    for tid, idx in sorted(sub.tids().items()):
+        yield tid, idx, sub.vcpus[idx]
+
+
+def test_scenario_ran_its_workload(sub):
+    sub.check_ftrace_complete()
+    for _tid, idx, v in _each_vcpu(sub):
+        assert v["calls"] and v["sysrw"] and v["gic"] and v["pages"], "vCPU %d spec has no sub-reason work: %r" % (
+            idx,
+            v,
+        )
+
+
+def test_hypercall_functions_equal_the_guest_code(sub):
+    for tid, idx, v in _each_vcpu(sub):
+        want = Counter({fid: v["calls"] for fid in CALLS})
+        want[0] = v["hvc"]
+        got = sub.sub.hvc_functions(tid)
+        print("\nvCPU %d hypercalls (kernel's kvm_hvc_arm64): %s" % (idx, {hex(k): n for k, n in sorted(got.items())}))
+        assert got == want, "vCPU %d" % idx
+        hvc_exits = [e for e in sub.sub.by_tid(tid) if e.label == "HVC64"]
+        assert len(hvc_exits) == v["hvc"] + 8 * v["calls"]
+        assert all(e.kinds().count("kvm_hvc_arm64") == 1 for e in hvc_exits), "one kvm_hvc_arm64 in each HVC64 exit"
+
+
+def test_system_registers_equal_the_guest_code(sub):
+    for tid, idx, v in _each_vcpu(sub):
+        want = Counter({ID_AA64PFR0: v["sys"], OSLAR: v["sysrw"], OSLSR: v["sysrw"]})
+        got = sub.sub.sysregs(tid)
+        print("\nvCPU %d system registers (kernel's kvm_handle_sys_reg ESR): %s" % (idx, dict(got)))
+        assert got == want, "vCPU %d" % idx
+        sys_exits = [e for e in sub.sub.by_tid(tid) if e.label == "SYS64"]
+        assert len(sys_exits) == v["sys"] + 2 * v["sysrw"]
+        assert all(e.kinds().count("kvm_handle_sys_reg") == 1 for e in sys_exits)
+
+
+def test_aborts_are_mmio_in_user_space_in_the_kernel_or_memory(sub):
+    for tid, idx, v in _each_vcpu(sub):
+        got = sub.sub.abort_kinds(tid)
+        want = Counter({"user-mmio": v["mmio"] + 1, "kernel-mmio": 2 * v["gic"], "memory": v["pages"]})
+        print("\nvCPU %d DABT_LOW: %s" % (idx, dict(got)))
+        assert got == want, "vCPU %d" % idx
+        assert sub.sub.abort_kinds(tid, "IABT_LOW") == Counter({"memory": 1})
+        redist = GICR_BASE + idx * 0x20000 + 8
+        assert sub.sub.mmio_addresses(tid) == Counter(
+            {
+                ("write", MMIO_ADDR): v["mmio"],
+                ("write", DONE_ADDR): 1,
+                ("unsatisfied-read", GICD_BASE + 4): v["gic"],
+                ("read", GICD_BASE + 4): v["gic"],
+                ("unsatisfied-read", redist): v["gic"],
+                ("read", redist): v["gic"],
+            }
+        ), "vCPU %d" % idx
+
+
+def test_wfx_exits_are_wfi(sub):
+    for tid, idx, _v in _each_vcpu(sub):
+        wfx = [e for e in sub.sub.by_tid(tid) if e.label == "WFx"]
+        assert wfx, "vCPU %d made no WFx exit" % idx
+        assert sub.sub.wfx_kinds(tid) == Counter({"wfi": len(wfx)})
+
+
+def test_sub_events_fire_inside_an_exit(sub):
+    """Every sub-reason event is inside an open exit of its thread, but the user-space exits of a
+    KVM_RUN that a signal (the VMM's kick) ended before it entered the guest."""
+    stray = [
+        (tid, ev, body) for tid, ev, body in sub.sub.outside if not (ev == "kvm_userspace_exit" and "restart" in body)
+    ]
+    assert not stray, stray[:10]
+
+
+def test_kvmexit_counts_equal_ftrace(sub):
+    """kvmexit live in the same run, per thread and class (with the vGIC and fresh pages)."""
+    assert sub.rc == 0, sub.err[-3000:]
+    got = er.rows_by_thread(_rows(sub))
+    for tid, idx in sub.tids().items():
+        assert dict(got.get(tid, {})) == sub.expected_by_tid()[tid], "vCPU %d (tid %d)" % (idx, tid)
+
+
+def test_kvmexit_decodes_the_real_lines(sub):
+    """kvmexit's text decoder reads every sub-reason line of the capture, and names what it reads
+    as the kernel does (kvm_sys_access prints KVM's own register names)."""
+    assert sub.sub.lines
+    seen = Counter()
+    for event, body in sub.sub.lines:
+        rec = subdecode.decode_sub(event.encode(), body.encode())
+        assert rec is not None, (event, body)
+        seen[event] += 1
+        if isinstance(rec, subdecode.SysAccess):
+            # KVM's name is its SYS_DESC(SYS_...) macro's: ours with SYS_ in front.
+            assert "SYS_" + arm64_iss.sysreg_name(rec.op0, rec.op1, rec.crn, rec.crm, rec.op2) == rec.name, body
+        if isinstance(rec, subdecode.SysReg):
+            acc = arm64_iss.decode_sys64(rec.esr)
+            assert (acc.encoding, "write" if acc.is_write else "read") == er.sysreg_of_esr(rec.esr)
+        if isinstance(rec, subdecode.Hvc):
+            assert rec.r0 == 0 or arm64_calls.function_name(rec.r0) == CALLS[rec.r0], body
+    print("\nsub-reason lines decoded: %s" % dict(seen))
+    for event in (
+        "kvm_hvc_arm64",
+        "kvm_handle_sys_reg",
+        "kvm_sys_access",
+        "kvm_guest_fault",
+        "kvm_mmio",
+        "kvm_userspace_exit",
+        "kvm_wfx_arm64",
+    ):
+        assert seen[event], "no %s line in the capture" % event

@@ -76,20 +76,36 @@ def bpftool_progs():
     return ""
 
 
+#: The kernel's own events that say what an exit was (docs/subreasons.md).
+SUB_EVENTS = (
+    "kvm_wfx_arm64",
+    "kvm_hvc_arm64",
+    "kvm_handle_sys_reg",
+    "kvm_sys_access",
+    "kvm_guest_fault",
+    "kvm_access_fault",
+    "kvm_mmio",
+    "kvm_userspace_exit",
+)
+
+
 class Ftrace:
     """kvm:kvm_exit + kvm:kvm_entry (+ kvm:kvm_vcpu_wakeup: halt time; sched:sched_process_exit:
     which threads died, as kvmexit record records it) in a private tracefs instance."""
 
-    def __init__(self):
-        if not os.path.isdir(INSTANCE):
-            os.mkdir(INSTANCE)
+    def __init__(self, instance=INSTANCE, extra=()):
+        self.instance = instance
+        if not os.path.isdir(instance):
+            os.mkdir(instance)
         self._w("buffer_size_kb", "16384")
         self._w("tracing_on", "0")
-        for ev in ("kvm/kvm_exit", "kvm/kvm_entry", "kvm/kvm_vcpu_wakeup", "sched/sched_process_exit"):
-            self._w("events/%s/enable" % ev, "1")
+        for ev in ("kvm_exit", "kvm_entry", "kvm_vcpu_wakeup", "sched/sched_process_exit", *extra):
+            ev = ev if "/" in ev else "kvm/" + ev  # "sched/sched_switch"
+            if os.path.exists(os.path.join(instance, "events", ev)):
+                self._w("events/%s/enable" % ev, "1")
 
     def _w(self, rel, val):
-        with open(os.path.join(INSTANCE, rel), "w") as f:
+        with open(os.path.join(self.instance, rel), "w") as f:
             f.write(val)
 
     def start(self):
@@ -98,13 +114,13 @@ class Ftrace:
 
     def stop(self, outdir):
         self._w("tracing_on", "0")
-        with open(os.path.join(INSTANCE, "trace")) as f:
+        with open(os.path.join(self.instance, "trace")) as f:
             text = f.read()
         write(os.path.join(outdir, "trace"), text)
         stats = []
-        cpus = sorted(os.listdir(os.path.join(INSTANCE, "per_cpu")))
+        cpus = sorted(os.listdir(os.path.join(self.instance, "per_cpu")))
         for cpu in cpus:
-            with open(os.path.join(INSTANCE, "per_cpu", cpu, "stats")) as f:
+            with open(os.path.join(self.instance, "per_cpu", cpu, "stats")) as f:
                 stats.append("[%s]\n%s" % (cpu, f.read()))
         write(os.path.join(outdir, "ftrace_stats"), "\n".join(stats))
         return text
@@ -192,7 +208,7 @@ class Kvmexit:
         return rc
 
 
-def traced_scenario(name, args, module="kvmexit", ftrace=None):
+def traced_scenario(name, args, module="kvmexit", ftrace=None, specs=None):
     """Attach kvmexit, run the VMM under ftrace, stop kvmexit with SIGINT."""
     outdir = os.path.join(RESULTS, name)
     os.makedirs(outdir)
@@ -206,7 +222,7 @@ def traced_scenario(name, args, module="kvmexit", ftrace=None):
     write(os.path.join(outdir, "bpftool_attached.json"), bpftool_progs())
     if ftrace is not None:
         ftrace.start()
-    run_vmm(outdir)
+    run_vmm(outdir, specs=specs)
     if ftrace is not None:
         ftrace.stop(outdir)
     time.sleep(1.5)  # at least one more interval tick for -i 1
@@ -264,7 +280,7 @@ def scenario_meta():
     write(os.path.join(outdir, "meta.json"), json.dumps(info, indent=2, sort_keys=True))
     fmt_dir = os.path.join(RESULTS, "formats")
     os.makedirs(fmt_dir)
-    for ev in ("kvm_exit", "kvm_entry", "kvm_vcpu_wakeup"):
+    for ev in ("kvm_exit", "kvm_entry", "kvm_vcpu_wakeup", *SUB_EVENTS):
         src = os.path.join(TRACEFS, "events", "kvm", ev, "format")
         if os.path.exists(src):
             with open(src) as f:
@@ -318,6 +334,15 @@ def scenario_ab(ftrace, specs_b):
         ftrace.stop(outdir)
 
 
+def scenario_subreasons():
+    """Known sub-reasons (scenario.conf SUB_VCPU*: PSCI/SMCCC calls, sysreg reads and writes,
+    vGIC MMIO, fresh pages) under kvmexit and an ftrace instance with the sub-reason events."""
+    ftrace = Ftrace(INSTANCE + "-sub", SUB_EVENTS)
+    traced_scenario(
+        "subreasons", ["--json", "--by", "thread"], ftrace=ftrace, specs=[CONF["SUB_VCPU0"], CONF["SUB_VCPU1"]]
+    )
+
+
 def main():
     if os.path.isdir(RESULTS):
         shutil.rmtree(RESULTS)
@@ -337,13 +362,16 @@ def main():
         ftrace.stop(outdir)
         if ENV.get("KVMEXIT_E2E_B"):
             scenario_ab(ftrace, ENV["KVMEXIT_E2E_B"].split())
-        if ENV.get("KVMEXIT_E2E_ONLY", "") != "ftrace":
+        if ENV.get("KVMEXIT_E2E_ONLY", "") == "subreasons":  # harness development
+            steps = [("subreasons", scenario_subreasons)]
+        elif ENV.get("KVMEXIT_E2E_ONLY", "") != "ftrace":
             steps = [
                 ("live", lambda: traced_scenario("live", ["--json", "--by", "thread"], ftrace=ftrace)),
                 ("interval", lambda: traced_scenario("interval", ["-i", "1", "--json"], ftrace=ftrace)),
                 ("compat", lambda: traced_scenario("compat", [], module=compat_module(), ftrace=ftrace)),
                 ("abandon", lambda: scenario_abandon(ftrace)),
                 ("cost", scenario_cost),
+                ("subreasons", scenario_subreasons),
             ]
     only = ENV.get("KVMEXIT_E2E_SCENARIOS", "").split(",")  # development: e.g. "abandon"
     for name, fn in steps:
