@@ -331,3 +331,32 @@ def test_userspace_exit_reasons_equal_the_header():
     assert len(defs) >= 35
     for name, value in defs:
         assert EXIT_REASONS[int(value)] == name, name
+
+
+# --- the sub-reason key and its names ------------------------------------------------------------
+
+
+def test_sub_labels():
+    from kvmexit.reasons import subreasons as sr
+
+    assert sr.label_arm64(0x16, sr.NONE) == "-"
+    assert sr.label_arm64(0x01, sr.WFI) == "WFI" and sr.label_arm64(0x01, sr.WFE) == "WFE"
+    assert sr.label_arm64(0x16, sr.hvc_sub(0x84000003)) == "PSCI_CPU_ON"
+    assert sr.label_arm64(0x12, sr.hvc_sub(0xC4000003)) == "PSCI_CPU_ON64"
+    assert sr.label_arm64(0x16, sr.hvc_sub(0)) == "FN_0x0"  # a real call with id 0, not "none"
+    assert sr.hvc_sub(0) != sr.NONE
+    assert sr.label_arm64(0x16, sr.hvc_sub(0x1_84000003)) == "FN_0x84000003+high"
+    sgi = (0x18 << 26) | (1 << 25) | (3 << 20) | (5 << 17) | (0 << 14) | (12 << 10) | (9 << 5) | (11 << 1) | 0
+    assert sr.label_arm64(0x18, sr.sys64_sub(sgi)) == "ICC_SGI1R_EL1 write"
+    assert sr.sys64_sub(sgi) == sr.sys64_sub(sgi | (30 << 5))  # Rt is not part of the key
+    assert sr.label_arm64(0x18, sr.sys64_sub((3 << 20) | 1)) == "MIDR_EL1 read"
+    impdef = (3 << 20) | (7 << 17) | (7 << 14) | (15 << 10) | (15 << 1) | 1
+    assert sr.label_arm64(0x18, sr.sys64_sub(impdef)) == "S3_7_C15_C15_7 read"
+    assert sr.label_arm64(0x24, sr.abort_sub(sr.ABORT_MEMORY, 0x50001000)) == "memory"
+    assert sr.abort_sub(sr.ABORT_MEMORY, 0x50001000) == sr.abort_sub(sr.ABORT_MEMORY, 0x50002000)
+    assert sr.label_arm64(0x24, sr.abort_sub(sr.ABORT_USER_MMIO, 0x9000000)) == "mmio-vmm 0x9000000"
+    assert sr.label_arm64(0x24, sr.abort_sub(sr.ABORT_KERNEL_MMIO, 0x8000004)) == "mmio-kernel 0x8000004"
+    # A value that does not fit its class is a number, never dropped or mislabelled.
+    assert sr.label_arm64(0x01, 7) == "SUB_0x7"
+    assert sr.label_arm64(0x18, sr.hvc_sub(5)) == "SUB_%#x" % sr.hvc_sub(5)
+    assert sr.label_arm64(0x24, 9 << 56) == "SUB_%#x" % (9 << 56)

@@ -153,3 +153,66 @@ def test_captured_print_formats(event, fmt):
     text = (DATA / "formats" / "arm64-6.1" / event / "format").read_text()
     line = next(x for x in text.splitlines() if x.startswith("print fmt: "))
     assert line[len("print fmt: ") :].startswith(fmt + ",")
+
+
+EXIT = re.compile(rb"^(\w+): HSR_EC: 0x([0-9a-f]+) \(")
+
+
+def _sub_counts():
+    """Per tid: Counter of (class, sub-reason name) by kvmexit's rule (exit_sub_arm64) over the
+    events inside each exit of the capture (open exits at the end included, as kvmexit counts them)."""
+    from kvmexit.reasons import arm64, subreasons
+
+    counts = defaultdict(Counter)
+    open_exit = {}
+
+    def close(tid):
+        ec, recs = open_exit.pop(tid)
+        cls = arm64.EXCEPTION_CLASSES.get(ec, "IRQ") if ec is not None else "IRQ"
+        counts[tid][cls, subreasons.label_arm64(ec if ec is not None else -1, sd.exit_sub_arm64(ec or 0, recs))] += 1
+
+    for raw in TRACE.read_bytes().splitlines():
+        m = LINE.match(raw)
+        if not m:
+            continue
+        tid, event, body = int(m.group(1)), m.group(2), m.group(3)
+        if event == b"kvm_exit":
+            if tid in open_exit:
+                close(tid)
+            e = EXIT.match(body)
+            assert e, raw
+            open_exit[tid] = (int(e.group(2), 16) if e.group(1) == b"TRAP" else None, [])
+        elif event == b"kvm_entry":
+            if tid in open_exit:
+                close(tid)
+        elif event in sd.SUB_EVENTS and tid in open_exit:
+            open_exit[tid][1].append(sd.decode_sub(event, body))
+    for tid in list(open_exit):
+        close(tid)
+    return counts
+
+
+@pytest.mark.parametrize("tid", sorted(GUEST))
+def test_per_thread_sub_reason_counts_equal_the_guest_code(tid):
+    """kvmexit's offline rule gives, per thread, exactly the sub-reasons the guest made."""
+    g = GUEST[tid]
+    got = _sub_counts()[tid]
+    redist = 0x080A0000 + g["vcpu"] * 0x20000 + 8
+    want = Counter({("HVC64", name): g["calls"] for name in CALL_NAMES})
+    want["HVC64", "FN_0x0"] = g["hvc"]
+    want["SYS64", "ID_AA64PFR0_EL1 read"] = g["sys"]
+    want["SYS64", "OSLAR_EL1 write"] = g["sysrw"]
+    want["SYS64", "OSLSR_EL1 read"] = g["sysrw"]
+    want["DABT_LOW", "mmio-vmm 0x9000000"] = g["mmio"]
+    want["DABT_LOW", "mmio-vmm 0x9001000"] = 1
+    want["DABT_LOW", "mmio-kernel 0x8000004"] = g["gic"]
+    want["DABT_LOW", "mmio-kernel %#x" % redist] = g["gic"]
+    want["DABT_LOW", "memory"] = g["pages"]
+    want["IABT_LOW", "memory"] = 1
+    wfi = got["WFx", "WFI"]
+    assert 0 < wfi <= g["wfi"]
+    want["WFx", "WFI"] = wfi
+    irq = got["IRQ", "-"]
+    want["IRQ", "-"] = irq
+    print("\ntid %d: %s" % (tid, dict(sorted(got.items()))))
+    assert got == want

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Dict
 
-__all__ = ["EXIT_REASONS", "userspace_exit_name", "EINTR"]
+__all__ = ["EXIT_REASONS", "userspace_exit_name", "EINTR", "KVM_EXIT_MMIO"]
 
 EINTR = 4
+KVM_EXIT_MMIO = 6
 
 EXIT_REASONS: Dict[int, str] = {
     0: "UNKNOWN",

@@ -39,7 +39,10 @@ does not match is ``None``: the caller counts it as malformed, never drops it si
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, NamedTuple, Optional, Union
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Union
+
+from ...reasons import subreasons
+from ...reasons.kvm_run import KVM_EXIT_MMIO
 
 __all__ = [
     "SUB_EVENTS",
@@ -60,6 +63,7 @@ __all__ = [
     "FastMmio",
     "SubEvent",
     "decode_sub",
+    "exit_sub_arm64",
 ]
 
 
@@ -369,3 +373,30 @@ def decode_sub(event: bytes, payload: bytes) -> Optional[SubEvent]:
         return decode(payload)
     except ValueError:
         return None
+
+
+def exit_sub_arm64(ec: int, records: Sequence[SubEvent]) -> int:
+    """The sub-reason (:mod:`kvmexit.reasons.subreasons`) of one arm64 exit of class ``ec`` from
+    the sub-reason events that fired inside it, in order. The first event of a kind decides."""
+    if ec == 0x01:
+        for r in records:
+            if isinstance(r, Wfx):
+                return subreasons.WFE if r.is_wfe else subreasons.WFI
+    elif ec in (0x16, 0x12):
+        for r in records:
+            if isinstance(r, Hvc):
+                return subreasons.hvc_sub(r.r0)
+    elif ec == 0x18:
+        for r in records:
+            if isinstance(r, SysReg):
+                return subreasons.sys64_sub(r.esr)
+    elif ec in (0x24, 0x20):
+        if not any(isinstance(r, GuestFault) for r in records):
+            return subreasons.NONE
+        mmio = next((r for r in records if isinstance(r, Mmio)), None)
+        if mmio is None:
+            return subreasons.abort_sub(subreasons.ABORT_MEMORY)
+        user = any(isinstance(r, UserspaceExit) and r.reason == KVM_EXIT_MMIO for r in records)
+        kind = subreasons.ABORT_USER_MMIO if user else subreasons.ABORT_KERNEL_MMIO
+        return subreasons.abort_sub(kind, mmio.gpa)
+    return subreasons.NONE

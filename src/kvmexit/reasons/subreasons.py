@@ -1,0 +1,101 @@
+"""The sub-reason of an exit as one 64-bit number, and its display name.
+
+What the kernel's events inside an exit say (``docs/subreasons.md``) is reduced to one ``u64``
+per exit, computed the same way from raw tracepoint arguments (BPF) and from text traces, so that
+it can be part of the statistics key. 0 means no sub-reason event was seen (the class says all
+there is, or the events were not traced): it is shown as ``-``, never as a made-up name.
+
+arm64, by exception class:
+
+- ``WFx``: 1 WFI, 2 WFE (``kvm_wfx_arm64``'s ``is_wfe`` + 1).
+- ``HVC64``/``HVC32``: ``kvm_hvc_arm64``'s ``r0``, the function id, named by
+  :mod:`kvmexit.reasons.arm64_calls`: ``HVC_SEEN | w0`` (SMCCC ids are 32-bit; id 0 is a real
+  call, so the flag tells it from "no event"). KVM compares all 64 bits of x0, so an x0 with any of
+  bits 63:32 set is no function KVM knows: it gets ``HVC_HIGH`` and is shown as
+  ``FN_0x<w0>+high`` (its upper half is not kept in the key).
+- ``SYS64``: the ESR's ``ISS`` masked to the register and direction,
+  ``ESR_ELx_SYS64_ISS_SYS_MASK | ESR_ELx_SYS64_ISS_DIR_MASK`` (Rt dropped), from
+  ``kvm_handle_sys_reg``; bit 32 set so that a write to encoding 0 is not 0.
+- ``DABT_LOW``/``IABT_LOW``: the kind in bits 63:56 (1 stage-2 memory fault: ``kvm_guest_fault``
+  only; 2 MMIO handled in the kernel: ``kvm_mmio``; 3 MMIO handled in the VMM: ``kvm_mmio`` then
+  ``kvm_userspace_exit`` with ``KVM_EXIT_MMIO``) and, for MMIO, the guest physical address in
+  bits 55:0 (a device is found by its address).
+"""
+
+from __future__ import annotations
+
+from .arm64_calls import function_name
+from .arm64_iss import decode_sys64, sysreg_name
+
+__all__ = [
+    "NONE",
+    "WFI",
+    "WFE",
+    "HVC_SEEN",
+    "HVC_HIGH",
+    "SYS64_SEEN",
+    "hvc_sub",
+    "sys64_sub",
+    "ABORT_MEMORY",
+    "ABORT_KERNEL_MMIO",
+    "ABORT_USER_MMIO",
+    "abort_sub",
+    "label_arm64",
+]
+
+NONE = 0
+WFI = 1
+WFE = 2
+
+HVC_SEEN = 1 << 63
+HVC_HIGH = 1 << 62
+
+SYS64_SEEN = 1 << 32
+_SYS64_MASK = 0x3FFC1F  # Op0 21:20, Op2 19:17, Op1 16:14, CRn 13:10, CRm 4:1, direction 0 (Rt 9:5 dropped)
+
+ABORT_MEMORY = 1
+ABORT_KERNEL_MMIO = 2
+ABORT_USER_MMIO = 3
+_KIND_SHIFT = 56
+_ADDR_MASK = (1 << _KIND_SHIFT) - 1
+_ABORT_NAMES = {ABORT_MEMORY: "memory", ABORT_KERNEL_MMIO: "mmio-kernel", ABORT_USER_MMIO: "mmio-vmm"}
+
+#: ESR exception classes (reasons.arm64.EXCEPTION_CLASSES) with a sub-reason.
+_EC_WFX, _EC_HVC32, _EC_HVC64, _EC_SYS64, _EC_IABT_LOW, _EC_DABT_LOW = 0x01, 0x12, 0x16, 0x18, 0x20, 0x24
+
+
+def hvc_sub(r0: int) -> int:
+    return HVC_SEEN | (HVC_HIGH if r0 >> 32 else 0) | (r0 & 0xFFFFFFFF)
+
+
+def sys64_sub(esr: int) -> int:
+    return SYS64_SEEN | (esr & _SYS64_MASK)
+
+
+def abort_sub(kind: int, gpa: int = 0) -> int:
+    """``kind`` one of the ``ABORT_*``; the address is kept for MMIO only."""
+    addr = gpa & _ADDR_MASK if kind in (ABORT_KERNEL_MMIO, ABORT_USER_MMIO) else 0
+    return (kind << _KIND_SHIFT) | addr
+
+
+def label_arm64(ec: int, sub: int) -> str:
+    """The sub-reason's name under the exit class ``ec``: ``WFI``, ``PSCI_CPU_ON``,
+    ``ICC_SGI1R_EL1 write``, ``mmio-vmm 0x9000000``, ``memory``; ``-`` when there is none.
+    A value that does not fit its class is shown as a number, never dropped."""
+    if sub == NONE:
+        return "-"
+    if ec == _EC_WFX and sub in (WFI, WFE):
+        return "WFI" if sub == WFI else "WFE"
+    if ec in (_EC_HVC64, _EC_HVC32) and sub & HVC_SEEN and not sub & ~(HVC_SEEN | HVC_HIGH | 0xFFFFFFFF):
+        if sub & HVC_HIGH:
+            return "FN_%#x+high" % (sub & 0xFFFFFFFF)
+        return function_name(sub & 0xFFFFFFFF)
+    if ec == _EC_SYS64 and sub & SYS64_SEEN and not sub & ~(SYS64_SEEN | _SYS64_MASK):
+        acc = decode_sys64(sub)
+        return "%s %s" % (sysreg_name(*acc.encoding), "write" if acc.is_write else "read")
+    if ec in (_EC_DABT_LOW, _EC_IABT_LOW):
+        name = _ABORT_NAMES.get(sub >> _KIND_SHIFT)
+        if name is not None:
+            addr = sub & _ADDR_MASK
+            return name if sub >> _KIND_SHIFT == ABORT_MEMORY else "%s %#x" % (name, addr)
+    return "SUB_%#x" % sub
