@@ -135,3 +135,72 @@ def test_linear_time_on_long_payloads():
             sd.decode_sub(event, b"[FAILED TO PARSE] " + filler)
             worst = max(worst, time.perf_counter() - t0)
     assert worst < 1.0, worst
+
+
+# --- the sub-reason of one exit from the events inside it ---------------------------------------
+
+
+def _recs(*lines):
+    out = []
+    for event, payload in lines:
+        rec = sd.decode_sub(event, payload)
+        assert rec is not None, payload
+        out.append(rec)
+    return out
+
+
+def test_arm64_exit_rule():
+    from kvmexit.reasons.subreasons import label_arm64
+
+    def name(ec, *lines):
+        return label_arm64(ec, sd.exit_sub_arm64(ec, _recs(*lines)))
+
+    wfe = (b"kvm_wfx_arm64", b"guest executed wfe at: 0xffff800008001234")
+    assert name(0x01, wfe) == "WFE"  # TCG never traps WFE: only fixtures cover it
+    assert name(0x01) == "-"
+    assert name(0x16, (b"kvm_hvc_arm64", b"HVC at 0x0 (r0: 0x0000000084000008, imm: 0x0)")) == "PSCI_SYSTEM_OFF"
+    assert name(0x18, (b"kvm_handle_sys_reg", b"HSR 0x62300029")) == "ID_AA64PFR0_EL1 read"
+    fault = (b"kvm_guest_fault", b"ipa 0x9000000, hsr 0x93940046, hxfar 0x9000000, pc 0x0000000040000004")
+    write = (b"kvm_mmio", b"mmio write len 4 gpa 0x9000000 val 0x0")
+    assert name(0x24, fault, write, (b"kvm_userspace_exit", b"reason KVM_EXIT_MMIO (6)")) == "mmio-vmm 0x9000000"
+    assert name(0x24, fault, write) == "mmio-kernel 0x9000000"
+    assert name(0x24, fault) == "memory"
+    assert name(0x24) == "-"  # no kvm_guest_fault: a synchronous external abort, or not traced
+    assert name(0x24, fault, write, (b"kvm_userspace_exit", b"reason restart (4)")) == "mmio-kernel 0x9000000"
+
+
+def test_x86_exit_rule():
+    from kvmexit.reasons.subreasons import label_x86
+
+    def name(exit_name, *lines):
+        return label_x86(exit_name, sd.exit_sub_x86(exit_name, _recs(*lines)))
+
+    assert name("MSR_WRITE", (b"kvm_msr", b"msr_write 830 = 0x2000000fd")) == "X2APIC_ICR write"
+    assert name("msr", (b"kvm_msr", b"msr_read c0000080 = 0xd01")) == "EFER read"
+    assert name("IO_INSTRUCTION", (b"kvm_pio", b"pio_write at 0x3f8 size 1 count 1 val 0x41 ")) == "port 0x3f8 write"
+    assert name("write_cr4", (b"kvm_cr", b"cr_write 4 = 0x3606f0")) == "CR4 write"
+    assert name("CR_ACCESS", (b"kvm_cr", b"cr_read 3 = 0x1000")) == "CR3 read"
+    assert name("VMCALL", (b"kvm_hypercall", b"nr 0x5 a0 0x0 a1 0x1 a2 0x0 a3 0x0")) == "hypercall 0x5"
+    assert (
+        name("cpuid", (b"kvm_cpuid", b"func 40000001 idx 0 rax 1 rbx 0 rcx 0 rdx 0, cpuid entry found"))
+        == "leaf 0x40000001"
+    )
+    pf = (b"kvm_page_fault", b"vcpu 1 rip 0xffffffff81000000 address 0x00000000fee00300 error_code 0x182")
+    mmio = (b"kvm_mmio", b"mmio write len 4 gpa 0xfee00300 val 0x0")
+    assert name("EPT_VIOLATION", pf, mmio) == "mmio-kernel 0xfee00300"
+    assert name("npf", pf) == "memory"
+    assert name("EPT_MISCONFIG", (b"kvm_fast_mmio", b"fast mmio at gpa 0xfe003000")) == "mmio-kernel 0xfe003000"
+    assert (
+        name("EPT_VIOLATION", pf, mmio, (b"kvm_userspace_exit", b"reason KVM_EXIT_MMIO (6)")) == "mmio-vmm 0xfee00300"
+    )
+    # An event of another kind does not name the exit.
+    assert name("HLT", (b"kvm_msr", b"msr_write 830 = 0x1")) == "-"
+    assert name("MSR_READ") == "-"
+
+
+def test_x86_labels_of_misfits_are_numbers():
+    from kvmexit.reasons import subreasons as sr
+
+    odd = sr.X86_SEEN | (3 << 40)
+    assert sr.label_x86("MSR_READ", odd) == "SUB_%#x" % odd
+    assert sr.label_x86("cpuid", 1 << 63) == "SUB_%#x" % (1 << 63)

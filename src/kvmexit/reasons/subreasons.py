@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from .arm64_calls import function_name
 from .arm64_iss import decode_sys64, sysreg_name
+from .x86_sub import cr_name, msr_name
 
 __all__ = [
     "NONE",
@@ -41,6 +42,13 @@ __all__ = [
     "ABORT_USER_MMIO",
     "abort_sub",
     "label_arm64",
+    "X86_SEEN",
+    "msr_sub",
+    "pio_sub",
+    "cr_sub",
+    "hypercall_sub",
+    "cpuid_sub",
+    "label_x86",
 ]
 
 NONE = 0
@@ -98,4 +106,69 @@ def label_arm64(ec: int, sub: int) -> str:
         if name is not None:
             addr = sub & _ADDR_MASK
             return name if sub >> _KIND_SHIFT == ABORT_MEMORY else "%s %#x" % (name, addr)
+    return "SUB_%#x" % sub
+
+
+# --- x86 (VMX and SVM) --------------------------------------------------------------------------
+#
+# By the exit's name (reasons.label): MSR_READ/MSR_WRITE/msr: ``X86_SEEN | write << 32 | index``
+# (``kvm_msr``); IO_INSTRUCTION/io: ``X86_SEEN | write << 16 | port`` (``kvm_pio``);
+# CR_ACCESS and the SVM CR exits: ``X86_SEEN | write << 8 | cr`` (``kvm_cr``); VMCALL/vmmcall:
+# ``X86_SEEN | nr`` (``kvm_hypercall``, nr below 2^62); CPUID/cpuid: ``X86_SEEN | function``
+# (``kvm_cpuid``); EPT_VIOLATION, EPT_MISCONFIG, npf: the abort kinds above (``kvm_mmio`` or
+# ``kvm_fast_mmio``: MMIO with its address, in the VMM with ``KVM_EXIT_MMIO``; ``kvm_page_fault``
+# alone: memory).
+
+X86_SEEN = 1 << 62
+X86_MSR = frozenset({"MSR_READ", "MSR_WRITE", "msr"})
+X86_IO = frozenset({"IO_INSTRUCTION", "io"})
+X86_CR = frozenset({"CR_ACCESS", "cr0_sel_write"} | {"%s_cr%d" % (rw, n) for rw in ("read", "write") for n in range(16)})
+X86_HYPERCALL = frozenset({"VMCALL", "vmmcall"})
+X86_CPUID = frozenset({"CPUID", "cpuid"})
+X86_FAULT = frozenset({"EPT_VIOLATION", "EPT_MISCONFIG", "npf"})
+
+
+def msr_sub(is_write: bool, index: int) -> int:
+    return X86_SEEN | (int(is_write) << 32) | (index & 0xFFFFFFFF)
+
+
+def pio_sub(is_write: bool, port: int) -> int:
+    return X86_SEEN | (int(is_write) << 16) | (port & 0xFFFF)
+
+
+def cr_sub(is_write: bool, cr: int) -> int:
+    return X86_SEEN | (int(is_write) << 8) | (cr & 0xFF)
+
+
+def hypercall_sub(nr: int) -> int:
+    return X86_SEEN | (nr & (X86_SEEN - 1))
+
+
+def cpuid_sub(function: int) -> int:
+    return X86_SEEN | (function & 0xFFFFFFFF)
+
+
+def label_x86(exit_name: str, sub: int) -> str:
+    """``EFER write``, ``port 0x3f8 write``, ``CR4 write``, ``hypercall 0x5``, ``leaf 0x40000001``,
+    ``mmio-kernel 0xfee00300``, ``memory``; ``-`` for none; a misfit is a number."""
+    if sub == NONE:
+        return "-"
+    base = exit_name.split("+", 1)[0]
+    seen = bool(sub & X86_SEEN) and not sub >> 63
+    low = sub & ~X86_SEEN
+    rw = "write" if low >> 32 & 1 else "read"
+    if base in X86_MSR and seen and low >> 33 == 0:
+        return "%s %s" % (msr_name(low & 0xFFFFFFFF), rw)
+    if base in X86_IO and seen and low >> 17 == 0:
+        return "port %#x %s" % (low & 0xFFFF, "write" if low >> 16 else "read")
+    if base in X86_CR and seen and low >> 9 == 0:
+        return "%s %s" % (cr_name(low & 0xFF), "write" if low >> 8 else "read")
+    if base in X86_HYPERCALL and seen:
+        return "hypercall %#x" % low
+    if base in X86_CPUID and seen and low >> 32 == 0:
+        return "leaf %#x" % low
+    if base in X86_FAULT:
+        name = _ABORT_NAMES.get(sub >> _KIND_SHIFT)
+        if name is not None:
+            return name if sub >> _KIND_SHIFT == ABORT_MEMORY else "%s %#x" % (name, sub & _ADDR_MASK)
     return "SUB_%#x" % sub

@@ -64,6 +64,7 @@ __all__ = [
     "SubEvent",
     "decode_sub",
     "exit_sub_arm64",
+    "exit_sub_x86",
 ]
 
 
@@ -399,4 +400,29 @@ def exit_sub_arm64(ec: int, records: Sequence[SubEvent]) -> int:
         user = any(isinstance(r, UserspaceExit) and r.reason == KVM_EXIT_MMIO for r in records)
         kind = subreasons.ABORT_USER_MMIO if user else subreasons.ABORT_KERNEL_MMIO
         return subreasons.abort_sub(kind, mmio.gpa)
+    return subreasons.NONE
+
+
+def exit_sub_x86(exit_name: str, records: Sequence[SubEvent]) -> int:
+    """The sub-reason of one x86 exit named ``exit_name`` (VMX or SVM) from the events inside it."""
+    base = exit_name.split("+", 1)[0]
+    for r in records:
+        if base in subreasons.X86_MSR and isinstance(r, Msr):
+            return subreasons.msr_sub(r.is_write, r.msr)
+        if base in subreasons.X86_IO and isinstance(r, Pio):
+            return subreasons.pio_sub(r.is_write, r.port)
+        if base in subreasons.X86_CR and isinstance(r, Cr):
+            return subreasons.cr_sub(r.is_write, r.cr)
+        if base in subreasons.X86_HYPERCALL and isinstance(r, Hypercall):
+            return subreasons.hypercall_sub(r.nr)
+        if base in subreasons.X86_CPUID and isinstance(r, Cpuid):
+            return subreasons.cpuid_sub(r.function)
+    if base in subreasons.X86_FAULT:
+        mmio = next((r for r in records if isinstance(r, (Mmio, FastMmio))), None)
+        if mmio is not None:
+            user = any(isinstance(r, UserspaceExit) and r.reason == KVM_EXIT_MMIO for r in records)
+            kind = subreasons.ABORT_USER_MMIO if user else subreasons.ABORT_KERNEL_MMIO
+            return subreasons.abort_sub(kind, mmio.gpa)
+        if any(isinstance(r, PageFault) for r in records):
+            return subreasons.abort_sub(subreasons.ABORT_MEMORY)
     return subreasons.NONE
