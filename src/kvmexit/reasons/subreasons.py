@@ -122,7 +122,8 @@ def label_arm64(ec: int, sub: int) -> str:
 X86_SEEN = 1 << 62
 X86_MSR = frozenset({"MSR_READ", "MSR_WRITE", "msr"})
 X86_IO = frozenset({"IO_INSTRUCTION", "io"})
-X86_CR = frozenset({"CR_ACCESS", "cr0_sel_write"} | {"%s_cr%d" % (rw, n) for rw in ("read", "write") for n in range(16)})
+_SVM_CR = {"%s_cr%d" % (rw, n) for rw in ("read", "write") for n in range(16)}
+X86_CR = frozenset({"CR_ACCESS", "cr0_sel_write"} | _SVM_CR)
 X86_HYPERCALL = frozenset({"VMCALL", "vmmcall"})
 X86_CPUID = frozenset({"CPUID", "cpuid"})
 X86_FAULT = frozenset({"EPT_VIOLATION", "EPT_MISCONFIG", "npf"})
