@@ -14,7 +14,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${KVMEXIT_ARM64_CACHE:-/var/cache/kvmexit-arm64}
-boot_timeout=${KVMEXIT_ARM64_BOOT_TIMEOUT:-1500}
+boot_timeout=${KVMEXIT_ARM64_BOOT_TIMEOUT:-2700}
 
 log() { echo "arm64-harness: $*" >&2; }
 

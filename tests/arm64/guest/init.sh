@@ -15,7 +15,7 @@ mount -t bpf bpf /sys/fs/bpf 2>/dev/null
 hostname e2e-arm64
 echo "E2E: guest up $(uname -r)"
 cd /mnt/work/guest
-timeout 1300 python3 /mnt/work/guest/scenarios.py
+timeout 2400 python3 /mnt/work/guest/scenarios.py
 echo "E2E: scenarios exited rc=$?"
 sync
 umount /mnt/work || mount -o remount,ro /mnt/work
