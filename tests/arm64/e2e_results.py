@@ -288,3 +288,45 @@ class SubFtrace:
                         raise ValueError("unparsed kvm_wfx_arm64: %r" % body)
                     out["wf" + m.group("k")] += 1
         return out
+
+
+# --- preemption inside exits (the `hog` scenario) ----------------------------------------------
+
+_SCHED = re.compile(
+    r"^\s*.*?-(?P<tid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+\S+\s+(?P<ts>\d+)\.(?P<us>\d{6}):\s+"
+    r"(?P<event>kvm_exit|kvm_entry|sched_switch):\s*(?P<body>.*)$"
+)
+_SWITCH = re.compile(r"prev_pid=(?P<prev>\d+) .*prev_state=(?P<state>\S+) ==> .*next_pid=(?P<next>\d+) ")
+
+
+def preemptions(text: str) -> Dict[int, Tuple[int, int]]:
+    """tid -> (times switched out runnable inside an open exit, ns until switched back in).
+
+    From sched_switch: a thread switched out with prev_state R (or R+) while it has an exit open
+    (after kvm_exit, before its kvm_entry) was preempted; the time runs until a sched_switch
+    names it as next_pid.
+    """
+    open_exit: Dict[int, bool] = {}
+    out_since: Dict[int, int] = {}
+    result: Dict[int, List[int]] = defaultdict(lambda: [0, 0])
+    for line in text.splitlines():
+        m = _SCHED.match(line)
+        if not m:
+            continue
+        ns = int(m.group("ts")) * 1_000_000_000 + int(m.group("us")) * 1000
+        event = m.group("event")
+        if event == "kvm_exit":
+            open_exit[int(m.group("tid"))] = True
+        elif event == "kvm_entry":
+            open_exit.pop(int(m.group("tid")), None)
+        else:
+            s = _SWITCH.search(m.group("body"))
+            if not s:
+                raise ValueError("unparsed sched_switch: %r" % line)
+            prev, nxt = int(s.group("prev")), int(s.group("next"))
+            if s.group("state").startswith("R") and open_exit.get(prev):
+                out_since[prev] = ns
+                result[prev][0] += 1
+            if nxt in out_since:
+                result[nxt][1] += ns - out_since.pop(nxt)
+    return {tid: (n, t) for tid, (n, t) in result.items()}

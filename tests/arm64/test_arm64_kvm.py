@@ -297,7 +297,7 @@ def test_compat_front_end_counts(compat):
     assert set(got) == set(want)
 
 
-@pytest.mark.parametrize("name", ["live", "interval", "compat", "abandon", "cost", "subreasons"])
+@pytest.mark.parametrize("name", ["live", "interval", "compat", "abandon", "cost", "subreasons", "hog"])
 def test_clean_detach(results, name):
     d = os.path.join(results, name)
     if _exists(d, "attach_failed") or (_exists(d, "cost.json") and not _exists(d, "bpftool_attached.json")):
@@ -549,3 +549,29 @@ def test_kvmexit_decodes_the_real_lines(sub):
         "kvm_wfx_arm64",
     ):
         assert seen[event], "no %s line in the capture" % event
+
+
+# --- the `hog` scenario: a CPU hog next to the vCPU threads (all pinned to CPU 0) ---------------
+
+
+@pytest.fixture(scope="session")
+def hog(results):
+    return Scenario(results, "hog")
+
+
+def test_hog_preempts_vcpus_inside_exits(hog):
+    """Harness self-check for the time split: sched_switch shows the vCPU threads switched out
+    runnable (preempted by the hog) while an exit was open, for a measurable time."""
+    hog.check_ftrace_complete()
+    got = er.preemptions(_read(hog.dir, "trace"))
+    for tid, idx in sorted(hog.tids().items()):
+        n, ns = got.get(tid, (0, 0))
+        print("\nvCPU %d tid %d: preempted %d times inside exits, %d ns" % (idx, tid, n, ns))
+    assert any(n > 0 and ns > 0 for tid, (n, ns) in got.items() if tid in hog.tids()), got
+
+
+def test_hog_kvmexit_counts_equal_ftrace(hog):
+    assert hog.rc == 0, hog.err[-3000:]
+    got = er.rows_by_thread(_rows(hog))
+    for tid, idx in hog.tids().items():
+        assert dict(got.get(tid, {})) == hog.expected_by_tid()[tid], "vCPU %d (tid %d)" % (idx, tid)

@@ -9,6 +9,7 @@ Python 3.7 syntax (runs on Debian 12's python3, the project targets 3.7).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,9 +60,11 @@ def write(path, text):
         f.write(text)
 
 
-def run(cmd, timeout=120):
+def run(cmd, timeout=120, cpus=None):
+    """Run cmd; with cpus, pinned to those CPUs (all its threads: sched_setaffinity before exec)."""
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=pin)
         return p.returncode, p.stdout, p.stderr
     except (OSError, subprocess.TimeoutExpired) as e:
         return -1, "", str(e)
@@ -131,9 +134,9 @@ def vmm_args(specs=None):
     return [VMM, "-name", "guest=e2e-vm,debug-threads=on", *specs]
 
 
-def run_vmm(outdir, tag="vmm", specs=None):
+def run_vmm(outdir, tag="vmm", specs=None, cpus=None):
     t0 = time.time()
-    rc, out, err = run(vmm_args(specs), timeout=300)
+    rc, out, err = run(vmm_args(specs), timeout=300, cpus=cpus)
     wall = time.time() - t0
     write(os.path.join(outdir, tag + ".out"), out)
     write(os.path.join(outdir, tag + ".err"), err + "\nrc=%d\nwall_s=%.6f\n" % (rc, wall))
@@ -208,7 +211,7 @@ class Kvmexit:
         return rc
 
 
-def traced_scenario(name, args, module="kvmexit", ftrace=None, specs=None):
+def traced_scenario(name, args, module="kvmexit", ftrace=None, specs=None, cpus=None, around=None):
     """Attach kvmexit, run the VMM under ftrace, stop kvmexit with SIGINT."""
     outdir = os.path.join(RESULTS, name)
     os.makedirs(outdir)
@@ -220,11 +223,12 @@ def traced_scenario(name, args, module="kvmexit", ftrace=None, specs=None):
         write(os.path.join(outdir, "bpftool_after.json"), bpftool_progs())
         return
     write(os.path.join(outdir, "bpftool_attached.json"), bpftool_progs())
-    if ftrace is not None:
-        ftrace.start()
-    run_vmm(outdir, specs=specs)
-    if ftrace is not None:
-        ftrace.stop(outdir)
+    with around(outdir) if around else contextlib.nullcontext():
+        if ftrace is not None:
+            ftrace.start()
+        run_vmm(outdir, specs=specs, cpus=cpus)
+        if ftrace is not None:
+            ftrace.stop(outdir)
     time.sleep(1.5)  # at least one more interval tick for -i 1
     k.stop()
     time.sleep(1)
@@ -343,6 +347,33 @@ def scenario_subreasons():
     )
 
 
+class Hog:
+    """A busy loop pinned to one CPU (a runnable competitor for the vCPU threads pinned there)."""
+
+    def __init__(self, cpu, outdir):
+        self.cpu = cpu
+        self.outdir = outdir
+        self.proc = None
+
+    def __enter__(self):
+        code = "import os\nos.sched_setaffinity(0, {%d})\nwhile True:\n    pass\n" % self.cpu
+        self.proc = subprocess.Popen([sys.executable, "-c", code])
+        write(os.path.join(self.outdir, "hog_pid"), "%d\n" % self.proc.pid)
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def scenario_hog():
+    """The standard workload with the VMM pinned to CPU 0 next to a CPU hog on CPU 0: vCPU threads
+    are preempted inside exits; ftrace records sched:sched_switch with the kvm events."""
+    ftrace = Ftrace(INSTANCE + "-hog", ("sched/sched_switch", *SUB_EVENTS))
+    traced_scenario("hog", ["--json", "--by", "thread"], ftrace=ftrace, cpus={0}, around=lambda d: Hog(0, d))
+
+
 def main():
     if os.path.isdir(RESULTS):
         shutil.rmtree(RESULTS)
@@ -363,7 +394,7 @@ def main():
         if ENV.get("KVMEXIT_E2E_B"):
             scenario_ab(ftrace, ENV["KVMEXIT_E2E_B"].split())
         if ENV.get("KVMEXIT_E2E_ONLY", "") == "subreasons":  # harness development
-            steps = [("subreasons", scenario_subreasons)]
+            steps = [("subreasons", scenario_subreasons), ("hog", scenario_hog)]
         elif ENV.get("KVMEXIT_E2E_ONLY", "") != "ftrace":
             steps = [
                 ("live", lambda: traced_scenario("live", ["--json", "--by", "thread"], ftrace=ftrace)),
@@ -372,6 +403,7 @@ def main():
                 ("abandon", lambda: scenario_abandon(ftrace)),
                 ("cost", scenario_cost),
                 ("subreasons", scenario_subreasons),
+                ("hog", scenario_hog),
             ]
     only = ENV.get("KVMEXIT_E2E_SCENARIOS", "").split(",")  # development: e.g. "abandon"
     for name, fn in steps:
