@@ -272,14 +272,19 @@ class TopView:
         if self._report is None:
             return "waiting for the first snapshot"
         t, h = self._report.totals, self._report.health
-        return "%d exits: %d paired, %d open, %d unfinished; %d unpaired entries; map full: %d start, %d stats" % (
-            t.exits,
-            t.pairs,
-            t.open,
-            t.unfinished,
-            h.unpaired_entries,
-            h.start_map_full,
-            h.stats_map_full,
+        return (
+            "%d exits: %d paired, %d open, %d unfinished, %d abandoned; %d unpaired entries; "
+            "map full: %d start, %d stats"
+            % (
+                t.exits,
+                t.pairs,
+                t.open,
+                t.unfinished,
+                t.abandoned,
+                h.unpaired_entries,
+                h.start_map_full,
+                h.stats_map_full,
+            )
         )
 
     def _table(self, group_by: str) -> List[str]:
