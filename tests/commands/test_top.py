@@ -93,7 +93,15 @@ class Terminal:
         return "top exited with status" in screen
 
     def close(self) -> None:
+        path = subprocess.run(
+            [self.tmux, "-L", self.socket, "display", "-p", "#{socket_path}"], capture_output=True, text=True
+        ).stdout.strip()
         subprocess.run([self.tmux, "-L", self.socket, "kill-server"], capture_output=True)
+        if path.endswith(self.socket):  # tmux 3.3 leaves the socket file of a killed server
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def rows(screen: str, header: str) -> List[List[str]]:
