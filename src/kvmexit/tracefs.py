@@ -10,11 +10,11 @@ import errno
 import os
 import re
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .errors import KvmexitError
 
-__all__ = ["Instance", "INSTANCE_PREFIX", "parse_cpu_stats"]
+__all__ = ["Instance", "INSTANCE_PREFIX", "parse_cpu_stats", "remove_stale_instances", "stale_instances"]
 
 INSTANCE_PREFIX = "kvmexit-"
 
@@ -127,3 +127,44 @@ class Instance:
                 if e.errno != errno.EBUSY or time.monotonic() > deadline:
                     return "cannot remove tracefs instance %s: %s" % (self.path, e.strerror)
                 time.sleep(0.05)
+
+
+_OWNED = re.compile(r"^%s(\d+)-\d+$" % re.escape(INSTANCE_PREFIX))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists
+        return True
+    return True
+
+
+def stale_instances(tracefs: str) -> List[Tuple[str, int]]:
+    """Instances named by :meth:`Instance.create` (``kvmexit-PID-N``) whose process is gone: a
+    recorder killed by SIGKILL leaves its instance tracing. An instance whose pid runs (even a
+    reused pid) is never listed: it may be another recorder's, working right now."""
+    try:
+        names = os.listdir(os.path.join(tracefs, "instances"))
+    except OSError:
+        return []
+    out = []
+    for name in sorted(names):
+        m = _OWNED.match(name)
+        if m is not None and not _process_exists(int(m.group(1))):
+            out.append((name, int(m.group(1))))
+    return out
+
+
+def remove_stale_instances(tracefs: str) -> List[str]:
+    """Remove the :func:`stale_instances`; one note per instance, removed or not."""
+    notes = []
+    for name, pid in stale_instances(tracefs):
+        err = Instance(tracefs, name).remove()
+        if err is None:
+            notes.append("removed tracefs instance %s, left tracing by kvmexit process %d, which is gone" % (name, pid))
+        else:
+            notes.append("warning: instance %s of kvmexit process %d, which is gone: %s" % (name, pid, err))
+    return notes

@@ -64,10 +64,10 @@ def ours(pid: int):
 
 
 def record(*args, **kw):
+    kw.setdefault("stdout", subprocess.PIPE)
     return subprocess.Popen(
         [sys.executable, "-m", "kvmexit", "record", *args],
         cwd=str(ROOT / "src"),
-        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         **kw,
     )
@@ -197,3 +197,194 @@ def test_non_positive_numbers_are_refused(bad, tmp_path):
     _, err = p.communicate(timeout=30)
     assert p.returncode == 2 and b"Traceback" not in err and b"error: argument" in err
     assert not (tmp_path / "x.trace").exists()
+
+
+# -- issue 10: write errors, stale instances, exclusive creation, refused set-ups ----------------------
+
+
+def one_error_line(err: bytes) -> str:
+    lines = err.decode().splitlines()
+    assert len(lines) == 1 and b"Traceback" not in err, err
+    return lines[0]
+
+
+@needs_tracefs
+@pytest.mark.parametrize(
+    "bad,message",
+    [(("--buffer-size", "999999999"), "Cannot allocate memory"), (("--event", "nosuch:event"), "no tracepoint")],
+    ids=["enomem", "no-event"],
+)
+def test_refused_set_up_leaves_no_file(tmp_path, bad, message):
+    """Before: an ENOMEM traceback or an error, and a 0-byte FILE that made the retry fail."""
+    out = tmp_path / "vm.trace"
+    p = record("-o", str(out), "-d", "0.2", *bad)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 1 and message in one_error_line(err)
+    assert list(tmp_path.iterdir()) == []
+    assert ours(p.pid) == []
+
+
+@needs_tracefs
+@pytest.mark.parametrize("which", ["trace", "names"])
+@pytest.mark.parametrize("force", [False, True])
+def test_symlink_is_never_written_through(tmp_path, which, force):
+    """Before: the names file followed a symlink planted in a shared directory (root then wrote
+    the link's target)."""
+    out = tmp_path / "vm.trace"
+    link = out if which == "trace" else tmp_path / "vm.trace.names.json"
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    link.symlink_to(target)
+    p = record("-o", str(out), "-d", "0.2", *(["--force"] if force else []))
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 1 and "symbolic link" in one_error_line(err)
+    assert target.read_text() == "precious\n" and link.is_symlink()
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(["victim", link.name])
+
+
+@needs_tracefs
+def test_names_file_is_not_clobbered_without_force(tmp_path):
+    out = tmp_path / "vm.trace"
+    names = tmp_path / "vm.trace.names.json"
+    names.write_text("precious\n")
+    p = record("-o", str(out), "-d", "0.2")
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 1 and "already exists" in one_error_line(err)
+    assert names.read_text() == "precious\n" and not out.exists()
+    p = record("-o", str(out), "-d", "0.2", "--force")
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert json.loads(names.read_text())["kvmexit_names"] == 1
+
+
+@needs_tracefs
+def test_files_are_not_world_writable_under_umask_000(tmp_path):
+    out = tmp_path / "vm.trace"
+    p = record("-o", str(out), "-d", "0.2", preexec_fn=lambda: os.umask(0))
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert oct(out.stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "vm.trace.names.json").stat().st_mode & 0o777) == oct(0o644)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A tmpfs of 64 KiB mounted by the test, for full-disk cases."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs: %s" % r.stderr.decode().strip())
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(mnt: Path, leave_pages: int) -> None:
+    """Fill the file system but ``leave_pages`` pages."""
+    filler = mnt / "filler"
+    fd = os.open(str(filler), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while os.write(fd, bytes(4096)) == 4096:
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    if leave_pages:
+        size = filler.stat().st_size
+        os.truncate(filler, max(0, size - leave_pages * 4096))
+
+
+@needs_tracefs
+def test_full_disk_at_the_start_is_an_error_and_leaves_nothing(small_fs):
+    """Before: "103 bytes ... no events lost", exit 0, and a 0-byte file (the error came at the
+    final close and was swallowed)."""
+    fill(small_fs, 0)
+    out = small_fs / "vm.trace"
+    p = record("-o", str(out), "-d", "0.2")
+    _, err = p.communicate(timeout=30)
+    line = one_error_line(err)
+    assert p.returncode == 1 and "No space left on device" in line and "nothing was kept" in line
+    assert sorted(f.name for f in small_fs.iterdir()) == ["filler"]
+    assert ours(p.pid) == []
+
+
+@needs_tracefs
+def test_full_disk_while_recording_keeps_a_partial_file(small_fs):
+    """A busy event fills 64 KiB within seconds. Before: an OSError traceback."""
+    out = small_fs / "vm.trace"
+    p = record("-o", str(out), "-d", "20", "--event", "sched:sched_switch", "--event", "syscalls:sys_enter_read")
+    _, err = p.communicate(timeout=60)
+    line = one_error_line(err)
+    assert p.returncode == 1 and "No space left on device" in line, line
+    partial = small_fs / "vm.trace.partial"
+    assert "kept in %s" % partial in line
+    assert partial.read_bytes().startswith(b"# kvmexit record: layout=")
+    assert not out.exists() and not (small_fs / "vm.trace.names.json").exists()
+    assert ours(p.pid) == []
+
+
+@needs_tracefs
+def test_names_file_on_a_full_disk_is_an_error(small_fs):
+    """The trace (a header and a few thread exits: no guest runs here) fits in two pages, the
+    names file (over 4 KiB: it holds the format files) does not fit in what is left. Before: an
+    OSError traceback and a truncated names file."""
+    fill(small_fs, 2)
+    out = small_fs / "vm.trace"
+    p = record("-o", str(out), "-d", "0.2")
+    _, err = p.communicate(timeout=30)
+    line = one_error_line(err)
+    assert p.returncode == 1 and "names.json" in line and "trace itself is complete" in line
+    assert out.read_bytes().startswith(b"# kvmexit record: layout=")
+    assert not (small_fs / "vm.trace.names.json").exists()
+
+
+@needs_tracefs
+def test_standard_output_refusing_data(tmp_path):
+    with open("/dev/full", "wb") as full:
+        p = record("-o", "-", "-d", "0.2", stdout=full)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 1 and "No space left on device" in one_error_line(err)
+    assert ours(p.pid) == []
+
+
+def wait_tracing(p) -> str:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and p.poll() is None:
+        names = ours(p.pid)
+        if names:
+            with open(os.path.join(INSTANCES, names[0], "tracing_on")) as f:
+                if f.read().strip() == "1":
+                    return names[0]
+        time.sleep(0.05)
+    raise AssertionError("recorder %d never started tracing" % p.pid)
+
+
+@needs_tracefs
+def test_killed_recorder_is_readable_and_its_instance_is_removed_next_time(tmp_path):
+    """SIGKILL leaves the instance tracing (nothing can run in the process). The trace must be
+    readable (the header is flushed at once), and the next record removes the instance of the dead
+    process, saying so, while a live recorder's instance is left alone."""
+    killed = record("-o", str(tmp_path / "killed.trace"))
+    alive = record("-o", str(tmp_path / "alive.trace"))
+    try:
+        stale = wait_tracing(killed)
+        live = wait_tracing(alive)
+        killed.kill()
+        killed.communicate(timeout=20)
+        assert os.path.isdir(os.path.join(INSTANCES, stale))  # the kernel keeps it
+        assert (tmp_path / "killed.trace").read_bytes().startswith(b"# kvmexit record: layout=")
+        p = record("-o", str(tmp_path / "next.trace"), "-d", "0.2")
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        assert ("removed tracefs instance %s" % stale).encode() in err
+        assert not os.path.exists(os.path.join(INSTANCES, stale))
+        assert os.path.isdir(os.path.join(INSTANCES, live))  # a live process's: untouched
+    finally:
+        for q in (killed, alive):
+            if q.poll() is None:
+                q.terminate()
+                q.wait(timeout=20)
+    assert ours(alive.pid) == []
