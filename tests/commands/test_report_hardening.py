@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import sys
+import time
 from pathlib import Path
 
 from kvmexit.cli import main
@@ -68,3 +71,34 @@ def test_bad_lines_are_counted_with_their_numbers(capsys, tmp_path):
     rc, out, err = run(capsys, str(p))
     assert rc == 0 and "TGID" in out
     assert err == "kvmexit report: 2 malformed lines skipped (line 21, 22); 1 of them longer than 1024 KiB\n"
+
+
+# -- 20: CSV's time column is the trace's time, not the time the report ran ----------------------------
+
+
+def csv_times(capsys, *args):
+    rc, out, _ = run(capsys, "--csv", *args)
+    assert rc == 0
+    return {r["time"] for r in csv.DictReader(io.StringIO(out))}
+
+
+def test_csv_time_is_when_the_recording_ended(capsys, tmp_path):
+    p = tmp_path / "vm.trace"
+    p.write_bytes(ARM.read_bytes())
+    ended = 1700000000.25  # what kvmexit record writes into the names file
+    (tmp_path / "vm.trace.names.json").write_text(json.dumps({"started": ended - 30, "ended": ended}))
+    os.utime(p, (1600000000, 1600000000))
+    want = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended))
+    assert csv_times(capsys, str(p)) == {want}
+
+
+def test_csv_time_without_names_file_is_the_file_time(capsys, tmp_path):
+    p = tmp_path / "vm.trace"
+    p.write_bytes(ARM.read_bytes())
+    os.utime(p, (1600000000, 1600000000))
+    assert csv_times(capsys, str(p)) == {time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(1600000000))}
+
+
+def test_csv_time_on_stdin_is_unknown(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(ARM.read_bytes())))
+    assert csv_times(capsys, "-") == {""}

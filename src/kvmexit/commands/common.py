@@ -228,8 +228,16 @@ def make_report(snapshot: Snapshot, args: argparse.Namespace) -> Report:
 class Emitter:
     """Writes reports in the chosen format; keeps the CSV header to one per stream."""
 
-    def __init__(self, args: argparse.Namespace, source: Dict[str, Any], out: Optional[TextIO] = None) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        source: Dict[str, Any],
+        out: Optional[TextIO] = None,
+        stamp: Optional[str] = None,
+    ) -> None:
+        """``stamp``: CSV's time column when there is no interval (a trace's own time); default now."""
         self.args = args
+        self.stamp = stamp
         self.source = source
         self.out = out if out is not None else sys.stdout
         self._csv_header = True
@@ -247,7 +255,10 @@ class Emitter:
             doc = report_document(report, self.source, interval, with_hist=True)
             self.out.write(json.dumps(doc, sort_keys=False) + "\n")
         elif a.csv:
-            stamp = interval["end"] if interval else time.strftime("%Y-%m-%dT%H:%M:%S")
+            if interval:
+                stamp = interval["end"]
+            else:
+                stamp = self.stamp if self.stamp is not None else time.strftime("%Y-%m-%dT%H:%M:%S")
             # A log file knows whether it is new (appending to a log adds no second header).
             at_start = getattr(self.out, "at_start", None)
             header = self._csv_header if at_start is None else at_start

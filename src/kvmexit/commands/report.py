@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Any, Dict, List, Optional
 
 from ..errors import BadTrace, KvmexitError
@@ -121,7 +122,10 @@ def report_trace(result: TraceResult, args: argparse.Namespace, source: Optional
     report = make_report(result.snapshot, args)
     if not report.rows and _filtering(args):
         raise _matched_nothing(args)
-    Emitter(args, source or result.info.source(), out=sys.stdout).emit(report)
+    ended = result.info.ended
+    # CSV's time column: when the trace was taken (its end, as live's is an interval's end).
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)) if ended is not None else ""
+    Emitter(args, source or result.info.source(), out=sys.stdout, stamp=stamp).emit(report)
     return 0
 
 

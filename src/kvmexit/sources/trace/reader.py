@@ -57,6 +57,9 @@ class TraceInfo:
     arch: str
     compression: Optional[str] = None
     names_file: Optional[str] = None
+    #: Wall-clock time (Unix seconds) the recording ended: from the names file of kvmexit record,
+    #: else the file's modification time; None on standard input.
+    ended: Optional[float] = None
 
     def source(self) -> Dict[str, Any]:
         """The ``source`` object of JSON reports."""
@@ -88,6 +91,8 @@ class Names:
     threads: Dict[int, ThreadInfo] = None  # type: ignore[assignment]
     #: CPU -> per_cpu stats with overrun/dropped events at the end of the recording.
     lost: Dict[int, Dict[str, int]] = None  # type: ignore[assignment]
+    #: Wall-clock end of the recording (Unix seconds), when the recorder wrote it.
+    ended: Optional[float] = None
 
     def __post_init__(self) -> None:
         self.lost = self.lost or {}
@@ -207,7 +212,10 @@ def _names_from(doc: Dict[str, Any]) -> Names:
         lost[_key(c, "lost")] = {
             name: _number(v, "lost.%s.%s" % (c, name)) for name, v in _mapping(st, "lost." + c).items()
         }
-    return Names(layout=layout, tgid_of=tgid_of, vm_of=vm_of, threads=threads, lost=lost)
+    ended = doc.get("ended")
+    if ended is not None and (isinstance(ended, bool) or not isinstance(ended, (int, float)) or not 0 <= ended < 1e11):
+        raise _BadNames("ended: %s is not a time in Unix seconds" % _short(ended))
+    return Names(layout=layout, tgid_of=tgid_of, vm_of=vm_of, threads=threads, lost=lost, ended=ended)
 
 
 def read_trace(
@@ -245,7 +253,17 @@ def read_trace(
     result.info.path = display_path or path
     result.info.compression = compression
     result.info.names_file = names_path
+    result.info.ended = names.ended if names is not None and names.ended is not None else _mtime(path)
     return result
+
+
+def _mtime(path: str) -> Optional[float]:
+    if path == "-":
+        return None
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def read_stream(
