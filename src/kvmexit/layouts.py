@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Tuple
 from .errors import KvmexitError, TracepointsMissing, UnsupportedLayout
 from .reasons import ARCH_ARM64, ARCH_X86
 
-__all__ = ["Layout", "FieldInfo", "parse_format", "detect", "read_formats", "TRACEFS_ROOTS"]
+__all__ = ["Layout", "FieldInfo", "parse_format", "detect", "read_formats", "wakeup_ns_offset", "TRACEFS_ROOTS"]
 
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -84,6 +84,14 @@ def read_formats(tracefs: str, events: Tuple[str, ...] = ("kvm_exit", "kvm_entry
         except PermissionError as e:
             raise KvmexitError("cannot read %s: %s" % (path, e.strerror), hint="run as root") from e
     return out
+
+
+def wakeup_ns_offset(formats: Dict[str, str]) -> Optional[int]:
+    """Record offset of ``kvm_vcpu_wakeup``'s ``ns`` (for the classic-tracepoint fallback)."""
+    for field in parse_format(formats.get("kvm_vcpu_wakeup", "")):
+        if field.name == "ns" and field.size == 8:
+            return field.offset
+    return None
 
 
 def find_tracefs(candidates: Tuple[str, ...] = TRACEFS_ROOTS) -> str:

@@ -666,3 +666,67 @@ def test_a_dead_threads_open_exit_is_abandoned_live_and_offline_alike(arm64):
     offline = pairer.snapshot("arm64")
     assert totals(snap) == totals(offline) == (1, 1, 0, 1)  # pairs, open, unfinished, abandoned
     assert snap.health.abandoned == offline.health.abandoned == 1  # in the same snapshot
+
+
+def _refuse_raw_wakeup(src, also_tracepoint: bool = False) -> None:
+    """Make this kernel behave like one before 5.0, where a raw tracepoint cannot attach to a
+    module's tracepoint (x86's kvm is a module): bcc raises a bare Exception."""
+    real_raw, real_tp = src.bpf.attach_raw_tracepoint, src.bpf.attach_tracepoint
+
+    def raw(tp, fn_name):
+        if tp == "kvm_vcpu_wakeup":
+            raise Exception("Failed to attach BPF to raw tracepoint")
+        return real_raw(tp=tp, fn_name=fn_name)
+
+    def classic(tp, fn_name):
+        if also_tracepoint and tp == "kvm:kvm_vcpu_wakeup":
+            raise Exception("Failed to attach BPF to tracepoint")
+        return real_tp(tp=tp, fn_name=fn_name)
+
+    src.bpf.attach_raw_tracepoint, src.bpf.attach_tracepoint = raw, classic
+
+
+def _attached(fds) -> set:
+    """Tracepoint names in one of bcc's attachment records (bytes keys in bcc 0.26)."""
+    return {k.decode() if isinstance(k, bytes) else k for k in fds}
+
+
+def _wakeup_offset() -> int:
+    from kvmexit.layouts import find_tracefs, read_formats, wakeup_ns_offset
+
+    off = wakeup_ns_offset(read_formats(find_tracefs(), ("kvm_vcpu_wakeup",)))
+    if off is None:
+        pytest.fail("this kernel has no kvm:kvm_vcpu_wakeup with a u64 ns field")
+    return off
+
+
+def test_wakeup_falls_back_to_the_classic_tracepoint_where_raw_is_refused():
+    from kvmexit.sources.live import LiveSource
+
+    src = LiveSource(live_layout(), attach=False, wakeup_ns_off=_wakeup_offset()).open()
+    try:
+        _refuse_raw_wakeup(src)
+        src._attach_all()
+        assert src.wakeup_attach == "tracepoint" and src.halt_known and src.notes == []
+        # bcc's own record of this process's attachments (other processes may trace too)
+        assert "kvm:kvm_vcpu_wakeup" in _attached(src.bpf.tracepoint_fds)
+        assert "kvm_vcpu_wakeup" not in _attached(src.bpf.raw_tracepoint_fds)
+    finally:
+        src.close()
+
+
+def test_wakeup_refused_both_ways_makes_halt_time_unknown_in_one_line():
+    from kvmexit.sources.live import LiveSource
+
+    src = LiveSource(live_layout(), attach=False, wakeup_ns_off=_wakeup_offset()).open()
+    try:
+        _refuse_raw_wakeup(src, also_tracepoint=True)
+        src._attach_all()
+        assert src.wakeup_attach is None and not src.halt_known
+        assert len(src.notes) == 1 and "\n" not in src.notes[0]
+        assert src.notes[0].startswith("halt time unknown: cannot attach to kvm:kvm_vcpu_wakeup")
+        # the rest is attached: exits are still counted
+        assert "kvm:kvm_exit" in _attached(src.bpf.tracepoint_fds) | _attached(src.bpf.raw_tracepoint_fds)
+        assert "kvm:kvm_vcpu_wakeup" not in _attached(src.bpf.tracepoint_fds)
+    finally:
+        src.close()

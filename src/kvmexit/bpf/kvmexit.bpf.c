@@ -212,12 +212,26 @@ int kvmexit_entry(struct bpf_raw_tracepoint_args *ctx)
 }
 
 /* kvm_vcpu_wakeup(ns, waited, valid): time the vCPU spent halted inside the open exit. */
-int kvmexit_wakeup(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline int add_halt(u64 ns)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = id;
 	struct kvmexit_start *s = starts.lookup(&tid);
 	if (s && s->ts)
-		s->halt_ns += ctx->args[0];
+		s->halt_ns += ns;
 	return PASS_EVENT_ON;
 }
+
+int kvmexit_wakeup(struct bpf_raw_tracepoint_args *ctx)
+{
+	return add_halt(ctx->args[0]);
+}
+
+#ifdef WAKEUP_NS_OFF
+/* The same from the classic tracepoint's record, for kernels that cannot attach a raw
+ * tracepoint to a module's tracepoint (before 5.0; x86's kvm is a module). */
+int kvmexit_wakeup_tp(void *ctx)
+{
+	return add_halt(*(u64 *)((char *)ctx + WAKEUP_NS_OFF));
+}
+#endif

@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..errors import KvmexitError, TracepointsMissing, UnsupportedArch, UsageError
-from ..layouts import Layout, detect, find_tracefs, read_formats
+from ..layouts import Layout, detect, find_tracefs, read_formats, wakeup_ns_offset
 from ..model import Snapshot, delta, paused_gc
 from ..names import NameResolver
 from .common import (
@@ -188,8 +188,15 @@ def open_live(
         if not found:
             raise KvmexitError("no running VM named %s" % ", ".join(vms), hint="names come from QEMU -name or libvirt")
         tgids += sorted(found)
+    wakeup_off = wakeup_ns_offset(read_formats(tracefs or find_tracefs(), ("kvm_vcpu_wakeup",)))
     source = live.LiveSource(
-        layout, tgids=tgids, tids=tids, max_threads=max_threads, max_keys=max_keys, resolver=resolver
+        layout,
+        tgids=tgids,
+        tids=tids,
+        max_threads=max_threads,
+        max_keys=max_keys,
+        resolver=resolver,
+        wakeup_ns_off=wakeup_off,
     )
     return source.open()
 
@@ -281,6 +288,8 @@ def announce(source: Any, duration: Optional[float]) -> None:
     """The ready line (tests and scripts wait for it): every program is attached."""
     until = "for %gs" % duration if duration else "Ctrl-C to end"
     layout = source.layout
+    for note in getattr(source, "notes", ()):
+        print("kvmexit: %s" % note, file=sys.stderr)
     print("kvmexit: tracing %s exits (layout %s), %s" % (layout.arch, layout.name, until), file=sys.stderr)
     sys.stderr.flush()
 

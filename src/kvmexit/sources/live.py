@@ -51,6 +51,7 @@ def render_program(
     max_keys: int = 65536,
     synthetic_x86: bool = False,
     wakeup: bool = True,
+    wakeup_ns_off: Optional[int] = None,
 ) -> BpfProgram:
     """The program for a layout and options; pure, so it can be printed (``--ebpf``) and tested."""
     # kvmexit.h is inlined so bcc needs no include path into the installed package.
@@ -64,6 +65,8 @@ def render_program(
         defines.append("FILTER_TID")
     defines += ["MAX_THREADS=%d" % max_threads, "MAX_KEYS=%d" % max_keys]
     defines += ["KVMEXIT_HIST_SLOTS=%d" % HIST_SLOTS, "KVMEXIT_VALUE_FIELDS=" + value_fields_c()]
+    if wakeup and wakeup_ns_off is not None:  # kvmexit_wakeup_tp: the classic-tracepoint fallback
+        defines.append("WAKEUP_NS_OFF=%d" % wakeup_ns_off)
     exit_kind = "tp" if "LAYOUT_X86" in layout.defines and not synthetic_x86 else "raw"
     attach = [(exit_kind, "kvm:kvm_exit", "kvmexit_exit"), (exit_kind, "kvm:kvm_entry", "kvmexit_entry")]
     if layout.trap_event:
@@ -124,6 +127,7 @@ class LiveSource:
         resolver: Optional[NameResolver] = None,
         synthetic_x86: bool = False,
         attach: bool = True,
+        wakeup_ns_off: Optional[int] = None,
     ) -> None:
         self.layout = layout
         self.tgids = sorted(set(tgids))
@@ -136,8 +140,13 @@ class LiveSource:
             max_threads=max_threads,
             max_keys=max_keys,
             synthetic_x86=synthetic_x86,
+            wakeup_ns_off=wakeup_ns_off,
         )
         self._attach = attach
+        #: How kvm_vcpu_wakeup is attached: "raw", "tracepoint" (fallback) or None (not at all).
+        self.wakeup_attach: Optional[str] = None
+        #: One-line notes on what this kernel could not do (printed when tracing starts).
+        self.notes: List[str] = []
         self.bpf: Any = None
         self._batch: Optional[_BatchReader] = None
         #: False when this kernel has no kvm_vcpu_wakeup to attach to (HALT% is then unknown).
@@ -177,8 +186,8 @@ class LiveSource:
 
     def _attach_all(self) -> None:
         for kind, tracepoint, fn in self.program.attach:
-            if kind == "raw" and fn == "kvmexit_wakeup" and not self._tracepoint_exists(tracepoint):
-                self.halt_known = False
+            if kind == "raw" and fn == "kvmexit_wakeup":
+                self._attach_wakeup(tracepoint, fn)
                 continue
             printed: List[str] = []
             try:
@@ -196,6 +205,33 @@ class LiveSource:
                 ) from None
             for line in printed:  # warnings of an attach that worked are still shown
                 print(line, file=sys.stderr)
+
+    def _attach_wakeup(self, tracepoint: str, fn: str) -> None:
+        """Raw tracepoint where the kernel allows it on kvm's; else the classic tracepoint (the
+        raw one cannot attach to a module's tracepoint before 5.0); else HALT% is unknown."""
+        if not self._tracepoint_exists(tracepoint):
+            self.halt_known = False
+            self.notes.append("halt time unknown: this kernel has no %s" % tracepoint)
+            return
+        printed: List[str] = []
+        try:
+            with _c_stderr_to(printed):
+                self.bpf.attach_raw_tracepoint(tp=tracepoint.split(":", 1)[1], fn_name=fn)
+            self.wakeup_attach = "raw"
+            return
+        except Exception as e:  # bcc raises bare Exception when the kernel refuses
+            raw_error = "; ".join(line for line in printed if line.strip()) or str(e)
+        if any(d.startswith("-DWAKEUP_NS_OFF=") for d in self.program.cflags):
+            printed = []
+            try:
+                with _c_stderr_to(printed):
+                    self.bpf.attach_tracepoint(tp=tracepoint, fn_name=fn + "_tp")
+                self.wakeup_attach = "tracepoint"
+                return
+            except Exception as e:
+                raw_error += "; as a tracepoint: %s" % ("; ".join(line for line in printed if line.strip()) or e)
+        self.halt_known = False
+        self.notes.append("halt time unknown: cannot attach to %s (%s)" % (tracepoint, raw_error))
 
     @staticmethod
     def _tracepoint_exists(tracepoint: str) -> bool:
