@@ -1,25 +1,27 @@
 #!/bin/bash
-# Fetch Debian's arm64 kernel and build a tiny busybox initramfs for it.
-# Usage: build-kernel.sh OUT_DIR ABI
+# Fetch a Debian kernel and build a tiny busybox initramfs for it.
+# Usage: build-kernel.sh OUT_DIR KVER "MODULE..."
+# (KVER like 6.1.0-57-arm64; apt is set up by harness.sh through APT_CONFIG
+# for the kernel's suite and architecture.)
 # Produces OUT_DIR/vmlinuz, OUT_DIR/initrd.gz, OUT_DIR/kver.
-# The initramfs loads virtio-mmio/virtio-blk/ext4 from the same kernel package,
-# mounts /dev/vda (rootfs) and /dev/vdb (work disk, at /mnt/work) and
-# switch_roots to /mnt/work/guest/init.sh.
+# The initramfs loads MODULEs (the disk drivers, ext4, and on x86 kvm) and
+# their dependencies from the same kernel package, mounts the disks labelled
+# e2eroot (rootfs) and e2ework (work disk, at /mnt/work) and switch_roots to
+# /mnt/work/guest/init.sh.
 set -euo pipefail
 out=$1
-abi=$2
-kver="6.1.0-${abi}-arm64"
+kver=$2
+want=$3
 work=$(mktemp -d "${out}.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 cd "$work"
-apt-get download -q "linux-image-${kver}:arm64" "busybox-static:arm64" >/dev/null
-dpkg-deb -x linux-image-"${kver}"_*_arm64.deb kernel
-dpkg-deb -x busybox-static_*_arm64.deb bb
+apt-get download -q "linux-image-${kver}" busybox-static >/dev/null
+dpkg-deb -x linux-image-"${kver}"_*.deb kernel
+dpkg-deb -x busybox-static_*.deb bb
 
 mdir="kernel/lib/modules/$kver"
 # Resolve module dependencies on the host (modinfo reads foreign-arch .ko).
-want="virtio_mmio virtio_blk crc32c_generic ext4"
 order=()
 seen=" "
 findko() {

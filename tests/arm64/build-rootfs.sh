@@ -1,35 +1,37 @@
 #!/bin/bash
-# Build the arm64 guest root filesystem image (ext4) with mmdebstrap.
-# Usage: build-rootfs.sh OUT_IMG ABI
+# Build a guest root filesystem image (ext4) with mmdebstrap.
+# Usage: build-rootfs.sh OUT_IMG KVER SUITE "EXTRA_PACKAGE..." MIRROR...
+# (KVER like 6.1.0-57-arm64: its architecture is the image's.)
 # Called by harness.sh; the image is cached under a key that includes a hash
-# of this file, packages.txt and the kernel ABI, so edit freely.
+# of this file, packages.txt and the arguments, so edit freely.
 set -euo pipefail
 out=$1
-abi=$2
-kver="6.1.0-${abi}-arm64"
+kver=$2
+suite=$3
+extra=$4
+shift 4
+arch=${kver##*-}
 here=$(cd "$(dirname "$0")" && pwd)
 
-pkgs=$(sed -e 's/#.*//' -e "s/@N@/${abi}/g" "$here/packages.txt" | tr -s ' \n' ',' | sed -e 's/^,//' -e 's/,$//')
+pkgs=$( { sed -e 's/#.*//' -e "s/@KVER@/${kver}/g" "$here/packages.txt"; echo "$extra"; } \
+    | tr -s ' \n' ',' | sed -e 's/^,//' -e 's/,$//')
 work=$(mktemp -d "${out}.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 root="$work/root"
 
-echo "build-rootfs: mmdebstrap arm64 minbase + $pkgs"
-mmdebstrap --arch=arm64 --variant=minbase --include="$pkgs" \
+echo "build-rootfs: mmdebstrap $suite $arch minbase + $pkgs"
+mmdebstrap --arch="$arch" --variant=minbase --include="$pkgs" \
     --aptopt='Acquire::Retries "3"' \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
-    bookworm "$root" \
-    "deb http://deb.debian.org/debian bookworm main" \
-    "deb http://deb.debian.org/debian bookworm-updates main" \
-    "deb http://deb.debian.org/debian-security bookworm-security main"
+    "$suite" "$root" "$@"
 
 # bcc finds kernel headers through /lib/modules/<kver>/build (and, on Debian's
 # split header packages, /lib/modules/<kver>/source -> the -common tree).
 mkdir -p "$root/lib/modules/$kver"
 ln -sfn "/usr/src/linux-headers-$kver" "$root/lib/modules/$kver/build"
-common=$(cd "$root/usr/src" && ls -d linux-headers-6.1.0-"${abi}"-common 2>/dev/null || true)
+common=$(cd "$root/usr/src" && ls -d "linux-headers-${kver%-*}-common" 2>/dev/null || true)
 if [ -n "$common" ]; then
     ln -sfn "/usr/src/$common" "$root/lib/modules/$kver/source"
 fi

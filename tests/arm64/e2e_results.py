@@ -19,12 +19,17 @@ _LINE = re.compile(
 )
 _WAKEUP = re.compile(r"^(?:wait|poll) time (?P<ns>\d+) ns")
 _EXIT = re.compile(r"^(?P<type>[A-Za-z_0-9]+): HSR_EC: 0x(?P<ec>[0-9a-f]+) \((?P<ecname>[^)]*)\)")
+# x86 (5.10: "reason hlt rip 0x..."; 6.1: "vcpu 0 reason hlt rip 0x..."): SVM names as kvmexit's.
+_X86_EXIT = re.compile(r"^(?:vcpu \d+ )?reason (?P<reason>.+?) rip 0x")
 
 
 def exit_label(body: str) -> str:
-    """kvmexit's reason label for one kvm_exit line body (arm64 6.1 format)."""
+    """kvmexit's reason label for one kvm_exit line body (arm64 5.10/6.1 or x86 SVM format)."""
     m = _EXIT.match(body)
     if not m:
+        x = _X86_EXIT.match(body)
+        if x:
+            return x.group("reason")
         raise ValueError("unparsed kvm_exit body: %r" % body)
     if m.group("type") == "TRAP":
         return m.group("ecname")
@@ -107,8 +112,34 @@ def parse_vmm(text: str) -> Tuple[Dict[int, Dict[str, int]], Dict[str, int]]:
 
 
 def expected_traps(v: Dict[str, int]) -> Dict[str, int]:
-    """Trap exits the guest code of e2evmm.c makes, exactly (WFx is checked apart)."""
+    """Exits the guest code of e2evmm.c (arm64) or e2evmm_x86.c makes, exactly (WFx/hlt apart)."""
+    if "out" in v:  # x86 SVM: io = OUT + the done doorbell; npf = MMIO + the code page's first fetch
+        return {"io": v["out"] + 1, "npf": v["mmio"] + 1, "cpuid": v["cpuid"]}
     return {"DABT_LOW": v["mmio"] + 1, "HVC64": v["hvc"], "SYS64": v["sys"], "IABT_LOW": 1}
+
+
+class Arch:
+    """What the tests expect of one host architecture's exits."""
+
+    def __init__(self, host: str) -> None:
+        self.x86 = host.startswith("x86")
+        #: the exits the e2e VMM's guest code makes (the halt one last)
+        self.traps = ("io", "npf", "cpuid", "hlt") if self.x86 else ("DABT_LOW", "HVC64", "SYS64", "IABT_LOW", "WFx")
+        #: the halting exit and the spec field that counts it
+        self.halt, self.halt_field = ("hlt", "hlt") if self.x86 else ("WFx", "wfi")
+        #: exits the host's own interrupts cause, in varying number
+        self.noise = {"intr", "nmi", "vintr", "pause"} if self.x86 else {"IRQ"}
+
+
+def perf_counts(text: str) -> Dict[str, Optional[int]]:
+    """`perf stat -x,` output -> {event: count}; None where perf printed <not counted>."""
+    out: Dict[str, Optional[int]] = {}
+    for line in text.splitlines():
+        parts = line.split(",")
+        if len(parts) < 3 or line.startswith("#"):
+            continue
+        out[parts[2]] = int(parts[0]) if parts[0].isdigit() else None
+    return out
 
 
 def json_docs(text: str) -> List[dict]:

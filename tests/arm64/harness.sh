@@ -1,12 +1,16 @@
 #!/bin/bash
-# Emulated-arm64 KVM end-to-end harness for kvmexit.
+# Emulated KVM host end-to-end harness for kvmexit (arm64 and x86 hosts).
 #
-#   harness.sh deps        install host packages (apt), enable qemu-user binfmt
-#   harness.sh build       fetch arm64 kernel, build initramfs + rootfs (cached)
-#   harness.sh run OUTDIR  boot the emulated host once, run all guest scenarios,
-#                          copy results to OUTDIR (needs a finished `build`)
-#   harness.sh all         deps + build + pytest tests/arm64 (the default)
+#   harness.sh deps [HOST...]      install host packages (apt), enable qemu-user binfmt
+#   harness.sh build [HOST...]     fetch the host's kernel, build initramfs + rootfs (cached)
+#   harness.sh run OUTDIR [HOST]   boot the emulated host once, run all guest scenarios,
+#                                  copy results to OUTDIR (needs a finished `build`)
+#   harness.sh all [pytest args]   deps + build + pytest tests/arm64 (the default)
+#   harness.sh hosts               the selected host names, one a line
 #
+# HOST is a kernel/userland pair (host_conf below): arm64-6.1 (Debian 12),
+# arm64-5.10 (Debian 11). Without HOST: $KVMEXIT_E2E_HOSTS (comma-separated),
+# else all of them; `run` without HOST boots arm64-6.1.
 # Cache: ${KVMEXIT_ARM64_CACHE:-/var/cache/kvmexit-arm64}; images are keyed by
 # a hash of their inputs, so a warm run rebuilds nothing.
 set -euo pipefail
@@ -16,103 +20,178 @@ repo=$(cd "$here/../.." && pwd)
 cache=${KVMEXIT_ARM64_CACHE:-/var/cache/kvmexit-arm64}
 boot_timeout=${KVMEXIT_ARM64_BOOT_TIMEOUT:-2700}
 
-log() { echo "arm64-harness: $*" >&2; }
+log() { echo "e2e-harness: $*" >&2; }
+
+ALL_HOSTS="arm64-6.1"
+
+# One kernel/userland pair: Debian architecture, suite and kernel series;
+# the modules the initramfs loads; extra rootfs packages.
+host_conf() {
+    HOST=$1
+    case "$HOST" in
+        arm64-6.1) ARCH=arm64 SUITE=bookworm KSERIES=6.1.0 ;;
+        arm64-5.10) ARCH=arm64 SUITE=bullseye KSERIES=5.10.0 ;;
+        x86-6.1) ARCH=amd64 SUITE=bookworm KSERIES=6.1.0 ;;
+        *) log "unknown host $HOST (known: $ALL_HOSTS)"; exit 2 ;;
+    esac
+    case "$ARCH" in
+        arm64)
+            MODULES="virtio_mmio virtio_blk crc32c_generic ext4"
+            EXTRA_PKGS=""
+            ;;
+        amd64)
+            MODULES="virtio_pci virtio_blk crc32c_generic ext4 kvm kvm_amd"
+            EXTRA_PKGS="linux-perf"
+            ;;
+    esac
+    MIRRORS=(
+        "deb http://deb.debian.org/debian $SUITE main"
+        "deb http://deb.debian.org/debian $SUITE-updates main"
+    )
+    # bullseye-security's lists are served here but its pool is not (404), so
+    # bullseye comes from its last point release (kernel 5.10.0-32, 5.10.223).
+    [ "$SUITE" = bullseye ] || MIRRORS+=("deb http://deb.debian.org/debian-security $SUITE-security main")
+}
+
+selected_hosts() {
+    if [ $# -gt 0 ]; then echo "$*"; return; fi
+    echo "${KVMEXIT_E2E_HOSTS:-$ALL_HOSTS}" | tr ',' ' '
+}
+
+# A private apt state for the host's suite and architecture (APT_CONFIG), so
+# this machine can pick and fetch another suite's kernel without touching its
+# own sources. $1 = "update" forces a refresh of the lists.
+apt_private() {
+    local d="$cache/apt/$SUITE-$ARCH"
+    mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/sources.list.d"
+    printf '%s\n' "${MIRRORS[@]}" > "$d/sources.list"
+    {
+        echo "Dir::State::Lists \"$d/lists\";"
+        echo "Dir::State::status \"/dev/null\";"
+        echo "Dir::Cache \"$d/cache\";"
+        echo "Dir::Etc::SourceList \"$d/sources.list\";"
+        echo "Dir::Etc::SourceParts \"$d/sources.list.d\";"
+        echo "APT::Architecture \"$ARCH\";"
+        echo "APT::Architectures { \"$ARCH\"; };"
+        echo "Acquire::Retries \"3\";"
+    } > "$d/apt.conf"
+    export APT_CONFIG="$d/apt.conf"
+    if [ "${1:-}" = update ] || ! ls "$d/lists" | grep -q '_Packages$'; then
+        apt-get update -q >/dev/null
+    fi
+}
 
 cmd_deps() {
-    local need=()
-    command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
-    [ -e /usr/libexec/qemu-binfmt/aarch64-binfmt-P ] || [ -e /usr/bin/qemu-aarch64-static ] \
-        || need+=(qemu-user-static)
-    command -v update-binfmts >/dev/null || need+=(binfmt-support)
+    local need=() host arches=" "
+    for host in $(selected_hosts "$@"); do
+        host_conf "$host"
+        arches="$arches$ARCH "
+    done
     command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
-    command -v arch-test >/dev/null || need+=(arch-test)
-    command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
     command -v mke2fs >/dev/null || need+=(e2fsprogs)
     command -v debugfs >/dev/null || need+=(e2fsprogs)
     command -v cpio >/dev/null || need+=(cpio)
     command -v modinfo >/dev/null || need+=(kmod)
     command -v timeout >/dev/null || need+=(coreutils)
-    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-        dpkg --add-architecture arm64
-        need+=(__update__)
-    fi
+    case "$arches" in *" amd64 "*)
+        command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+        command -v gcc >/dev/null || need+=(gcc libc6-dev)
+        ;;
+    esac
+    case "$arches" in *" arm64 "*)
+        command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
+        [ -e /usr/libexec/qemu-binfmt/aarch64-binfmt-P ] || [ -e /usr/bin/qemu-aarch64-static ] \
+            || need+=(qemu-user-static)
+        command -v update-binfmts >/dev/null || need+=(binfmt-support)
+        command -v arch-test >/dev/null || need+=(arch-test)
+        command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+        ;;
+    esac
     if [ ${#need[@]} -gt 0 ]; then
         log "installing host packages: ${need[*]}"
         apt-get update -q >/dev/null
-        local pk=()
-        for p in "${need[@]}"; do [ "$p" = __update__ ] || pk+=("$p"); done
-        if [ ${#pk[@]} -gt 0 ]; then
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pk[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+    fi
+    case "$arches" in *" arm64 "*)
+        # qemu-user binfmt for mmdebstrap's arm64 maintainer scripts
+        if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+            mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
         fi
-    fi
-    # qemu-user binfmt for mmdebstrap's arm64 maintainer scripts
-    if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
-        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
-    fi
-    if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
-        update-binfmts --enable qemu-aarch64 || true
-    fi
-    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || { log "qemu-aarch64 binfmt not registered"; exit 1; }
+        if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+            update-binfmts --enable qemu-aarch64 || true
+        fi
+        [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || { log "qemu-aarch64 binfmt not registered"; exit 1; }
+        ;;
+    esac
 }
 
-# Pick the Debian 6.1 arm64 kernel ABI N whose linux-image and linux-headers
-# candidates have the same version (newest first). KVMEXIT_ARM64_ABI overrides.
+# Pick the Debian kernel ABI N of the host's series and architecture whose
+# linux-image and linux-headers candidates have the same version (newest
+# first). KVMEXIT_E2E_ABI_<host with - and . as _> (KVMEXIT_ARM64_ABI for
+# arm64-6.1) overrides. Prints "N VERSION".
 pick_abi() {
-    if [ -n "${KVMEXIT_ARM64_ABI:-}" ]; then echo "$KVMEXIT_ARM64_ABI"; return; fi
-    local list n vi vh
-    list=$(apt-cache search --names-only '^linux-headers-6\.1\.0-[0-9]+-arm64$' \
-        | sed -n 's/^linux-headers-6\.1\.0-\([0-9]*\)-arm64 .*/\1/p' | sort -rn)
-    if [ -z "$list" ]; then
-        apt-get update -q >/dev/null
-        list=$(apt-cache search --names-only '^linux-headers-6\.1\.0-[0-9]+-arm64$' \
-            | sed -n 's/^linux-headers-6\.1\.0-\([0-9]*\)-arm64 .*/\1/p' | sort -rn)
-    fi
+    local var list n vi vh re
+    var="KVMEXIT_E2E_ABI_$(echo "$HOST" | tr -- '-.' '__')"
+    [ "$HOST" = arm64-6.1 ] && [ -n "${KVMEXIT_ARM64_ABI:-}" ] && var=KVMEXIT_ARM64_ABI
+    re="^linux-headers-${KSERIES//./\\.}-\([0-9]*\)-$ARCH "
+    list=$(apt-cache search --names-only "^linux-headers-${KSERIES//./\\.}-[0-9]+-$ARCH\$" \
+        | sed -n "s/$re.*/\1/p" | sort -rn)
+    [ -n "${!var:-}" ] && list=${!var}
     for n in $list; do
-        vi=$(apt-cache policy "linux-image-6.1.0-$n-arm64:arm64" | sed -n 's/^ *Candidate: //p')
-        vh=$(apt-cache policy "linux-headers-6.1.0-$n-arm64:arm64" | sed -n 's/^ *Candidate: //p')
+        vi=$(apt-cache policy "linux-image-$KSERIES-$n-$ARCH" | sed -n 's/^ *Candidate: //p')
+        vh=$(apt-cache policy "linux-headers-$KSERIES-$n-$ARCH" | sed -n 's/^ *Candidate: //p')
         if [ -n "$vi" ] && [ "$vi" != "(none)" ] && [ "$vi" = "$vh" ]; then
             echo "$n $vi"
             return
         fi
     done
-    log "no matching linux-image/linux-headers 6.1 arm64 pair in apt"
+    log "no matching linux-image/linux-headers $KSERIES $ARCH pair in $SUITE"
     exit 1
 }
 
-cmd_build() {
-    mkdir -p "$cache" "$cache/logs"
-    local abi_ver abi kver_pkg kkey rkey kdir rimg updated=${1:-}
+env_file() { echo "$cache/current-$1.env"; }
+
+build_host() {
+    local updated=${1:-} abi_ver abi kver_pkg kver kkey rkey kdir rimg inputs
+    apt_private $updated
     abi_ver=$(pick_abi)
     abi=${abi_ver%% *}
     kver_pkg=${abi_ver#* }
-    kkey=$( { echo "abi=$abi pkg=$kver_pkg"; cat "$here/build-kernel.sh"; } | sha256sum | cut -c1-16)
-    rkey=$( { echo "abi=$abi pkg=$kver_pkg"; cat "$here/build-rootfs.sh" "$here/packages.txt"; } \
+    kver="$KSERIES-$abi-$ARCH"
+    inputs="host=$HOST arch=$ARCH suite=$SUITE kver=$kver pkg=$kver_pkg"
+    kkey=$( { echo "$inputs modules=$MODULES"; cat "$here/build-kernel.sh"; } | sha256sum | cut -c1-16)
+    rkey=$( { echo "$inputs extra=$EXTRA_PKGS ${MIRRORS[*]}"; cat "$here/build-rootfs.sh" "$here/packages.txt"; } \
         | sha256sum | cut -c1-16)
-    kdir="$cache/kernel-$abi-$kkey"
-    rimg="$cache/rootfs-$abi-$rkey.img"
+    kdir="$cache/kernel-$HOST-$abi-$kkey"
+    rimg="$cache/rootfs-$HOST-$abi-$rkey.img"
     if [ -z "$updated" ] && { [ ! -e "$kdir/vmlinuz" ] || [ ! -e "$rimg" ]; }; then
         # Something must be built: refresh the package lists first (stale lists
         # name kernel versions the mirror may no longer have), then decide again.
-        log "cache miss: apt-get update, then pick the kernel again"
-        apt-get update -q >/dev/null
-        cmd_build updated
+        log "$HOST: cache miss: apt-get update, then pick the kernel again"
+        build_host update
         return
     fi
     if [ -e "$kdir/vmlinuz" ]; then
-        log "kernel cached: $kdir"
+        log "$HOST: kernel cached: $kdir"
     else
-        log "building kernel/initramfs -> $kdir"
+        log "$HOST: building kernel/initramfs -> $kdir"
         rm -rf "$kdir"
-        bash "$here/build-kernel.sh" "$kdir" "$abi"
+        bash "$here/build-kernel.sh" "$kdir" "$kver" "$MODULES"
     fi
     if [ -e "$rimg" ]; then
-        log "rootfs cached: $rimg"
+        log "$HOST: rootfs cached: $rimg"
     else
-        log "building rootfs (mmdebstrap under qemu-user, several minutes) -> $rimg"
-        bash "$here/build-rootfs.sh" "$rimg" "$abi" > "$cache/logs/rootfs-build.log" 2>&1 || {
-            log "rootfs build failed, log: $cache/logs/rootfs-build.log"; tail -n 30 "$cache/logs/rootfs-build.log" >&2; exit 1; }
+        log "$HOST: building rootfs (mmdebstrap, several minutes) -> $rimg"
+        local blog="$cache/logs/rootfs-build-$HOST.log"
+        bash "$here/build-rootfs.sh" "$rimg" "$kver" "$SUITE" "$EXTRA_PKGS" "${MIRRORS[@]}" > "$blog" 2>&1 || {
+            log "rootfs build failed, log: $blog"; tail -n 30 "$blog" >&2; exit 1; }
     fi
-    cat > "$cache/current.env.tmp" <<EOF
+    local envf
+    envf=$(env_file "$HOST")
+    cat > "$envf.tmp" <<EOF
+HOST=$HOST
+ARCH=$ARCH
+SUITE=$SUITE
 ABI=$abi
 KPKG=$kver_pkg
 KVER=$(cat "$kdir/kver")
@@ -120,8 +199,17 @@ KERNEL=$kdir/vmlinuz
 INITRD=$kdir/initrd.gz
 ROOTFS=$rimg
 EOF
-    mv "$cache/current.env.tmp" "$cache/current.env"
-    log "build ready: $cache/current.env"
+    mv "$envf.tmp" "$envf"
+    log "$HOST: build ready: $envf"
+}
+
+cmd_build() {
+    mkdir -p "$cache" "$cache/logs"
+    local host
+    for host in $(selected_hosts "$@"); do
+        host_conf "$host"
+        (build_host)
+    done
 }
 
 qemu_pid=""
@@ -135,16 +223,18 @@ cleanup_qemu() {
 }
 
 cmd_run() {
-    local out=$1
-    [ -e "$cache/current.env" ] || { log "no $cache/current.env: run '$0 build' first"; exit 2; }
-    # shellcheck disable=SC1091
-    . "$cache/current.env"
+    local out=$1 host=${2:-arm64-6.1} envf
+    host_conf "$host"
+    envf=$(env_file "$host")
+    [ -e "$envf" ] || { log "no $envf: run '$0 build $host' first"; exit 2; }
+    # shellcheck disable=SC1090
+    . "$envf"
     for f in "$KERNEL" "$INITRD" "$ROOTFS"; do
-        [ -e "$f" ] || { log "missing cached image $f: run '$0 build'"; exit 2; }
+        [ -e "$f" ] || { log "missing cached image $f: run '$0 build $host'"; exit 2; }
     done
     mkdir -p "$out" "$cache/logs"
     # global: the EXIT trap runs after this function returns
-    stage=$(mktemp -d /tmp/kvmexit-arm64-run.XXXXXX)
+    stage=$(mktemp -d /tmp/kvmexit-e2e-run.XXXXXX)
     trap 'cleanup_qemu; rm -rf "$stage"' EXIT
     trap 'cleanup_qemu; exit 130' INT TERM
 
@@ -157,23 +247,46 @@ cmd_run() {
         cp -a "$src" "$stage/work/py/kvmexit"
         find "$stage/work/py" -name __pycache__ -prune -exec rm -rf {} +
     fi
-    aarch64-linux-gnu-gcc -O2 -static -pthread -Wall -Werror -o "$stage/work/guest/e2evmm" "$here/vmm/e2evmm.c"
-    cp "$here/scenario.conf" "$stage/work/guest/scenario.conf"
+    case "$ARCH" in
+        arm64)
+            aarch64-linux-gnu-gcc -O2 -static -pthread -Wall -Werror -o "$stage/work/guest/e2evmm" "$here/vmm/e2evmm.c"
+            cp "$here/scenario.conf" "$stage/work/guest/scenario.conf"
+            ;;
+        amd64)
+            gcc -O2 -static -pthread -Wall -Werror -o "$stage/work/guest/e2evmm" "$here/vmm/e2evmm_x86.c"
+            cp "$here/scenario-x86.conf" "$stage/work/guest/scenario.conf"
+            ;;
+    esac
     env | grep '^KVMEXIT_E2E_' > "$stage/work/guest/env.conf" || true
-    echo "KVER=$KVER" >> "$stage/work/guest/env.conf"
+    { echo "KVER=$KVER"; echo "HOST=$HOST"; echo "ARCH=$ARCH"; } >> "$stage/work/guest/env.conf"
     mke2fs -q -t ext4 -L e2ework -d "$stage/work" "$stage/work.img" 256M
 
     local serial="$out/serial.log"
-    log "booting emulated arm64 host (kernel $KVER), serial log: $serial"
+    echo "$HOST" > "$out/host"
+    log "booting emulated $HOST host (kernel $KVER), serial log: $serial"
     local t0 t1
     t0=$(date +%s)
-    qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu max,pauth-impdef=on \
-        -smp 2 -m 2048 -nographic -no-reboot -nic none -monitor none -serial "file:$serial" \
-        -kernel "$KERNEL" -initrd "$INITRD" \
-        -append "console=ttyAMA0 panic=-1 loglevel=4 rw" \
-        -drive "if=none,id=root,file=$ROOTFS,format=raw,snapshot=on" -device virtio-blk-device,drive=root \
-        -drive "if=none,id=work,file=$stage/work.img,format=raw" -device virtio-blk-device,drive=work \
-        </dev/null >"$out/qemu.stdout" 2>&1 &
+    case "$ARCH" in
+        arm64)
+            qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 -cpu max,pauth-impdef=on \
+                -smp 2 -m 2048 -nographic -no-reboot -nic none -monitor none -serial "file:$serial" \
+                -kernel "$KERNEL" -initrd "$INITRD" \
+                -append "console=ttyAMA0 panic=-1 loglevel=4 rw" \
+                -drive "if=none,id=root,file=$ROOTFS,format=raw,snapshot=on" -device virtio-blk-device,drive=root \
+                -drive "if=none,id=work,file=$stage/work.img,format=raw" -device virtio-blk-device,drive=work \
+                </dev/null >"$out/qemu.stdout" 2>&1 &
+            ;;
+        amd64)
+            # TCG's -cpu max has AMD SVM with nested paging: kvm_amd loads in the guest.
+            qemu-system-x86_64 -M q35 -cpu max -smp 2 -m 2048 -nographic -no-reboot -nic none \
+                -monitor none -serial "file:$serial" \
+                -kernel "$KERNEL" -initrd "$INITRD" \
+                -append "console=ttyS0 panic=-1 loglevel=4 rw" \
+                -drive "if=none,id=root,file=$ROOTFS,format=raw,snapshot=on" -device virtio-blk-pci,drive=root \
+                -drive "if=none,id=work,file=$stage/work.img,format=raw" -device virtio-blk-pci,drive=work \
+                </dev/null >"$out/qemu.stdout" 2>&1 &
+            ;;
+    esac
     qemu_pid=$!
     local waited=0
     while kill -0 "$qemu_pid" 2>/dev/null; do
@@ -189,12 +302,12 @@ cmd_run() {
     qemu_pid=""
     t1=$(date +%s)
     echo "$((t1 - t0))" > "$out/boot_seconds"
-    log "emulated host finished after $((t1 - t0))s"
+    log "emulated $HOST host finished after $((t1 - t0))s"
 
     rm -rf "$out/results"
     debugfs -R "rdump /results $out" "$stage/work.img" >/dev/null 2>&1 || true
     local keep
-    keep="$cache/logs/serial-$(date +%Y%m%d-%H%M%S).log"
+    keep="$cache/logs/serial-$HOST-$(date +%Y%m%d-%H%M%S).log"
     cp "$serial" "$keep"
     ls -1t "$cache"/logs/serial-*.log 2>/dev/null | tail -n +21 | xargs -r rm -f
     if [ ! -e "$out/results/done" ]; then
@@ -219,9 +332,10 @@ cmd_all() {
 }
 
 case "${1:-all}" in
-    deps) cmd_deps ;;
-    build) cmd_build ;;
-    run) shift; cmd_run "${1:?usage: harness.sh run OUTDIR}" ;;
+    deps) shift; cmd_deps "$@" ;;
+    build) shift; cmd_build "$@" ;;
+    run) shift; cmd_run "${1:?usage: harness.sh run OUTDIR [HOST]}" "${2:-}" ;;
+    hosts) selected_hosts | tr ' ' '\n' ;;
     all) shift || true; cmd_all "$@" ;;
-    *) echo "usage: $0 [deps|build|run OUTDIR|all [pytest args]]" >&2; exit 2 ;;
+    *) echo "usage: $0 [deps [HOST...]|build [HOST...]|run OUTDIR [HOST]|hosts|all [pytest args]]" >&2; exit 2 ;;
 esac

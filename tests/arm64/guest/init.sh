@@ -12,7 +12,7 @@ mount -t tmpfs tmpfs /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
-hostname e2e-arm64
+hostname e2e-host
 echo "E2E: guest up $(uname -r)"
 cd /mnt/work/guest
 timeout 2400 python3 /mnt/work/guest/scenarios.py
