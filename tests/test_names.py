@@ -47,6 +47,20 @@ def test_kernel_comm_wins_and_dead_threads_keep_names(resolver):
     assert resolver.vm(9999) is None
 
 
+def test_refresh_rereads_a_live_process_and_keeps_the_name_of_a_dead_one(resolver, tmp_path, data_dir):
+    import shutil
+
+    proc = tmp_path / "proc"
+    shutil.copytree(str(data_dir / "proc"), str(proc))
+    r = NameResolver(procfs=str(proc), libvirt_run=str(data_dir / "libvirt-run"))
+    assert r.vm(4242) == "web01"
+    (proc / "4242" / "cmdline").write_bytes(b"qemu\0-name\0guest=web02\0")  # pid reused while alive
+    assert r.vm(4242) == "web01" and r.refresh(4242) == "web02"
+    shutil.rmtree(str(proc / "4242"))  # the VMM exited before a late notification was handled
+    assert r.refresh(4242) == "web02" and r.vm(4242) == "web02"
+    assert r.refresh(4243) is None  # never known, not running: nothing to keep
+
+
 def test_alive_and_vm_lookup(resolver):
     assert resolver.alive(4242, 4243)
     assert resolver.alive(5000, 5001)  # a comm with spaces and parentheses

@@ -78,6 +78,17 @@ class NameResolver:
         self._vm.pop(tgid, None)
         self._gone.pop(tgid, None)
 
+    def refresh(self, tgid: int) -> Optional[str]:
+        """Read ``tgid``'s name again (its pid may have been reused). A name already known is
+        kept when the process is gone by now: a notification handled late must not erase it."""
+        known = self._vm.get(tgid)
+        self.forget(tgid)
+        name = self.vm(tgid)
+        if name is None and known is not None and self._read(str(tgid), "cmdline") is None:
+            self._gone.pop(tgid, None)
+            self._vm[tgid] = name = known
+        return name
+
     def vm(self, tgid: int) -> Optional[str]:
         if tgid in self._vm:
             return self._vm[tgid]

@@ -242,8 +242,7 @@ class LiveSource:
         """A thread's first exit of a kind: name its VM now, while the process surely runs
         (a short-lived VMM may be gone by the next snapshot)."""
         key = self.bpf["new_keys"].event(data)
-        self.resolver.forget(key.tgid)
-        self.resolver.vm(key.tgid)
+        self.resolver.refresh(key.tgid)
         self._threads.pop(key.tid, None)
 
     def _on_lost(self, count: int) -> None:
