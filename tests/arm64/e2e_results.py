@@ -128,7 +128,9 @@ class Arch:
         #: the halting exit and the spec field that counts it
         self.halt, self.halt_field = ("hlt", "hlt") if self.x86 else ("WFx", "wfi")
         #: exits the host's own interrupts cause, in varying number
-        self.noise = {"intr", "nmi", "vintr", "pause"} if self.x86 else {"IRQ"}
+        self.noise = {"interrupt", "nmi", "vintr", "pause"} if self.x86 else {"IRQ"}
+        #: what the kernel logs once KVM is ready (arm64: VHE; x86: kvm_amd with nested paging)
+        self.kvm_ready = "Nested Paging enabled" if self.x86 else "initialized successfully"
 
 
 def perf_counts(text: str) -> Dict[str, Optional[int]]:

@@ -2,10 +2,11 @@
 
     python3 tests/arm64/save_reference.py RUN_DIR
 
-RUN_DIR is what `tests/arm64/harness.sh run RUN_DIR` wrote (the pytest fixture
-keeps runs under /var/cache/kvmexit-arm64/runs/).  Writes
-tests/data/traces/arm64-6.1-e2e.trace (the `live` scenario's ftrace instance
-text), tests/data/traces/README.md and tests/data/formats/arm64-6.1/.
+RUN_DIR is what `tests/arm64/harness.sh run RUN_DIR HOST` wrote (the pytest
+fixture keeps runs under /var/cache/kvmexit-arm64/runs/).  Writes
+tests/data/traces/HOST-e2e.trace (the `live` scenario's ftrace instance text),
+its provenance (tests/data/traces/README.md for arm64-6.1, HOST-e2e.md for the
+other hosts) and tests/data/formats/HOST/.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def qemu_command() -> str:
 
 def main(run_dir: str) -> int:
     res = os.path.join(run_dir, "results")
+    host = read(run_dir, "host").strip() if os.path.exists(os.path.join(run_dir, "host")) else "arm64-6.1"
     meta = json.loads(read(res, "meta", "meta.json"))
     trace = read(res, "live", "trace")
     if len(trace) > 1024 * 1024:
@@ -51,12 +53,12 @@ def main(run_dir: str) -> int:
     cmd = read(res, "live", "cmd").strip() if os.path.exists(os.path.join(res, "live", "cmd")) else "kvmexit"
     tdir = os.path.join(REPO, "tests", "data", "traces")
     os.makedirs(tdir, exist_ok=True)
-    with open(os.path.join(tdir, "arm64-6.1-e2e.trace"), "w") as f:
+    with open(os.path.join(tdir, "%s-e2e.trace" % host), "w") as f:
         f.write(trace)
     for ev in ("kvm_exit", "kvm_entry", "kvm_vcpu_wakeup"):
         if not os.path.exists(os.path.join(res, "formats", ev, "format")):
             continue
-        d = os.path.join(REPO, "tests", "data", "formats", "arm64-6.1", ev)
+        d = os.path.join(REPO, "tests", "data", "formats", host, ev)
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, "format"), "w") as f:
             f.write(read(res, "formats", ev, "format"))
@@ -81,7 +83,7 @@ def main(run_dir: str) -> int:
     qemu = qemu_command()
     text = """# Real kernel traces
 
-## `arm64-6.1-e2e.trace` (captured)
+## `{host}-e2e.trace` (captured)
 
 The `trace` file of a tracefs instance (`/sys/kernel/tracing/instances/kvmexit-e2e`, events
 `kvm:kvm_exit`, `kvm:kvm_entry` and `kvm:kvm_vcpu_wakeup`, `buffer_size_kb` 16384, no lost events: every
@@ -117,6 +119,7 @@ arm64 host by the arm64 harness (`scripts/arm64-harness.sh`, scenario `live`, wi
 
 Other files in this directory are synthetic (see their own headers and `tests/data/formats/README.md`).
 """.format(
+        host=host,
         cmd=cmd.replace("python3 -m ", ""),
         uname=meta["uname"],
         qemu=qemu,
@@ -126,9 +129,14 @@ Other files in this directory are synthetic (see their own headers and `tests/da
         lines=ft.lines,
         rows="\n".join(rows),
     )
-    with open(os.path.join(tdir, "README.md"), "w") as f:
+    readme = "README.md"
+    if host != "arm64-6.1":  # its own provenance file, linked from README.md by hand
+        readme = "%s-e2e.md" % host
+        text = text.replace("# Real kernel traces\n\n", "", 1)
+        text = text.replace("\nOther files in this directory", "\nSee README.md; other files in this directory")
+    with open(os.path.join(tdir, readme), "w") as f:
         f.write(text)
-    print("wrote %s/arm64-6.1-e2e.trace (%d lines), README.md, formats/arm64-6.1 from %s" % (tdir, ft.lines, run_dir))
+    print("wrote %s/%s-e2e.trace (%d lines), %s, formats/%s from %s" % (tdir, host, ft.lines, readme, host, run_dir))
     return 0
 
 

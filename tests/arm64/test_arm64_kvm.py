@@ -186,10 +186,10 @@ def interval(results):
     return Scenario(results, "interval")
 
 
-def test_guest_has_kvm(results):
+def test_guest_has_kvm(results, arch):
     meta = json.loads(_read(results, "meta", "meta.json"))
     assert meta["kvm_dev"]
-    assert any("initialized successfully" in line for line in meta["kvm_dmesg"]), meta["kvm_dmesg"]
+    assert any(arch.kvm_ready in line for line in meta["kvm_dmesg"]), meta["kvm_dmesg"]
     print("\nguest kernel %s, python %s, packages %s" % (meta["uname"], meta["python"], meta["packages"]))
 
 

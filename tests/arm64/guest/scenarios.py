@@ -27,7 +27,7 @@ VMM = os.path.join(GUEST, "e2evmm")
 TRACEFS = "/sys/kernel/tracing"
 INSTANCE = os.path.join(TRACEFS, "instances", "kvmexit-e2e")
 READY = "kvmexit: tracing"
-ATTACH_TIMEOUT = 420
+ATTACH_TIMEOUT = 900
 STOP_TIMEOUT = 180
 
 
