@@ -130,6 +130,7 @@ class LiveSource:
         wakeup_ns_off: Optional[int] = None,
     ) -> None:
         self.layout = layout
+        self.max_keys = max_keys
         self.tgids = sorted(set(tgids))
         self.tids = sorted(set(tids))
         self.resolver = resolver or NameResolver()
@@ -310,7 +311,7 @@ class LiveSource:
         """(key, stats as the kernel keeps them, comm) for every entry of the stats map."""
         table = self.bpf["stats"]
         if self._batch is None:
-            self._batch = _BatchReader(table)
+            self._batch = _BatchReader(table, self.max_keys)
         raw = self._batch.read()
         if raw is None:  # kernel without batch lookups (before 5.6): one syscall per key
             return [
@@ -379,9 +380,10 @@ _VALUE_FORMAT = "=%dQ16s" % sum(f.words for f in KERNEL_FIELDS)
 class _BatchReader:
     """Reads a whole hash map with BPF_MAP_LOOKUP_BATCH (5.6+) into reused buffers."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, capacity: int) -> None:
         self.table = table
-        self.capacity = table.max_entries
+        # MAX_KEYS as compiled: bcc before 0.2x has no max_entries on hash tables (Debian 11's 0.18)
+        self.capacity = capacity
         self.key_size = ctypes.sizeof(table.Key)
         self.value_size = ctypes.sizeof(table.Leaf)
         if (struct.calcsize(_KEY_FORMAT), struct.calcsize(_VALUE_FORMAT)) != (self.key_size, self.value_size):
