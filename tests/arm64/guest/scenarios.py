@@ -196,6 +196,8 @@ class Kvmexit:
             return True
         say("%s did not attach (rc=%s)" % (self.module, self.proc.poll()))
         self.stop()
+        for line in self.err_lines[-5:]:  # the reason, on the serial console too
+            say("  %s" % line.rstrip()[:300])
         return False
 
     def _stderr_reader(self):
@@ -430,6 +432,7 @@ def main():
         except Exception as e:  # record and go on with the next scenario
             say("scenario %s crashed: %r" % (name, e))
             write(os.path.join(RESULTS, name + ".crash"), repr(e) + "\n")
+        os.sync()  # each scenario's results survive a later timeout
     write(os.path.join(RESULTS, "guest_seconds"), "%.1f\n" % (time.time() - t0))
     write(os.path.join(RESULTS, "done"), "1\n")
     say("all scenarios done in %.1fs" % (time.time() - t0))
