@@ -8,6 +8,7 @@ from kvmexit.layouts import detect, parse_format, read_formats
 # layout fixture directory -> (detected name, arch, defines that decide the BPF variant)
 EXPECTED = {
     "arm64-6.1": ("arm64", "arm64", ("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1")),
+    "arm64-5.10": ("arm64", "arm64", ("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1")),
     "arm64-4.19": ("arm64-4.19", "arm64", ("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1")),
     "arm64-openeuler-4.19": ("arm64-openeuler-4.19", "arm64", ("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1")),
     "arm64-openeuler-5.10": (

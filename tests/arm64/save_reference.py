@@ -1,10 +1,11 @@
 """Store one harness run's real arm64 capture as test data for the rest of the suite.
 
-    python3 tests/arm64/save_reference.py RUN_DIR
+    python3 tests/arm64/save_reference.py RUN_DIR [SCENARIO]
 
 RUN_DIR is what `tests/arm64/harness.sh run RUN_DIR HOST` wrote (the pytest
 fixture keeps runs under /var/cache/kvmexit-arm64/runs/).  Writes
-tests/data/traces/HOST-e2e.trace (the `live` scenario's ftrace instance text),
+tests/data/traces/HOST-e2e.trace (the ftrace instance text of SCENARIO, by
+default `live`; `workload` is the same VMM run without kvmexit attached),
 its provenance (tests/data/traces/README.md for arm64-6.1, HOST-e2e.md for the
 other hosts) and tests/data/formats/HOST/.
 """
@@ -40,17 +41,18 @@ def qemu_command() -> str:
     return "\n".join(out)
 
 
-def main(run_dir: str) -> int:
+def main(run_dir: str, scenario: str = "live") -> int:
     res = os.path.join(run_dir, "results")
     host = read(run_dir, "host").strip() if os.path.exists(os.path.join(run_dir, "host")) else "arm64-6.1"
     meta = json.loads(read(res, "meta", "meta.json"))
-    trace = read(res, "live", "trace")
+    trace = read(res, scenario, "trace")
     if len(trace) > 1024 * 1024:
         print("trace is over 1 MB; use a smaller workload", file=sys.stderr)
         return 1
     ft = er.Ftrace(trace)
-    vcpus, done = er.parse_vmm(read(res, "live", "vmm.out"))
-    cmd = read(res, "live", "cmd").strip() if os.path.exists(os.path.join(res, "live", "cmd")) else "kvmexit"
+    vcpus, done = er.parse_vmm(read(res, scenario, "vmm.out"))
+    cmd_file = os.path.join(res, scenario, "cmd")
+    cmd = read(cmd_file).strip() if os.path.exists(cmd_file) else "no kvmexit"
     tdir = os.path.join(REPO, "tests", "data", "traces")
     os.makedirs(tdir, exist_ok=True)
     with open(os.path.join(tdir, "%s-e2e.trace" % host), "w") as f:
@@ -88,7 +90,7 @@ def main(run_dir: str) -> int:
 The `trace` file of a tracefs instance (`/sys/kernel/tracing/instances/kvmexit-e2e`, events
 `kvm:kvm_exit`, `kvm:kvm_entry` and `kvm:kvm_vcpu_wakeup`, `buffer_size_kb` 16384, no lost events: every
 `per_cpu/cpuN/stats` overrun 0, entries-in-buffer == entries-written) recorded inside an emulated
-arm64 host by the arm64 harness (`scripts/arm64-harness.sh`, scenario `live`, with
+arm64 host by the arm64 harness (`scripts/arm64-harness.sh`, scenario `{scenario}`, with
 `{cmd}` attached at the same time). Written by `tests/arm64/save_reference.py`.
 
 - Guest kernel: Debian `{uname}` (package linux-image-{uname}:arm64), KVM in VHE mode
@@ -120,6 +122,7 @@ arm64 host by the arm64 harness (`scripts/arm64-harness.sh`, scenario `live`, wi
 Other files in this directory are synthetic (see their own headers and `tests/data/formats/README.md`).
 """.format(
         host=host,
+        scenario=scenario,
         cmd=cmd.replace("python3 -m ", ""),
         uname=meta["uname"],
         qemu=qemu,
@@ -141,4 +144,4 @@ Other files in this directory are synthetic (see their own headers and `tests/da
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:3]))

@@ -213,6 +213,35 @@ def test_real_arm64_capture():
     assert r.health.lines == 1743 and r.health.events == 1731 and r.health.malformed == 0
 
 
+# The real arm64 5.10 capture (Debian 11's kernel; tests/data/traces/arm64-5.10-e2e.md).
+E2E_510 = TRACES / "arm64-5.10-e2e.trace"
+E2E_510_TABLE = {  # (tid, reason) -> (exits, paired, halt ns), that file's table
+    (122, "DABT_LOW"): (201, 200, 0),
+    (122, "HVC64"): (150, 150, 0),
+    (122, "IABT_LOW"): (1, 1, 0),
+    (122, "IRQ"): (16, 16, 0),
+    (122, "SYS64"): (100, 100, 0),
+    (122, "WFx"): (30, 30, 213405328),
+    (123, "DABT_LOW"): (81, 80, 0),
+    (123, "HVC64"): (60, 60, 0),
+    (123, "IABT_LOW"): (1, 1, 0),
+    (123, "IRQ"): (20, 20, 0),
+    (123, "SYS64"): (170, 170, 0),
+    (123, "WFx"): (15, 15, 175302560),
+}
+
+
+def test_real_arm64_510_capture():
+    r, got = table(E2E_510)
+    assert r.info.format == "ftrace" and r.info.layout == "arm64"
+    assert {k: (v[0], v[1], v[5]) for k, v in got.items()} == E2E_510_TABLE
+    assert r.snapshot.halt_known
+    assert {k: v[3] for k, v in got.items() if v[3]} == {(122, "DABT_LOW"): 1, (123, "DABT_LOW"): 1}
+    assert r.snapshot.health.unpaired_entries == 2
+    # 11 header lines (5.10 prints one fewer than 6.1); 1735 events, all used, none malformed.
+    assert r.health.lines == 1746 and r.health.events == 1735 and r.health.malformed == 0
+
+
 def rerender(path: Path, fmt: str) -> bytes:
     """The events of a real ftrace capture, printed as ``fmt`` would print them (synthesised
     rendering of real data: trace-cmd/perf cannot be run on that capture here)."""
