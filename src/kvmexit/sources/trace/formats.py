@@ -63,10 +63,12 @@ def _atomic(name: str, rx: bytes) -> bytes:
     return rb"(?=(?P<%s>%s))(?P=%s)" % (name.encode(), rx, name.encode())
 
 
-# Linear time on any line: every whitespace run the regex engine could otherwise split between
-# two quantifiers is consumed atomically, the comm ends at a non-space character (so each
-# whitespace run is tried by one candidate comm only), and digit runs are bounded. A run of n
-# spaces used to cost O(n**3) in the perf grammar.
+# Linear time on any line: a whitespace run the regex engine could otherwise split between two
+# quantifiers is consumed atomically (ftrace's leading run, before a comm that may hold anything),
+# or the perf comm starts and ends at a non-space character (so each whitespace run is tried by
+# one candidate comm only, and giving back its spaces fails at once); digit runs are bounded. A
+# run of n spaces used to cost O(n**3) in the perf grammar. perf lines take this grammar every
+# time (their ":  " defeats the reader's fast path), so it has no lookaheads to pay for.
 _NUM = rb"\d{1,%d}" % MAX_DIGITS
 _TS = rb"(?P<sec>%s)(?!\d)\.?(?P<frac>\d{0,%d}):" % (_NUM, MAX_FRACTION)
 _FTRACE = (
@@ -76,11 +78,7 @@ _FTRACE = (
 )
 _TRACECMD = rb"^(?:(?P<buffer>\S+): )?" + _FTRACE[1:]
 _PERF = (
-    rb"^"
-    + _atomic("_lead", rb"\s*")
-    + rb"(?P<comm>.*?\S)"
-    + _atomic("_sep", rb"\s+")
-    + rb"(?:(?P<tgid>"
+    rb"^\s*(?P<comm>\S(?:.*?\S)?)\s+(?:(?P<tgid>"
     + _NUM
     + rb")/)?(?P<tid>"
     + _NUM
