@@ -23,7 +23,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(python3-bpfcc bpfcc-tools bpftool python3-venv python3-pip python3-pytest python3-hypothesis
       python3-jsonschema procps xz-utils gzip trace-cmd
-      python3-prometheus-client prometheus tmux)
+      python3-prometheus-client prometheus tmux
+      python3-matplotlib chromium)  # --html plots, and the headless browser its test renders the page in
 if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
     pkgs+=("linux-headers-$release")
 else

@@ -17,7 +17,7 @@ echo "== arm64 harness: host packages and cached images"
 bash tests/arm64/harness.sh deps
 bash tests/arm64/harness.sh build
 if [ "${CI:-}" = true ]; then
-    export KVMEXIT_REQUIRE_BPF=1 KVMEXIT_REQUIRE_ARM64=1
+    export KVMEXIT_REQUIRE_BPF=1 KVMEXIT_REQUIRE_ARM64=1 KVMEXIT_REQUIRE_HTML=1
 fi
 echo "== pytest"
 $py -m pytest "$@"

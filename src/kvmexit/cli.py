@@ -118,6 +118,7 @@ def completion_parser() -> argparse.ArgumentParser:
 def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], argv: List[str]) -> int:
     with streams.guarded():
         args = parser.parse_args(argv)
+        args.command_line = " ".join([parser.prog, *argv])  # for provenance (the --html page)
         try:
             code = run(args)
             sys.stdout.flush()  # a full disk shows at the last flush: say so here, not at exit

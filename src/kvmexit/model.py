@@ -49,6 +49,7 @@ __all__ = [
     "delta",
     "merge_all",
     "build_report",
+    "merge_reports",
 ]
 
 
@@ -440,3 +441,36 @@ def build_report(
 def _reason_matches(name: str, wanted: set) -> bool:
     """``WFx`` matches ``WFx`` and ``WFx+SERROR``; unknown codes match by their shown name."""
     return name.lower() in wanted or name.split("+")[0].lower() in wanted
+
+
+def merge_reports(reports: Sequence[Report], sort: str = "count") -> Report:
+    """Interval reports added up into one: rows of the same identity merged (their deltas add up to
+    the run's totals; MIN and MAX, cumulative in every interval, merge as they are)."""
+    if not reports:
+        raise ValueError("no reports to merge")
+    parts: Dict[Identity, List[ExitStats]] = {}
+    for rep in reports:
+        for r in rep.rows:
+            ident: Identity = (r.tgid, r.tid, r.comm, r.vm, r.vcpu, r.reason, r.code, r.detail)
+            parts.setdefault(ident, []).append(r.stats)
+    rows = [Row(*ident, merge_all(st)) for ident, st in parts.items()]
+    rows.sort(key=SORT_KEYS[sort])
+    health = Health()
+    for rep in reports:
+        h = rep.health
+        health = Health(
+            health.unpaired_entries + h.unpaired_entries,
+            health.start_map_full + h.start_map_full,
+            health.stats_map_full + h.stats_map_full,
+            health.abandoned + h.abandoned,
+        )
+    last = reports[-1]
+    return Report(
+        rows,
+        health,
+        last.arch,
+        last.group_by,
+        merge_all([r.totals for r in reports], with_hist=False),
+        all(r.halt_known for r in reports),
+        sum(r.time_ns for r in reports),
+    )

@@ -179,6 +179,12 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     fmt = g.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON document per report (schema kvmexit/1)")
     fmt.add_argument("--csv", action="store_true", help="CSV, one line per row")
+    g.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write one self-contained HTML page with plots (needs matplotlib)",
+    )
+    g.add_argument("--force", action="store_true", help="overwrite the --html FILE if it exists")
 
 
 #: Examples of reason names per architecture, for the hint of an unknown --reason.
@@ -242,6 +248,11 @@ class Emitter:
         self.out = out if out is not None else sys.stdout
         self._csv_header = True
         self._last_empty: Optional[str] = None
+        self.html: Optional[Any] = None
+        if getattr(args, "html", None):
+            from ..views.html import HtmlReport
+
+            self.html = HtmlReport(args.html, args.force, command=getattr(args, "command_line", None))
 
     def _tty(self) -> bool:
         try:
@@ -251,6 +262,8 @@ class Emitter:
 
     def emit(self, report: Report, interval: Optional[Dict[str, Any]] = None, why_empty: Optional[str] = None) -> None:
         a = self.args
+        if self.html is not None:
+            self.html.add(report, report_document(report, self.source, interval, with_hist=True), interval)
         if a.json:
             doc = report_document(report, self.source, interval, with_hist=True)
             self.out.write(json.dumps(doc, sort_keys=False) + "\n")
@@ -285,3 +298,8 @@ class Emitter:
         else:
             self.out.write(health + "\n")
             self.out.flush()
+
+    def close(self, timeline: Optional[Any] = None, notes: Sequence[str] = ()) -> None:
+        """Write what is written once at the end (the --html page)."""
+        if self.html is not None:
+            self.html.write(self.source, timeline, notes, sort=self.args.sort)

@@ -250,6 +250,11 @@ def run(args: argparse.Namespace) -> int:
     log = LogFile(args.log) if args.log else None  # a bad path fails before anything is loaded
     if log is None:
         require_stdout()
+    if args.html:  # before attaching: a page that cannot be written fails now, not after the run
+        from ..views.html import check_writable, require_matplotlib
+
+        require_matplotlib()
+        check_writable(args.html, args.force)
     try:
         try:
             source = open_live(
@@ -305,7 +310,9 @@ def _trace(source: Any, args: argparse.Namespace, stop: StopRequest, out: Any = 
     deadline = start_mono + args.duration if args.duration else None
     if args.interval is None:
         stop.sleep_until(deadline, source.sweep, source.wait)
-        return _emit_since(source, args, emitter, prev, start, 0, unless_idle=args.fallback_example)[2]
+        why = _emit_since(source, args, emitter, prev, start, 0, unless_idle=args.fallback_example)[2]
+        emitter.close()
+        return why
     prev_t, index = start, 0
     wake = start_mono
     while args.count is None or index < args.count:
@@ -317,6 +324,7 @@ def _trace(source: Any, args: argparse.Namespace, stop: StopRequest, out: Any = 
         index += 1
         if stopped or (deadline is not None and time.monotonic() >= deadline):
             break
+    emitter.close()
     return None
 
 

@@ -11,13 +11,19 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Dict, List, Optional
 
 from ..errors import BadTrace, KvmexitError
-from ..sources.trace import FORMATS, LAYOUTS, TraceResult, read_trace
+from ..model import SORT_KEYS
+from ..reasons import label
+from ..sources.saved import is_saved_report, load_report
+from ..sources.trace import FORMATS, LAYOUTS, TraceResult, open_input, read_trace
 from ..sources.trace.formats import MAX_LINE
 from ..sources.trace.pairing import TraceHealth
+from ..sources.trace.timebins import TimeBins
 from ..streams import InputError, stdin_is_closed
+from ..timeline import from_intervals
 from .common import Emitter, add_filter_options, add_output_options, describe_filters, make_report
 
 __all__ = [
@@ -56,7 +62,9 @@ EXAMPLE_NOTE = os.path.join(_DATA, "EXAMPLE.md")
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", nargs="?", metavar="FILE|-", help="trace file, or - for standard input")
+    parser.add_argument(
+        "file", nargs="?", metavar="FILE|-", help="trace file, saved JSON report (kvmexit --json), or - (stdin)"
+    )
     parser.add_argument("--example", action="store_true", help="report on the small arm64 trace shipped with kvmexit")
     parser.add_argument("--format", choices=FORMATS, help="input format (default: detected)")
     parser.add_argument(
@@ -115,9 +123,15 @@ def summarize_health(h: TraceHealth, prog: str = "kvmexit report") -> List[str]:
     return out
 
 
-def report_trace(result: TraceResult, args: argparse.Namespace, source: Optional[Dict[str, Any]] = None) -> int:
+def report_trace(
+    result: TraceResult,
+    args: argparse.Namespace,
+    source: Optional[Dict[str, Any]] = None,
+    time_bins: Optional[TimeBins] = None,
+) -> int:
     """Print the views of one trace result with the shared options; notes go to stderr."""
-    for line in summarize_health(result.health):
+    notes = summarize_health(result.health)
+    for line in notes:
         print(line, file=sys.stderr)
     report = make_report(result.snapshot, args)
     if not report.rows and _filtering(args):
@@ -125,8 +139,58 @@ def report_trace(result: TraceResult, args: argparse.Namespace, source: Optional
     ended = result.info.ended
     # CSV's time column: when the trace was taken (its end, as live's is an interval's end).
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)) if ended is not None else ""
-    Emitter(args, source or result.info.source(), out=sys.stdout, stamp=stamp).emit(report)
+    emitter = Emitter(args, source or result.info.source(), out=sys.stdout, stamp=stamp)
+    emitter.emit(report)
+    timeline = time_bins.timeline(result.snapshot.arch, label) if time_bins is not None else None
+    emitter.close(timeline, notes)
     return 0
+
+
+def _time_bins(args: argparse.Namespace) -> Optional[TimeBins]:
+    """Per-time-bin counts for the heatmaps, only when a page is wanted (the reader's default path
+    stays as it is)."""
+    return TimeBins() if getattr(args, "html", None) else None
+
+
+def report_saved(args: argparse.Namespace) -> int:
+    """The views of a saved JSON report (``kvmexit --json``), read back and validated."""
+    saved = load_report(args.file)
+    intervals = [(float(i["seconds"]), rows) for i, rows in zip(saved.intervals, saved.interval_rows)]
+    if saved.snapshot is not None:
+        snap = saved.snapshot
+        if args.pids or args.tids:
+            keep = {k: v for k, v in snap.stats.items() if _wanted(k.tgid, k.tid, args.pids, args.tids)}
+            snap = replace(snap, stats=keep)
+            intervals = [
+                (sec, [r for r in rows if _wanted(r.tgid, r.tid, args.pids, args.tids)]) for sec, rows in intervals
+            ]
+        report = make_report(snap, args)
+    else:
+        if args.by != saved.group_by or _filtering(args):
+            raise KvmexitError(
+                "%s is a report grouped by %s: it can only be shown as it is" % (args.file, saved.group_by),
+                hint="--by %s without filters, or save the report grouped by thread (the default)" % saved.group_by,
+            )
+        rows = sorted(saved.report.rows, key=SORT_KEYS[args.sort])[: args.top]
+        report = replace(saved.report, rows=rows)
+    if not report.rows and _filtering(args):
+        raise _matched_nothing(args)
+    emitter = Emitter(args, saved.source, out=sys.stdout)
+    emitter.emit(report)
+    emitter.close(from_intervals(intervals) if len(intervals) > 1 else None)
+    return 0
+
+
+def _wanted(tgid: Optional[int], tid: Optional[int], pids: List[int], tids: List[int]) -> bool:
+    return (not pids or tgid in pids) and (not tids or tid in tids)
+
+
+def _is_saved(path: str) -> bool:
+    stream, _ = open_input(path)
+    try:
+        return is_saved_report(stream)
+    finally:
+        stream.close()
 
 
 def _filtering(args: argparse.Namespace) -> bool:
@@ -162,15 +226,17 @@ def report_example(args: argparse.Namespace, why: Optional[str] = None) -> int:
     if why:
         note += ": " + why
     print(note, file=sys.stderr)
+    bins = _time_bins(args)
     result = _read_filtered(
         EXAMPLE_TRACE,
         args,
         names_path=EXAMPLE_NAMES,
         display_path="example:" + os.path.basename(EXAMPLE_TRACE),
+        time_bins=bins,
     )
     source = result.info.source()
     source["example"] = True
-    return report_trace(result, args, source)
+    return report_trace(result, args, source, bins)
 
 
 def _example_kind() -> str:
@@ -183,6 +249,11 @@ def _example_kind() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.html:  # before reading: a page that cannot be written fails now
+        from ..views.html import check_writable, require_matplotlib
+
+        require_matplotlib()
+        check_writable(args.html, args.force)
     if args.example:
         if args.file:
             raise KvmexitError("give either FILE or --example, not both")
@@ -191,6 +262,9 @@ def run(args: argparse.Namespace) -> int:
         raise KvmexitError("no trace file given", hint="kvmexit report FILE (or - for stdin), or --example")
     if args.file == "-" and stdin_is_closed():
         raise InputError("standard input is closed", hint="give a file, or pipe the trace in")
+    if args.file != "-" and _is_saved(args.file):
+        return report_saved(args)
+    bins = _time_bins(args)
     result = _read_filtered(
         args.file,
         args,
@@ -199,5 +273,6 @@ def run(args: argparse.Namespace) -> int:
         names_path=args.names,
         use_names=not args.no_names,
         display_path="<stdin>" if args.file == "-" else args.file,
+        time_bins=bins,
     )
-    return report_trace(result, args)
+    return report_trace(result, args, time_bins=bins)

@@ -39,6 +39,7 @@ from .formats import (
     open_input,
 )
 from .pairing import A_HALT, A_HIST, A_MAX, A_MIN, A_PAIRS, A_TOTAL, A_UNFIN, LAST_SLOT, Pairer, TraceHealth, new_acc
+from .timebins import TimeBins
 
 __all__ = ["TraceInfo", "TraceResult", "read_trace", "read_stream", "load_names", "NAMES_SUFFIX"]
 
@@ -60,6 +61,8 @@ class TraceInfo:
     #: Wall-clock time (Unix seconds) the recording ended: from the names file of kvmexit record,
     #: else the file's modification time; None on standard input.
     ended: Optional[float] = None
+    #: ``uname -r`` of the traced host, when the names file says.
+    kernel: Optional[str] = None
 
     def source(self) -> Dict[str, Any]:
         """The ``source`` object of JSON reports."""
@@ -71,6 +74,7 @@ class TraceInfo:
             "arch": self.arch,
             "compression": self.compression,
             "names": self.names_file,
+            "kernel": self.kernel,
         }
 
 
@@ -93,6 +97,7 @@ class Names:
     lost: Dict[int, Dict[str, int]] = None  # type: ignore[assignment]
     #: Wall-clock end of the recording (Unix seconds), when the recorder wrote it.
     ended: Optional[float] = None
+    kernel: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.lost = self.lost or {}
@@ -215,7 +220,8 @@ def _names_from(doc: Dict[str, Any]) -> Names:
     ended = doc.get("ended")
     if ended is not None and (isinstance(ended, bool) or not isinstance(ended, (int, float)) or not 0 <= ended < 1e11):
         raise _BadNames("ended: %s is not a time in Unix seconds" % _short(ended))
-    return Names(layout=layout, tgid_of=tgid_of, vm_of=vm_of, threads=threads, lost=lost, ended=ended)
+    kernel = _text(doc.get("kernel"), "kernel")
+    return Names(layout=layout, tgid_of=tgid_of, vm_of=vm_of, threads=threads, lost=lost, ended=ended, kernel=kernel)
 
 
 def read_trace(
@@ -227,9 +233,11 @@ def read_trace(
     names_path: Optional[str] = None,
     use_names: bool = True,
     display_path: Optional[str] = None,
+    time_bins: Optional[TimeBins] = None,
 ) -> TraceResult:
     """Read a trace file (``-`` for stdin; gzip/xz transparently) into a snapshot.
 
+    ``time_bins``, if given, also receives every pair by time (for heatmaps; off by default).
     ``names_path`` defaults to ``path + ".names.json"`` when that file exists, or for a compressed
     ``FILE.gz``/``FILE.xz`` to ``FILE.names.json`` (``kvmexit record`` names it after the trace).
     """
@@ -244,7 +252,7 @@ def read_trace(
             names = load_names(names_path)
     stream, compression = open_input(path)
     try:
-        result = read_stream(stream, fmt=fmt, layout=layout, tids=tids, tgids=tgids, names=names)
+        result = read_stream(stream, fmt=fmt, layout=layout, tids=tids, tgids=tgids, names=names, time_bins=time_bins)
     except (OSError, lzma.LZMAError) as e:
         raise BadTrace("%s: cannot read: %s" % (path, e)) from e
     finally:
@@ -274,6 +282,7 @@ def read_stream(
     tgids: Iterable[int] = (),
     names: Optional[Names] = None,
     max_line: int = MAX_LINE,
+    time_bins: Optional[TimeBins] = None,
 ) -> TraceResult:
     """Read an uncompressed binary line stream (see :func:`read_trace`).
 
@@ -306,7 +315,9 @@ def read_stream(
         layout = detect_layout(samples)
     pairer = Pairer()
     decoder = Decoder(layout) if layout is not None else None
-    decoder = _loop(itertools.chain(head, lines), rx, order, decoder, pairer, set(tids), set(tgids), names, fmt)
+    decoder = _loop(
+        itertools.chain(head, lines), rx, order, decoder, pairer, set(tids), set(tgids), names, fmt, time_bins
+    )
     h = pairer.health
     h.truncated = reader.truncated
     if h.events == 0 or decoder is None:
@@ -339,7 +350,9 @@ def read_stream(
             n = st.get("overrun", 0) + st.get("dropped events", 0)
             if n:
                 h.recorded_lost[cpu] = n
-    info = TraceInfo(path="", format=fmt, layout=decoder.layout, arch=decoder.arch)
+    info = TraceInfo(
+        path="", format=fmt, layout=decoder.layout, arch=decoder.arch, kernel=names.kernel if names else None
+    )
     return TraceResult(snapshot=snap, info=info, health=h)
 
 
@@ -353,6 +366,7 @@ def _loop(
     tgids: set,
     names: Optional[Names],
     fmt: str = "ftrace",
+    time_bins: Optional[TimeBins] = None,
 ) -> Optional[Decoder]:
     """The hot loop. Returns the decoder (created on the first exit when the head had none).
 
@@ -362,6 +376,7 @@ def _loop(
     grammar accepts. Anything else goes through the grammar (and, failing it, is classified).
     """
     match = rx.match
+    bin_pair = time_bins.pair if time_bins is not None else None
     sys_group = rx.groupindex.get("sys")
     starts = pairer.starts
     starts_get = starts.get
@@ -478,6 +493,8 @@ def _loop(
                 acc[A_HIST][slot] += 1
             else:
                 acc[A_HIST][1 if slot < 1 else LAST_SLOT] += 1
+            if bin_pair is not None:
+                bin_pair(s[0], key[1], key[2], d)
         elif ev == E_EXIT:
             if dec_exit is None:
                 layout = detect_layout([(b"kvm_exit", payload.strip())])
