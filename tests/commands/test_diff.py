@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_text_table_and_method_line(capsys, tmp_path):
     rc, out, _ = run(capsys, "diff", "--top", "2", EXAMPLE_TRACE, saved)
     assert rc == 0
     lines = out.splitlines()
-    assert lines[0].startswith("A: %s (trace, arm64, 0.146s, 843 exits)" % EXAMPLE_TRACE)
+    assert lines[0].startswith("A: %s (trace, arm64, 6.1.0-56-arm64, 0.146s, 843 exits)" % EXAMPLE_TRACE)
     assert lines[3].split()[:4] == ["VM", "VCPU", "REASON", "EXITS/s"]
     assert lines[4].split()[:3] == ["e2e-vm", "0", "DABT_LOW"]
     assert lines[6].startswith("all")
@@ -189,3 +190,23 @@ def test_the_same_guest_code_twice_changes_no_count(capsys):
     for key, (na, _) in GUEST_CODE.items():
         assert rows[key]["exits"]["a"] == rows[key]["exits"]["b"] == na
         assert not rows[key]["rate_changed"]
+
+
+def test_the_diff_page_embeds_the_json_and_renders(capsys, tmp_path):
+    pytest.importorskip("matplotlib", reason="--html needs matplotlib")  # CI: test_html fails without it
+    from browser import render
+    from kvmexit.views.html import DIFF_TITLES
+
+    page = tmp_path / "d.html"
+    rc, out, err = run(capsys, "diff", "--json", "--counts", "--html", str(page), AB["a"], AB["b"])
+    assert rc == 0, err
+    text = page.read_text()
+    m = re.search(r'<script type="application/json" id="kvmexit-report">(.*?)</script>', text, re.S)
+    assert m is not None and json.loads(m.group(1)) == json.loads(out)
+    dom, console = render(page, "--dump-dom")
+    assert console == []
+    for title in DIFF_TITLES.values():
+        assert title in dom
+    assert "e2e-vm vCPU 0 HVC64 [count+latency]" in dom and ">A: 150<" in text and ">B: 600<" in text
+    rc, _, err = run(capsys, "diff", "--html", str(page), AB["a"], AB["b"])
+    assert rc == 1 and "already exists" in err

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from browser import render, require
 from kvmexit.cli import main
 from kvmexit.commands.report import EXAMPLE_NAMES, EXAMPLE_TRACE
 from kvmexit.model import build_report, delta
@@ -24,13 +22,6 @@ from kvmexit.views import format_duration, report_document
 ROOT = Path(__file__).resolve().parents[2]
 TRACES = ROOT / "tests" / "data" / "traces"
 SCREENSHOT = ROOT / "docs" / "report.png"
-
-
-def require(what: str, why: str) -> None:
-    """Skip where the page's tools are missing; fail instead in CI (KVMEXIT_REQUIRE_HTML=1)."""
-    if os.environ.get("KVMEXIT_REQUIRE_HTML") == "1":
-        pytest.fail("KVMEXIT_REQUIRE_HTML=1 but %s is missing: %s" % (what, why))
-    pytest.skip("needs %s (scripts/setup.sh installs it): %s" % (what, why))
 
 
 @pytest.fixture(scope="module")
@@ -179,46 +170,6 @@ def test_no_clobbering_and_no_following_symlinks(mpl, capsys, tmp_path):
 
 
 # -- rendered by a browser -------------------------------------------------------------------------
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    require("chromium", "no chromium on PATH")
-    return ""
-
-
-def render(page: Path, *mode: str):
-    """Headless Chromium on a file: (stdout, console lines)."""
-    profile = tempfile.mkdtemp(prefix="kvmexit-chromium-")
-    try:
-        proc = subprocess.run(
-            [
-                chromium(),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--user-data-dir=" + profile,
-                "--enable-logging=stderr",
-                "--v=0",
-                *mode,
-                page.as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
-    return proc.stdout, console
 
 
 def test_the_console_check_sees_script_errors(tmp_path):

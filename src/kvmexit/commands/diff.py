@@ -13,7 +13,7 @@ from ..model import build_report
 from ..reasons import label
 from ..sources.saved import is_saved_report, load_report
 from ..sources.trace import open_input, read_trace
-from ..views.diff import diff_document, format_diff
+from ..views.diff import diff_document, format_diff, method
 from .common import positive_int
 from .report import summarize_health
 
@@ -68,6 +68,10 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         " rather than ran the same time",
     )
     parser.add_argument("--json", action="store_true", help="one JSON document (schema kvmexit-diff/1)")
+    parser.add_argument(
+        "--html", metavar="FILE", help="also write one HTML page, A and B side by side (needs matplotlib)"
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite the --html FILE if it exists")
 
 
 def _alpha(text: str) -> float:
@@ -107,6 +111,11 @@ def load_side(path: str, group_by: str) -> Tuple[RunSide, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.html:  # before reading: a page that cannot be written fails now
+        from ..views.html import check_writable, require_matplotlib
+
+        require_matplotlib()
+        check_writable(args.html, args.force)
     a, _ = load_side(args.a, args.by)
     b, _ = load_side(args.b, args.by)
     if a.source.get("arch") != b.source.get("arch"):
@@ -115,8 +124,14 @@ def run(args: argparse.Namespace) -> int:
             % (args.a, a.source.get("arch"), args.b, b.source.get("arch"))
         )
     diff = compare(a, b, args.by, args.alpha, per_second=not args.counts)
+    document = diff_document(diff)
     if args.json:
-        sys.stdout.write(json.dumps(diff_document(diff)) + "\n")
+        sys.stdout.write(json.dumps(document) + "\n")
     else:
         sys.stdout.write(format_diff(diff, args.top) + "\n")
+    if args.html:
+        from ..views.html import render_diff_page, write_new
+
+        page = render_diff_page(diff, document, format_diff(diff), method(diff.per_second))
+        write_new(args.html, page, args.force)
     return 0

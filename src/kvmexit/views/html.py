@@ -409,3 +409,124 @@ class HtmlReport:
             )
         page = render_page(report, self.documents, source, timeline, notes, self.command)
         write_new(self.path, page, self.force)
+
+
+# -- the page of a diff ----------------------------------------------------------------------------
+
+#: Section titles of the diff page.
+DIFF_TITLES = {
+    "time": "Exit time per second, A and B",
+    "hist": "Exit latency, A and B (log2 buckets, log axis)",
+    "table": "Diff table",
+    "method": "Noise: how a change is told from a wiggle",
+    "source": "Provenance of A and B",
+}
+
+#: How many rows get a latency panel on the diff page.
+_DIFF_PANELS = 9
+
+
+def _key_text(key: Sequence[Any]) -> str:
+    return " ".join("-" if v is None else ("vCPU %s" % v if isinstance(v, int) else str(v)) for v in key) or "all"
+
+
+def _plot_diff_time(diff: Any) -> str:
+    from matplotlib.figure import Figure
+
+    rows = diff.rows[:_MAX_BARS]
+    if not rows:
+        return "<p>No rows.</p>"
+    per_s = diff.total.by_rate
+    labels = ["%s [%s]" % (_key_text(r.key), r.verdict) for r in rows][::-1]
+    values = [(r.time_change.a or 0.0, r.time_change.b or 0.0) for r in rows][::-1]
+    scale = 1e6  # ns -> ms
+    fig = Figure(figsize=(10, 1.0 + 0.38 * len(rows)))
+    ax = fig.subplots()
+    ys = list(range(len(rows)))
+    ax.barh([y + 0.2 for y in ys], [a / scale for a, _ in values], height=0.4, label="A", color="#9e9e9e")
+    ax.barh([y - 0.2 for y in ys], [b / scale for _, b in values], height=0.4, label="B", color="#1f77b4")
+    ax.set_yticks(ys, labels, fontsize=8)
+    ax.set_xlabel("exit time per second of run (ms/s)" if per_s else "total exit time (ms)")
+    ax.legend(loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return _svg(fig)
+
+
+def _plot_diff_hists(diff: Any) -> str:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    rows = [r for r in diff.rows if r.a.pairs or r.b.pairs][:_DIFF_PANELS]
+    if not rows:
+        return "<p>No timed exits.</p>"
+    cols = 3
+    nrows = math.ceil(len(rows) / cols)
+    fig = Figure(figsize=(10, 2.5 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
+    for ax in axes.flat[len(rows) :]:
+        ax.set_visible(False)
+    for ax, r in zip(axes.flat, rows):
+        used = [i for i in range(HIST_SLOTS) if r.a.hist[i] or r.b.hist[i]]
+        edges = [max(bucket_bounds(i)[0], 1) for i in range(used[0], used[-1] + 1)] + [bucket_bounds(used[-1])[1] + 1]
+        for side, st, color in (("A", r.a, "#9e9e9e"), ("B", r.b, "#1f77b4")):
+            if not st.pairs:
+                continue
+            share = [st.hist[i] / st.pairs for i in range(used[0], used[-1] + 1)]
+            ax.stairs(share, edges, label="%s: %d" % (side, st.pairs), color=color, linewidth=1.5)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        p = "" if r.latency_p is None else ", raw p=%.2g" % r.latency_p
+        ax.set_title("%s%s" % (_key_text(r.key), p), fontsize=8)
+        ax.set_xlabel("exit->entry time (ns)", fontsize=8)
+        ax.set_ylabel("share of timed exits", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def render_diff_page(diff: Any, document: Dict[str, Any], table: str, method: str) -> str:
+    """The page of a ``kvmexit diff``: A and B side by side, the table, and ``document`` (the
+    ``--json`` document of the same diff) embedded."""
+    require_matplotlib()
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "kvmexit", "font.size": 9}):
+        time_plot = _plot_diff_time(diff)
+        hists = _plot_diff_hists(diff)
+    sides = []
+    for name, side in (("A", diff.a), ("B", diff.b)):
+        src = side.source
+        sides.append(
+            "<h3>%s: %s</h3>%s"
+            % (
+                name,
+                html.escape(side.label),
+                _kv_table(
+                    [
+                        ("source", src.get("kind")),
+                        ("kernel", src.get("kernel") or "not recorded"),
+                        ("layout", src.get("layout")),
+                        ("host", src.get("host") or "not recorded"),
+                        ("seconds covered", "%.3f" % side.seconds if side.seconds else "not known"),
+                        ("exits", side.totals.exits),
+                        ("timed exits", side.totals.pairs),
+                    ]
+                ),
+            )
+        )
+    title = "kvmexit diff: %s -> %s" % (diff.a.label, diff.b.label)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>%s</title><style>%s</style></head><body>" % (html.escape(title), _CSS),
+        "<h1>%s</h1>" % html.escape(title),
+        "<p class=note>Sorted by the change in exit time; the verdict says which change is beyond noise.</p>",
+        "<h2>%s</h2>%s" % (DIFF_TITLES["time"], time_plot),
+        "<h2>%s</h2>%s" % (DIFF_TITLES["hist"], hists),
+        "<h2>%s</h2><pre>%s</pre>" % (DIFF_TITLES["table"], html.escape(table)),
+        "<h2>%s</h2><p>%s</p>" % (DIFF_TITLES["method"], html.escape(method)),
+        "<h2>%s</h2>%s" % (DIFF_TITLES["source"], "".join(sides)),
+        _json_block([document]),
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
