@@ -206,3 +206,12 @@ def test_without_jsonschema_the_error_names_it(monkeypatch, example):
     with pytest.raises(BadReport, match="needs the jsonschema module") as e:
         parse_report(dumps(doc))
     assert e.value.hint is not None and "python3-jsonschema" in e.value.hint
+
+
+def test_an_unknown_tgid_reads_back_as_unknown(data_dir):
+    result = read_trace(str(data_dir / "traces" / "arm64-4.19.synthetic.trace"), use_names=False)
+    assert {k.tgid for k in result.snapshot.stats} == {None}
+    doc = report_document(build_report(result.snapshot, label), result.info.source(), None)
+    saved = parse_report(dumps(doc))
+    assert saved.snapshot is not None and dict(saved.snapshot.stats) == dict(result.snapshot.stats)
+    assert report_document(build_report(saved.snapshot, label), result.info.source(), None) == doc

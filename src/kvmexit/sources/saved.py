@@ -288,8 +288,7 @@ def _snapshot(rows: List[Row], arch: str, health: Health, halt_known: bool, seco
     for r in rows:
         if r.tid is None or r.code is None or r.detail is None:
             raise ValueError("a row grouped by thread lacks its tid, code or detail")
-        # A tgid the source did not know is null in JSON and 0 in the model.
-        key = ExitKey(r.tgid or 0, r.tid, r.code, r.detail)
+        key = ExitKey(r.tgid, r.tid, r.code, r.detail)  # None: a tgid the source did not know
         stats[key] = stats[key].merge(r.stats) if key in stats else r.stats
         threads[r.tid] = ThreadInfo(comm=r.comm or "", vm=r.vm, vcpu=r.vcpu)
     return Snapshot(
