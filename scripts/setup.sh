@@ -60,7 +60,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
     rm -rf .venv
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if ! .venv/bin/python -c 'import kvmexit, ruff, mypy, vermin' 2>/dev/null; then
+if ! .venv/bin/python -c 'import kvmexit, ruff, mypy, vermin, argparse_manpage, shtab' 2>/dev/null; then
     say "pip install -e . and dev tools into .venv"
     .venv/bin/pip install -q --disable-pip-version-check -e . ruff mypy vermin argparse-manpage shtab
 fi
