@@ -97,6 +97,14 @@ def cost_per_pair(pairs: int, reasons: int) -> None:
     )
     snap = ours.snapshot()
     assert sum(s.pairs for s in snap.stats.values()) == pairs  # the programs really paired
+    slot = ctypes.sizeof(ours.bpf["threads"].Leaf)
+    row = ctypes.sizeof(ours.bpf["stats"].Leaf)
+    print(
+        "  kvmexit map memory: %d bytes per traced thread (slot with %d rows of %d bytes, allocated on a"
+        " thread's first exit), %d bytes per keyed (tid, reason) entry (preallocated: x MAX_KEYS)"
+        % (slot, len(ours.rows), row, row + 16)
+    )
+    print("  original map memory: %d bytes per thread" % ctypes.sizeof(original["orig_threads"].Leaf))
     ours.close()
     original.cleanup()
     naive.cleanup()
@@ -104,6 +112,8 @@ def cost_per_pair(pairs: int, reasons: int) -> None:
 
 
 def read_and_report(threads: int, reasons: int) -> None:
+    """The keyed map filled with threads x reasons entries (the reading and reporting path of the
+    threads' slots is the same decoding, per row)."""
     source = LiveSource(ARM64, attach=False, max_keys=threads * reasons + 1024).open()
     stats = source.bpf["stats"]
     key_t, leaf_t = stats.Key, stats.Leaf
@@ -117,8 +127,7 @@ def read_and_report(threads: int, reasons: int) -> None:
             k.tgid, k.tid, k.code, k.detail = 1000 + tid // 64, 100000 + tid, TRAP, ECS[r]
             lf = leaves[i]
             lf.pairs, lf.total_ns, lf.min_ns, lf.max_ns = 10, 10000, 500, 2000
-            lf.hist[10], lf.hist[11] = 5, 5
-            lf.comm = b"CPU %d/KVM" % (tid % 64)
+            lf.hist[40], lf.hist[41] = 5, 5
             i += 1
     try:
         stats.items_update_batch(keys, leaves)

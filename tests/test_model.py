@@ -1,10 +1,15 @@
 from __future__ import annotations
 
-import pytest
+import math
+import statistics
 
-from bcc_log2 import bpf_log2l
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from kvmexit.model import (
     HIST_SLOTS,
+    PERCENTILE_BOUND,
     ExitKey,
     ExitStats,
     Health,
@@ -26,37 +31,70 @@ def hist(**slots: int) -> tuple:
     return tuple(h)
 
 
+def of(*samples: int) -> tuple:
+    """The histogram of these pair times."""
+    h = [0] * HIST_SLOTS
+    for v in samples:
+        h[hist_slot(v)] += 1
+    return tuple(h)
+
+
 def stats(pairs=0, total=0, lo=None, hi=None, h=None, **kw) -> ExitStats:
     return ExitStats(pairs=pairs, total_ns=total, min_ns=lo, max_ns=hi, hist=h or (0,) * HIST_SLOTS, **kw)
 
 
-@pytest.mark.parametrize("v", [0, 1, 2, 3, 4, 1000, 1023, 1024, 2**32 - 1, 2**32, 10**9, 2**38, 2**60])
-def test_hist_slot_is_bcc_bpf_log2l_capped(v):
-    assert hist_slot(v) == min(bpf_log2l(v), HIST_SLOTS - 1)
-    lo, hi = bucket_bounds(hist_slot(v))
-    assert lo <= v <= hi or hist_slot(v) == HIST_SLOTS - 1
+@pytest.mark.parametrize("v", [0, 1, 2, 3, 4, 5, 7, 8, 1000, 1023, 1024, 2**32 - 1, 2**32, 10**9, 2**38, 2**60])
+def test_hist_slot_holds_the_value_in_a_bucket_a_quarter_as_wide(v):
+    slot = hist_slot(v)
+    lo, hi = bucket_bounds(slot)
+    if slot == HIST_SLOTS - 1:
+        assert v >= lo
+        return
+    assert lo <= v <= hi
+    assert hi - lo + 1 <= max(1, lo * PERCENTILE_BOUND)  # the stated bound: 25% of the bucket's floor
 
 
-def test_bucket_bounds_are_contiguous():
-    assert bucket_bounds(1) == (0, 1)
-    assert bucket_bounds(2) == (2, 3)
-    assert bucket_bounds(11) == (1024, 2047)
-    for slot in range(2, HIST_SLOTS):
+def test_bucket_bounds_are_contiguous_and_log_linear():
+    assert [bucket_bounds(s) for s in range(6)] == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
+    assert bucket_bounds(8) == (8, 9)
+    assert bucket_bounds(hist_slot(1024)) == (1024, 1279)
+    for slot in range(1, HIST_SLOTS):
         assert bucket_bounds(slot)[0] == bucket_bounds(slot - 1)[1] + 1
+        assert hist_slot(bucket_bounds(slot)[0]) == slot
 
 
-def test_percentile_is_bucket_upper_bound_clamped_to_max():
-    # 99 pairs in [1024, 2047], 1 pair in [2^20, 2^21): p50 and p90 in the first bucket.
-    st = stats(pairs=100, total=1, lo=1100, hi=1_500_000, h=hist(s11=99, s21=1))
-    assert percentile(st, 50) == 2047
-    assert percentile(st, 99) == 2047
-    assert percentile(st, 100) == 1_500_000  # clamped to the max, not 2^21-1
+def test_percentile_interpolates_inside_the_bucket_and_clamps_to_max():
+    # 100 pairs in [1024, 1279]; 1 far above. The median is placed halfway into the bucket.
+    st = stats(pairs=101, total=1, lo=1024, hi=1_500_000, h=of(*[1024] * 100, 1_500_000))
+    assert percentile(st, 50) == 1024 + int(50.5 * 256 / 100)
+    assert 1024 <= percentile(st, 99) <= 1279
+    assert percentile(st, 100) == 1_500_000  # clamped to the max, not the bucket's end
+    assert bucket_bounds(hist_slot(1_500_000))[1] > 1_500_000
 
 
 def test_percentile_clamped_to_min_and_none_without_pairs():
-    st = stats(pairs=1, total=1500, lo=1500, hi=1500, h=hist(s11=1))
+    st = stats(pairs=1, total=1500, lo=1500, hi=1500, h=of(1500))
     assert percentile(st, 99) == 1500
     assert percentile(ExitStats(open=3), 99) is None
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**38), min_size=1, max_size=300), st.sampled_from([50, 90, 99]))
+@settings(max_examples=300)
+def test_percentile_is_within_the_stated_bound_of_the_exact_one(samples, q):
+    h = [0] * HIST_SLOTS
+    for v in samples:
+        h[hist_slot(v)] += 1
+    s = stats(pairs=len(samples), total=sum(samples), lo=min(samples), hi=max(samples), h=tuple(h))
+    exact = sorted(samples)[max(1, math.ceil(len(samples) * q / 100.0)) - 1]
+    assert abs(percentile(s, q) - exact) <= exact * PERCENTILE_BOUND
+
+
+def test_stddev_is_exact_from_the_128_bit_sum_of_squares():
+    samples = [3 * 10**9, 5 * 10**9, 7 * 10**9, 11]  # squares overflow 64 bits
+    sq = sum(v * v for v in samples)
+    s = ExitStats(pairs=4, total_ns=sum(samples), sumsq=(sq & (2**64 - 1), sq >> 64))
+    assert s.stddev_ns == pytest.approx(statistics.pstdev(samples), rel=1e-12)
+    assert ExitStats().stddev_ns is None
 
 
 def test_exits_account_for_every_state():
@@ -131,7 +169,7 @@ def test_unchanged_keys_leave_the_delta():
 
 SNAP = snapshot(
     {
-        K1: stats(pairs=10, total=1000, lo=50, hi=200, h=hist(s6=1, s7=4, s8=5), halt_ns=900),
+        K1: stats(pairs=10, total=1000, lo=50, hi=200, h=of(50, 100, 100, 100, 100, *[200] * 5), halt_ns=900),
         K2: stats(pairs=4, total=40, lo=5, hi=15, h=hist(s3=2, s4=2)),
         K3: stats(pairs=6, total=60, lo=8, hi=12, h=hist(s4=6), open=1),
         K4: stats(pairs=1, total=7, lo=7, hi=7, h=hist(s3=1), unfinished=2),

@@ -30,6 +30,9 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Named
 
 __all__ = [
     "HIST_SLOTS",
+    "HIST_SUB",
+    "HIST_SUB_BITS",
+    "PERCENTILE_BOUND",
     "STAT_FIELDS",
     "KERNEL_FIELDS",
     "StatField",
@@ -69,8 +72,16 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-#: Number of log2 latency buckets; written into the BPF program as KVMEXIT_HIST_SLOTS.
-HIST_SLOTS = 40
+#: The latency histogram is log-linear: exact below HIST_SUB ns, then HIST_SUB buckets per power
+#: of two of ns, so a bucket is at most 1/HIST_SUB (25%) as wide as its lower bound; the last
+#: bucket (from 2^39 ns, about 9 minutes) holds everything longer. Written into the BPF program
+#: as KVMEXIT_HIST_SUB_BITS and KVMEXIT_HIST_SLOTS.
+HIST_SUB_BITS = 2
+HIST_SUB = 1 << HIST_SUB_BITS
+HIST_MAX_OCTAVE = 39
+HIST_SLOTS = HIST_SUB * (HIST_MAX_OCTAVE - HIST_SUB_BITS + 2)
+#: Percentiles from the histogram are within this fraction of the exact value (below 2^39 ns).
+PERCENTILE_BOUND = 1.0 / HIST_SUB
 
 
 class ExitKey(NamedTuple):
@@ -105,7 +116,8 @@ STAT_FIELDS: Tuple[StatField, ...] = (
     StatField("min_ns", "min"),
     StatField("max_ns", "max"),
     StatField("halt_ns", "sum"),  # time halted (kvm_vcpu_wakeup) inside the timed exits
-    StatField("hist", "sum", HIST_SLOTS),  # log2 buckets, see hist_slot
+    StatField("sumsq", "sum", 2),  # sum of squared ns as (low, high) u64 words: see sumsq_ns2
+    StatField("hist", "sum", HIST_SLOTS),  # log-linear buckets, see hist_slot
     StatField("abandoned", "sum", 0),  # exits whose thread exited before their entry
 )
 
@@ -124,12 +136,28 @@ class ExitStats(NamedTuple):
     min_ns: Optional[int] = None
     max_ns: Optional[int] = None
     halt_ns: int = 0
+    sumsq: Tuple[int, ...] = (0, 0)
     hist: Tuple[int, ...] = (0,) * HIST_SLOTS
     abandoned: int = 0
 
     @property
     def exits(self) -> int:
         return self.pairs + self.unfinished + self.open + self.abandoned
+
+    @property
+    def sumsq_ns2(self) -> int:
+        """Sum of the squared times of the pairs, in ns^2 (the kernel keeps it in 128 bits:
+        low + high * 2^64; sums and differences of the words keep that meaning)."""
+        return self.sumsq[0] + (self.sumsq[1] << 64)
+
+    @property
+    def stddev_ns(self) -> Optional[float]:
+        """Population standard deviation of the pairs' times, exact (from the sum of squares)."""
+        n = self.pairs
+        if n <= 0:
+            return None
+        var_n2 = n * self.sumsq_ns2 - self.total_ns * self.total_ns  # n^2 * variance, exact
+        return math.sqrt(max(var_n2, 0)) / n
 
     def merge(self, other: ExitStats) -> ExitStats:
         return merge_all((self, other))
@@ -250,50 +278,62 @@ def _delta_one(f: StatField, cur: Any, prev: Any) -> Any:
 
 
 def hist_slot(ns: int) -> int:
-    """The log2 bucket of a duration, exactly as the BPF side computes it.
-
-    bcc's ``bpf_log2l(v)`` is ``floor(log2(v)) + 1`` for ``v >= 1`` and 1 for 0, so slot ``i``
-    holds ``[2**(i-1), 2**i - 1]``; the last slot also holds everything longer.
-    """
-    return min(max(ns.bit_length(), 1), HIST_SLOTS - 1)
+    """The log-linear bucket of a duration, exactly as the BPF side's ``hist_slot`` computes it:
+    ``ns`` itself below HIST_SUB, then HIST_SUB buckets per power of two."""
+    if ns < HIST_SUB:
+        return max(ns, 0)
+    shift = ns.bit_length() - 1 - HIST_SUB_BITS
+    return min(HIST_SUB * (shift + 1) + ((ns >> shift) & (HIST_SUB - 1)), HIST_SLOTS - 1)
 
 
 def bucket_bounds(slot: int) -> Tuple[int, int]:
-    """Inclusive ns range of a log2 bucket (as bcc's ``print_log2_hist`` labels it)."""
-    if slot <= 1:
-        return 0, 1
-    return 1 << (slot - 1), (1 << slot) - 1
+    """Inclusive ns range of a bucket (the last one also holds everything longer)."""
+    if slot < HIST_SUB:
+        return slot, slot
+    shift, sub = divmod(slot, HIST_SUB)
+    shift -= 1
+    return (HIST_SUB + sub) << shift, ((HIST_SUB + sub + 1) << shift) - 1
 
 
 def percentile(stats: ExitStats, q: float) -> Optional[int]:
-    """Upper bound of the bucket holding the q-th percentile, clamped to [min, max].
+    """The q-th percentile (nearest rank) of the pairs' times, estimated from the histogram:
+    the rank is placed by linear interpolation inside its bucket (narrowed to [min, max]); the
+    top and bottom ranks are the max and min, known exactly.
 
-    Log2 buckets bound a percentile within a factor of two; the bound is exact when the bucket
-    holds the maximum. ``None`` without completed pairs.
+    The exact value is in the same bucket, so the estimate is within PERCENTILE_BOUND (25%) of
+    it (below 2^39 ns); exact below HIST_SUB ns. ``None`` without completed pairs.
     """
     hist = stats.hist
     total = sum(hist)
     if total <= 0:
         return None
     above = total - max(1, math.ceil(total * q / 100.0))  # samples ranked above the percentile
+    hi, lo = stats.max_ns, stats.min_ns
+    if above == 0 and hi is not None:
+        return hi  # the top sample is the maximum, known exactly
+    if above == total - 1 and lo is not None:
+        return lo
     # Walk down from the top bucket, which is the maximum's unless a torn read says otherwise:
     # high percentiles are then found in a step or two.
     slot = HIST_SLOTS - 1
-    hi, lo = stats.max_ns, stats.min_ns
     if hi is not None:
-        top = min(max(hi.bit_length(), 1), HIST_SLOTS - 1)  # hist_slot(hi), inlined: hot path
+        top = hist_slot(hi)
         if not any(hist[top + 1 :]):
             slot = top
     seen = hist[slot]
     while seen <= above:
         slot -= 1
         seen += hist[slot]
-    upper = (1 << slot) - 1 if slot > 1 else 1  # bucket_bounds(slot)[1]
-    if hi is not None and hi < upper:
-        upper = hi
-    if lo is not None and lo > upper:
-        upper = lo
-    return upper
+    n = hist[slot]
+    index = n - 1 - (above - (seen - n))  # 0-based rank of the percentile inside its bucket
+    first, last = bucket_bounds(slot)
+    if hi is not None and hi < last:
+        last = hi  # the samples of this bucket are within [min, max] too
+    if lo is not None and lo > first:
+        first = lo
+    if last < first:  # a torn read of min/max against the histogram
+        return first
+    return first + int((index + 0.5) * (last + 1 - first) / n)
 
 
 class Row:

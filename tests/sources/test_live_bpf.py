@@ -273,7 +273,7 @@ def test_open_exit_of_an_exited_thread_is_abandoned_not_leaked(arm64):
     assert snap.health.abandoned == 1
     assert by_label(snap, tid) == {"WFx": (1, 0, 0, 0)}  # (exits, pairs, open, unfinished)
     assert [s.abandoned for k, s in snap.stats.items() if k.tid == tid] == [1]
-    assert len(arm64.source.bpf["starts"]) == 0
+    assert len(arm64.source.bpf["threads"]) == 0
     assert arm64.snapshot().health.abandoned == 1  # counted once
 
 
@@ -284,10 +284,10 @@ def test_thread_churn_leaves_no_slots_behind(arm64):
 
     tids = [in_thread(short_lived_vcpu) for _ in range(40)]
     deadline = time.monotonic() + 5
-    while len(arm64.source.bpf["starts"]) and time.monotonic() < deadline:
+    while len(arm64.source.bpf["threads"]) and time.monotonic() < deadline:
         arm64.source.sweep()
         time.sleep(0.02)
-    assert len(arm64.source.bpf["starts"]) == 0
+    assert len(arm64.source.bpf["threads"]) == 0
     snap = arm64.snapshot()
     assert snap.health.abandoned == 0
     assert sum(s.pairs for k, s in snap.stats.items() if k.tid in tids) == 40
@@ -322,7 +322,8 @@ def test_full_start_map_is_counted():
 def test_full_stats_map_is_counted():
     d = Driver(detect(FORMATS["arm64"]), max_keys=2)
     try:
-        for ec in (EC_WFX, EC_HVC64, EC_SYS64, EC_SYS64):
+        # Classes without a row in the threads' slots go to the keyed map, the one that can fill.
+        for ec in (0x0C, 0x0D, 0x0E, 0x0E):
             d.arm64_exit(TRAP, ec)
             d.entry()
         snap = d.snapshot()
@@ -493,14 +494,15 @@ def test_vm_name_is_kept_after_a_short_lived_vmm_exits(arm64):
 
 def test_per_key_reads_of_old_kernels_give_the_same_snapshot(arm64):
     """Kernels before 5.6 have no batch lookups: the one-syscall-per-key path must agree."""
-    for ret, ec in ((TRAP, EC_WFX), (IRQ, 0), (TRAP, EC_HVC64), (TRAP, EC_HVC64)):
-        arm64.arm64_exit(ret, ec)
+    for ret, ec in ((TRAP, EC_WFX), (IRQ, 0), (TRAP, EC_HVC64), (TRAP, EC_HVC64), (TRAP, 0x0C)):
+        arm64.arm64_exit(ret, ec)  # 0x0C has no row in the threads' slots: the keyed map
         arm64.entry()
     batched = arm64.snapshot()
-    assert arm64.source._batch is not None and arm64.source._batch.supported
-    arm64.source._batch.supported = False
+    assert arm64.source._batch and all(r.supported for r in arm64.source._batch.values())
+    for reader in arm64.source._batch.values():
+        reader.supported = False
     per_key = arm64.snapshot()
-    assert per_key.stats == batched.stats and len(per_key.stats) == 3
+    assert per_key.stats == batched.stats and len(per_key.stats) == 4
     assert per_key.threads == batched.threads
 
 
@@ -568,11 +570,11 @@ def test_classic_tracepoint_programs_leave_perf_its_events():
 
 
 def test_kernel_record_is_generated_from_the_one_field_table(arm64):
-    """struct kvmexit_value as bcc compiled it has exactly model.KERNEL_FIELDS (and comm)."""
+    """struct kvmexit_value as bcc compiled it has exactly model.KERNEL_FIELDS."""
     from kvmexit.model import KERNEL_FIELDS
 
     leaf = arm64.source.bpf["stats"].Leaf
-    assert [f[0] for f in leaf._fields_] == [f.name for f in KERNEL_FIELDS] + ["comm"]
+    assert [f[0] for f in leaf._fields_] == [f.name for f in KERNEL_FIELDS]
     for f in KERNEL_FIELDS:
         assert getattr(leaf, f.name).size == 8 * f.words
 
@@ -730,3 +732,47 @@ def test_wakeup_refused_both_ways_makes_halt_time_unknown_in_one_line():
         assert "kvm:kvm_vcpu_wakeup" not in _attached(src.bpf.tracepoint_fds)
     finally:
         src.close()
+
+
+# -- the histogram and the sum of squares, against their Python twins -----------------------------
+
+
+@pytest.fixture(scope="module")
+def hooks():
+    from kvmexit.sources.live import import_bcc, render_program
+
+    bcc = import_bcc()
+    prog = render_program(detect(FORMATS["arm64"]), test_hooks=True)
+    b = bcc.BPF(text=prog.text, cflags=list(prog.cflags))
+    raw = bcc.BPF.RAW_TRACEPOINT
+    yield b, b.load_func("kvmexit_test_hist", raw).fd, b.load_func("kvmexit_test_square", raw).fd
+    b.cleanup()
+
+
+def test_hist_slot_twin_matches_the_kernel_at_every_bucket_edge(hooks):
+    import random
+
+    from kvmexit.model import HIST_SLOTS, bucket_bounds, hist_slot
+
+    _, hist_fd, _ = hooks
+    values = {0, 1, 2, 3, 2**63, 2**64 - 1}
+    for slot in range(HIST_SLOTS):
+        lo, hi = bucket_bounds(slot)
+        values |= {lo, hi, hi + 1, max(lo - 1, 0)}
+    rng = random.Random(7)
+    values |= {rng.randrange(1 << rng.randrange(1, 64)) for _ in range(300)}
+    for v in sorted(values):
+        assert test_run_raw(hist_fd, v) == hist_slot(v), v
+
+
+def test_sum_of_squares_is_exact_beyond_64_bits(hooks):
+    from kvmexit.model import ExitStats
+
+    b, _, square_fd = hooks
+    samples = [0, 1, 999, 2**32 - 1, 2**32, 3 * 10**9, 10**10, 2**40 + 12345, 2**63 + 5, 2**64 - 1]
+    for v in samples:
+        test_run_raw(square_fd, v)
+    out = b["test_out"][b["test_out"].Key(0)]
+    got = ExitStats(sumsq=(out.sumsq[0], out.sumsq[1])).sumsq_ns2
+    assert got % (1 << 128) == sum(v * v for v in samples) % (1 << 128)
+    assert sum(v * v for v in samples[:8]) > 1 << 64  # the high word was needed

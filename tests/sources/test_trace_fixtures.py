@@ -19,6 +19,7 @@ from typing import Dict, Tuple
 
 import pytest
 
+from kvmexit.model import hist_slot
 from kvmexit.reasons import label
 from kvmexit.sources.trace import read_trace
 
@@ -131,12 +132,13 @@ def test_fixture_numbers(name, fmt, layout, expected, has_tgid, unpaired):
     assert {t: i.vcpu for t, i in r.snapshot.threads.items()} == {1201: 0, 1202: 1, 1301: 0}
 
 
-def test_histograms_and_extremes_follow_bpf_log2l():
+def test_histograms_and_extremes_follow_the_bpf_buckets():
     r, _ = table(TRACES / "arm64-upstream.synthetic.trace")
     by = {(k.tid, label("arm64", k.code, k.detail)): v for k, v in r.snapshot.stats.items()}
     wfx = by[(1202, "WFx")]
     assert wfx.min_ns == wfx.max_ns == 1000 * US
-    assert wfx.hist[(1000 * US).bit_length()] == 2 and sum(wfx.hist) == 2  # bcc: floor(log2)+1
+    assert wfx.hist[hist_slot(1000 * US)] == 2 and sum(wfx.hist) == 2
+    assert wfx.stddev_ns == 0
     assert by[(1201, "SYS64")].min_ns is None  # open only: no time
 
 

@@ -34,7 +34,8 @@ def test_row_values_and_histogram():
     row = doc["rows"][0]
     assert (row["tid"], row["reason"], row["code"], row["detail"]) == (101, "WFx", 2, 1)
     assert (row["count"], row["pairs"], row["avg_ns"], row["min_ns"], row["max_ns"]) == (10, 10, 100.0, 50, 200)
-    assert row["hist"] == [[32, 63, 1], [64, 127, 4], [128, 255, 5]]
+    # K1: 50 ns, 100 ns x 4, 200 ns x 5 (log-linear buckets)
+    assert row["hist"] == [[48, 55, 1], [96, 111, 4], [192, 223, 5]]
     assert doc["totals"]["exits"] == 24
 
 

@@ -43,8 +43,8 @@ def test_histogram_covers_used_buckets_only():
     row = build_report(SNAP, label, "thread").rows[0]
     text = format_hist(row)
     lines = text.splitlines()
-    assert lines[0] == "100 101 vm-a WFx: 10 pairs"
-    assert [ln.split()[0] for ln in lines[2:]] == ["32", "64", "128"]
+    assert lines[0].startswith("100 101 vm-a WFx: 10 pairs, stddev ")
+    assert [ln.split()[0] for ln in lines[2:]] == ["48", "56", "64", "80", "96", "112", "128", "160", "192"]
     assert all("|" in ln for ln in lines[1:])
 
 

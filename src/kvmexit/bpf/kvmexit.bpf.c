@@ -10,9 +10,28 @@
  *   SYNTHETIC_X86       x86 logic on a raw tracepoint with args (exit_reason, isa): tests only,
  *                       since BPF_PROG_TEST_RUN cannot run perf tracepoint programs.
  *   FILTER_TGID, FILTER_TID   only threads present in tgid_filter / tid_filter.
- *   MAX_THREADS, MAX_KEYS     map sizes.
+ *   MAX_THREADS, MAX_KEYS     map sizes; and the record's defines listed in kvmexit.h.
  *
  * Stays within what 4.19 verifies: no loops, no global data, no ring buffer.
+ *
+ * Layout (one hash lookup per event on the default path, like the original tool):
+ *   threads       hash tid -> struct kvmexit_thread: the open exit and, in place, the statistics
+ *                 rows of the reasons user space gave a row in reason_rows. Allocated on use
+ *                 (BPF_F_NO_PREALLOC): a slot is sizeof(struct kvmexit_thread) per traced thread.
+ *   reason_rows   array (code * RKEY_DETAILS + detail) -> row + 1 (0: no row); lookups of an
+ *                 array are inlined by the verifier, so finding a row costs no map call.
+ *   stats         hash (tgid, tid, code, detail) -> struct kvmexit_value: reasons without a row
+ *                 (rare ones, unknown codes, SError-flagged exits). Never dropped, only slower.
+ * kvm_exit: one lookup of the thread's slot (a miss: the first exit of a thread, which copies a
+ * zeroed slot in); kvm_entry: the same lookup, then the row in place or, without one, the keyed map.
+ *
+ * Room for sub-reasons (issue 11): events that fire inside the open exit (kvm_wfx_arm64,
+ * kvm_hvc_arm64, kvm_handle_sys_reg, kvm_mmio, ...) look the slot up as kvmexit_wakeup does and
+ * write slot->sub (0 = none). At entry, a pair with sub != 0 is recorded as today in its row (so
+ * the reason's totals stay whole) and, opt-in, also in a keyed map (tid, code, detail, sub); the
+ * default path (sub == 0, or sub-reasons off) stays one lookup per event. Parts of the exit time
+ * (kernel, VMM, halted, preempted) are accumulated in the slot like halt_ns, and become fields
+ * of STAT_FIELDS (one line each in kvmexit/model.py).
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
@@ -20,6 +39,7 @@
 
 #define ARM_EXIT_WITH_SERROR_BIT 31
 #define ARM_EXCEPTION_TRAP 2
+#define HIST_SUB (1U << KVMEXIT_HIST_SUB_BITS)
 
 /*
  * What every attached program returns. On a classic tracepoint (x86), 0 would stop the event from
@@ -28,10 +48,13 @@
  */
 #define PASS_EVENT_ON 1
 
-BPF_HASH(starts, u32, struct kvmexit_start, MAX_THREADS);
+BPF_F_TABLE("hash", u32, struct kvmexit_thread, threads, MAX_THREADS, BPF_F_NO_PREALLOC);
+BPF_ARRAY(thread_zero, struct kvmexit_thread, 1); /* a zeroed slot, copied in on a first exit */
+BPF_ARRAY(reason_rows, u32, RKEY_CODES * RKEY_DETAILS);
 BPF_HASH(stats, struct kvmexit_key, struct kvmexit_value, MAX_KEYS);
+BPF_ARRAY(value_zero, struct kvmexit_value, 1); /* a zeroed row, copied into stats on a new key */
 BPF_PERCPU_ARRAY(counters, u64, KVMEXIT_NR_COUNTERS);
-/* A key seen for the first time: user space names its process now, while it still runs. */
+/* A thread (or a keyed reason) seen for the first time: user space names its process now. */
 BPF_PERF_OUTPUT(new_keys);
 #ifdef FILTER_TGID
 BPF_HASH(tgid_filter, u32, u8, 4096);
@@ -62,16 +85,34 @@ static __always_inline int wanted(u64 id)
 	return 1;
 }
 
-static __always_inline struct kvmexit_value *value_for(void *ctx, struct kvmexit_start *s, u32 tid)
+static __always_inline u32 row_of(u32 code, u32 detail)
 {
-	struct kvmexit_key key = {.tgid = s->tgid, .tid = tid, .code = s->code, .detail = s->detail};
+	if (code >= RKEY_CODES || detail >= RKEY_DETAILS)
+		return KVMEXIT_NR_ROWS;
+	u32 rkey = code * RKEY_DETAILS + detail;
+	u32 *r = reason_rows.lookup(&rkey);
+	if (!r || *r == 0 || *r > KVMEXIT_NR_ROWS)
+		return KVMEXIT_NR_ROWS;
+	return *r - 1;
+}
+
+/* The statistics of the thread's open exit: its row in place, or its entry in the keyed map. */
+static __always_inline struct kvmexit_value *value_for(void *ctx, struct kvmexit_thread *t, u32 tid)
+{
+	u32 row = t->row;
+	/* Bound the register that indexes (clang may clamp a copy; the 6.1 verifier then refuses). */
+	asm volatile("" : "+r"(row));
+	if (row < KVMEXIT_NR_ROWS)
+		return &t->rows[row];
+	struct kvmexit_key key = {.tgid = t->tgid, .tid = tid, .code = t->code, .detail = t->detail};
 	struct kvmexit_value *v = stats.lookup(&key);
 	if (v)
 		return v;
-	struct kvmexit_value zero = {};
-	zero.min_ns = ~0ULL;
-	bpf_get_current_comm(&zero.comm, sizeof(zero.comm));
-	if (stats.insert(&key, &zero)) {
+	u32 zero = 0;
+	struct kvmexit_value *z = value_zero.lookup(&zero);
+	if (!z)
+		return 0;
+	if (stats.insert(&key, z)) {
 		count(KVMEXIT_STATS_MAP_FULL);
 		return 0;
 	}
@@ -79,74 +120,106 @@ static __always_inline struct kvmexit_value *value_for(void *ctx, struct kvmexit
 	return stats.lookup(&key);
 }
 
-/*
- * A thread's start slot is created on its first exit and then reused: ts != 0 while an exit waits
- * for its entry, 0 otherwise. Reusing it saves a hash update and a delete per exit; user space
- * removes the slots of threads that have exited, so thread churn cannot fill the map.
- */
-static __always_inline int on_exit(void *ctx, u32 code, u32 detail)
+/* The log-linear bucket of a duration (twin: kvmexit.model.hist_slot): exact below HIST_SUB ns,
+ * then HIST_SUB buckets per power of two, so a bucket's width is at most 1/HIST_SUB of its
+ * lower bound. */
+static __always_inline u32 hist_slot(u64 ns)
+{
+	if (ns < HIST_SUB)
+		return ns;
+	u32 octave = bpf_log2l(ns) - 1; /* floor(log2(ns)) >= KVMEXIT_HIST_SUB_BITS */
+	u32 shift = octave - KVMEXIT_HIST_SUB_BITS;
+	u32 slot = HIST_SUB * (shift + 1) + ((ns >> shift) & (HIST_SUB - 1));
+	return slot < KVMEXIT_HIST_SLOTS ? slot : KVMEXIT_HIST_SLOTS - 1;
+}
+
+/* sumsq += ns * ns, as a 128-bit number in two u64 words (low, high): ns^2 alone overflows a
+ * u64 from 4.3 s. */
+static __always_inline void add_square(u64 *sumsq, u64 ns)
+{
+	u64 hi = ns >> 32, lo = ns & 0xffffffff;
+	u64 cross = hi * lo; /* ns^2 = hi^2 << 64 + 2 * cross << 32 + lo^2 */
+	u64 high = hi * hi + (cross >> 31);
+	u64 low = cross << 33;
+	u64 sum = low + lo * lo;
+	if (sum < low)
+		high++;
+	u64 old = sumsq[0];
+	sumsq[0] = old + sum;
+	if (sumsq[0] < old)
+		high++;
+	sumsq[1] += high;
+}
+
+static __always_inline void on_exit(void *ctx, u32 code, u32 detail)
 {
 	u64 now = bpf_ktime_get_ns();
 	u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id))
-		return 0;
+		return;
 	u32 tid = id;
-	struct kvmexit_start *s = starts.lookup(&tid);
-	if (!s) {
-		struct kvmexit_start fresh = {.ts = now, .tgid = id >> 32, .code = code, .detail = detail};
-		if (starts.update(&tid, &fresh))
+	struct kvmexit_thread *t = threads.lookup(&tid);
+	if (!t) {
+		u32 zero = 0;
+		struct kvmexit_thread *z = thread_zero.lookup(&zero);
+		if (!z)
+			return;
+		if (threads.update(&tid, z)) {
 			count(KVMEXIT_START_MAP_FULL);
-		return 0;
-	}
-	if (s->ts) {
+			return;
+		}
+		t = threads.lookup(&tid);
+		if (!t)
+			return;
+		bpf_get_current_comm(&t->comm, sizeof(t->comm));
+		struct kvmexit_key key = {.tgid = id >> 32, .tid = tid, .code = code, .detail = detail};
+		new_keys.perf_submit(ctx, &key, sizeof(key));
+	} else if (t->ts) {
 		/* The previous exit never saw its entry (missed event): keep it visible. */
-		struct kvmexit_value *v = value_for(ctx, s, tid);
+		struct kvmexit_value *v = value_for(ctx, t, tid);
 		if (v)
 			v->unfinished++;
 	}
-	s->ts = now;
-	s->halt_ns = 0;
-	s->tgid = id >> 32;
-	s->code = code;
-	s->detail = detail;
-	return 0;
+	t->ts = now;
+	t->halt_ns = 0;
+	t->tgid = id >> 32;
+	t->code = code;
+	t->detail = detail;
+	t->sub = 0;
+	t->row = row_of(code, detail);
 }
 
-static __always_inline int on_entry(void *ctx)
+static __always_inline void on_entry(void *ctx)
 {
 	u64 now = bpf_ktime_get_ns();
 	u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id))
-		return 0;
+		return;
 	u32 tid = id;
-	struct kvmexit_start *s = starts.lookup(&tid);
-	if (!s || !s->ts) {
+	struct kvmexit_thread *t = threads.lookup(&tid);
+	if (!t || !t->ts) {
 		count(KVMEXIT_UNPAIRED_ENTRIES);
-		return 0;
+		return;
 	}
-	u64 delta = now - s->ts;
-	s->ts = 0;
-	struct kvmexit_value *v = value_for(ctx, s, tid);
-	if (!v)
-		return 0;
-	v->pairs++;
-	v->total_ns += delta;
-	v->halt_ns += s->halt_ns;
-	if (delta < v->min_ns)
+	u64 delta = now - t->ts;
+	struct kvmexit_value *v = value_for(ctx, t, tid);
+	if (!v) {
+		t->ts = 0;
+		return;
+	}
+	if (!v->pairs || delta < v->min_ns)
 		v->min_ns = delta;
 	if (delta > v->max_ns)
 		v->max_ns = delta;
-	u32 slot = bpf_log2l(delta);
-	if (slot >= KVMEXIT_HIST_SLOTS)
-		slot = KVMEXIT_HIST_SLOTS - 1;
-	/*
-	 * Keep the bound check on the register that indexes the array: clang may clamp a copy,
-	 * and the 6.1 verifier then rejects the access as unbounded.
-	 */
+	v->pairs++;
+	v->total_ns += delta;
+	v->halt_ns += t->halt_ns;
+	add_square(v->sumsq, delta);
+	u32 slot = hist_slot(delta);
 	asm volatile("" : "+r"(slot));
 	if (slot < KVMEXIT_HIST_SLOTS)
 		v->hist[slot]++;
-	return 0;
+	t->ts = 0; /* after the row: see struct kvmexit_thread */
 }
 
 #if defined(LAYOUT_ARM64)
@@ -175,10 +248,12 @@ int kvmexit_trap(struct bpf_raw_tracepoint_args *ctx)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = id;
-	struct kvmexit_start *s = starts.lookup(&tid);
-	if (s && s->ts && s->code == ARM_EXCEPTION_TRAP)
-		s->detail = (s->detail & (1U << ARM_EXIT_WITH_SERROR_BIT)) |
+	struct kvmexit_thread *t = threads.lookup(&tid);
+	if (t && t->ts && t->code == ARM_EXCEPTION_TRAP) {
+		t->detail = (t->detail & (1U << ARM_EXIT_WITH_SERROR_BIT)) |
 			    ((u32)ctx->args[TRAP_EC_ARG] & 0x3f);
+		t->row = row_of(t->code, t->detail);
+	}
 	return PASS_EVENT_ON;
 }
 #endif
@@ -216,9 +291,9 @@ static __always_inline int add_halt(u64 ns)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = id;
-	struct kvmexit_start *s = starts.lookup(&tid);
-	if (s && s->ts)
-		s->halt_ns += ns;
+	struct kvmexit_thread *t = threads.lookup(&tid);
+	if (t && t->ts)
+		t->halt_ns += ns;
 	return PASS_EVENT_ON;
 }
 
@@ -233,5 +308,24 @@ int kvmexit_wakeup(struct bpf_raw_tracepoint_args *ctx)
 int kvmexit_wakeup_tp(void *ctx)
 {
 	return add_halt(*(u64 *)((char *)ctx + WAKEUP_NS_OFF));
+}
+#endif
+
+#ifdef KVMEXIT_TEST_HOOKS
+/* Tests only (BPF_PROG_TEST_RUN): the helpers above on given values, against their Python twins. */
+BPF_ARRAY(test_out, struct kvmexit_value, 1);
+
+int kvmexit_test_hist(struct bpf_raw_tracepoint_args *ctx)
+{
+	return hist_slot(ctx->args[0]);
+}
+
+int kvmexit_test_square(struct bpf_raw_tracepoint_args *ctx)
+{
+	u32 zero = 0;
+	struct kvmexit_value *v = test_out.lookup(&zero);
+	if (v)
+		add_square(v->sumsq, ctx->args[0]);
+	return 0;
 }
 #endif

@@ -175,7 +175,7 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--by", choices=sorted(GROUPINGS), default="thread", help="group rows (default: thread)")
     g.add_argument("--sort", choices=sorted(SORT_KEYS), default="count", help="sort rows (default: count)")
     g.add_argument("--top", type=positive_int, metavar="N", help="show only the first N rows")
-    g.add_argument("--hist", action="store_true", help="print a log2 latency histogram per row")
+    g.add_argument("--hist", action="store_true", help="print a latency histogram per row (4 buckets per power of two)")
     fmt = g.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON document per report (schema kvmexit/1)")
     fmt.add_argument("--csv", action="store_true", help="CSV, one line per row")

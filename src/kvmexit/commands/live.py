@@ -49,8 +49,9 @@ examples:
   kvmexit report trace.txt      # the same report from a recorded trace (no bcc needed)
   kvmexit record -o trace.txt 30         # record with tracefs alone, for later `report`
 
-columns: COUNT is exits seen; AVG, MIN, MAX and P99 are over exits whose entry was seen; P99 is the
-upper bound of its log2 bucket; HALT% is the share of that time the vCPU was halted in the kernel
+columns: COUNT is exits seen; AVG, MIN, MAX and P99 are over exits whose entry was seen; P99 is
+estimated from log-linear buckets (4 per power of two, interpolated): within 25% of the exact
+value, offline as live; HALT% is the share of that time the vCPU was halted in the kernel
 (WFI/WFE, HLT: guest idle time, not exit-handling cost). The closing line accounts for every exit.
 """
 

@@ -13,11 +13,22 @@ Unknown values are named by their number, never dropped.
 from __future__ import annotations
 
 import re
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 from . import arm64, svm, vmx
 
-__all__ = ["ARCH_ARM64", "ARCH_X86", "ISA_VMX", "ISA_SVM", "label", "normalize_arm64", "reason_names", "is_reason_name"]
+__all__ = [
+    "ARCH_ARM64",
+    "ARCH_X86",
+    "ISA_VMX",
+    "ISA_SVM",
+    "label",
+    "normalize_arm64",
+    "reason_names",
+    "is_reason_name",
+    "ROW_REASONS",
+    "ROW_KEY_SPACE",
+]
 
 ARCH_ARM64 = "arm64"
 ARCH_X86 = "x86"
@@ -98,3 +109,40 @@ def is_reason_name(arch: str, name: str) -> bool:
     name an exit of ``arch``, including the numbered names of unknown values."""
     base = name.split("+", 1)[0]
     return base.lower() in {n.lower() for n in reason_names(arch)} or bool(_NUMBERED[arch].match(base))
+
+
+def _by_name(table: Dict[int, str], names: Tuple[str, ...]) -> Tuple[int, ...]:
+    codes = {v: k for k, v in table.items()}
+    return tuple(codes[n] for n in names)
+
+
+#: The exits whose statistics the kernel keeps in place in each thread's slot (one map lookup per
+#: event); other (code, detail) pairs go to a keyed map, slower but never dropped. The frequent
+#: exits of real hosts (each row costs every thread's slot the size of one statistics record).
+_ARM64_ROW_CLASSES = ("WFx", "HVC64", "SMC64", "SYS64", "DABT_LOW", "IABT_LOW", "FP_ASIMD", "HVC32", "CP15_32")
+_VMX_ROWS = (
+    "EXTERNAL_INTERRUPT",
+    "HLT",
+    "EPT_VIOLATION",
+    "EPT_MISCONFIG",
+    "MSR_WRITE",
+    "IO_INSTRUCTION",
+    "PREEMPTION_TIMER",
+    "INTERRUPT_WINDOW",
+)
+_SVM_ROWS = ("interrupt", "hlt", "npf", "msr", "io", "vintr", "pause", "cpuid")
+ROW_REASONS: Dict[str, Tuple[Tuple[int, int], ...]] = {
+    ARCH_ARM64: (
+        (arm64.ARM_EXCEPTION_IRQ, 0),
+        (arm64.ARM_EXCEPTION_EL1_SERROR, 0),
+        (arm64.ARM_EXCEPTION_IL, 0),
+        *((arm64.ARM_EXCEPTION_TRAP, ec) for ec in _by_name(arm64.EXCEPTION_CLASSES, _ARM64_ROW_CLASSES)),
+    ),
+    ARCH_X86: (
+        *((code, ISA_VMX) for code in _by_name(vmx.EXIT_REASONS, _VMX_ROWS)),
+        *((code, ISA_SVM) for code in _by_name(svm.EXIT_REASONS, _SVM_ROWS)),
+    ),
+}
+#: (code, detail) pairs with code < codes and detail < details can have a row: the kernel's
+#: reason_rows array is indexed by code * details + detail.
+ROW_KEY_SPACE: Dict[str, Tuple[int, int]] = {ARCH_ARM64: (4, 64), ARCH_X86: (2048, 4)}

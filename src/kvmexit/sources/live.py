@@ -19,8 +19,20 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import BccMissing, HeadersMissing, KvmexitError, NotRoot
 from ..layouts import TRACEFS_ROOTS, Layout
-from ..model import HIST_SLOTS, KERNEL_FIELDS, STAT_FIELDS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo
+from ..model import (
+    HIST_SLOTS,
+    HIST_SUB_BITS,
+    KERNEL_FIELDS,
+    STAT_FIELDS,
+    ExitKey,
+    ExitStats,
+    Health,
+    Snapshot,
+    ThreadInfo,
+    merge_all,
+)
 from ..names import NameResolver
+from ..reasons import ROW_KEY_SPACE, ROW_REASONS
 
 __all__ = ["BpfProgram", "render_program", "LiveSource", "import_bcc", "PROGRAM_PREFIX"]
 
@@ -52,6 +64,7 @@ def render_program(
     synthetic_x86: bool = False,
     wakeup: bool = True,
     wakeup_ns_off: Optional[int] = None,
+    test_hooks: bool = False,
 ) -> BpfProgram:
     """The program for a layout and options; pure, so it can be printed (``--ebpf``) and tested."""
     # kvmexit.h is inlined so bcc needs no include path into the installed package.
@@ -63,8 +76,18 @@ def render_program(
         defines.append("FILTER_TGID")
     if filter_tids:
         defines.append("FILTER_TID")
+    if test_hooks:
+        defines.append("KVMEXIT_TEST_HOOKS")
     defines += ["MAX_THREADS=%d" % max_threads, "MAX_KEYS=%d" % max_keys]
-    defines += ["KVMEXIT_HIST_SLOTS=%d" % HIST_SLOTS, "KVMEXIT_VALUE_FIELDS=" + value_fields_c()]
+    codes, details = ROW_KEY_SPACE[layout.arch]
+    defines += [
+        "KVMEXIT_HIST_SUB_BITS=%d" % HIST_SUB_BITS,
+        "KVMEXIT_HIST_SLOTS=%d" % HIST_SLOTS,
+        "KVMEXIT_VALUE_FIELDS=" + value_fields_c(),
+        "KVMEXIT_NR_ROWS=%d" % len(ROW_REASONS[layout.arch]),
+        "RKEY_CODES=%d" % codes,
+        "RKEY_DETAILS=%d" % details,
+    ]
     if wakeup and wakeup_ns_off is not None:  # kvmexit_wakeup_tp: the classic-tracepoint fallback
         defines.append("WAKEUP_NS_OFF=%d" % wakeup_ns_off)
     exit_kind = "tp" if "LAYOUT_X86" in layout.defines and not synthetic_x86 else "raw"
@@ -131,6 +154,7 @@ class LiveSource:
     ) -> None:
         self.layout = layout
         self.max_keys = max_keys
+        self.max_threads = max_threads
         self.tgids = sorted(set(tgids))
         self.tids = sorted(set(tids))
         self.resolver = resolver or NameResolver()
@@ -149,7 +173,11 @@ class LiveSource:
         #: One-line notes on what this kernel could not do (printed when tracing starts).
         self.notes: List[str] = []
         self.bpf: Any = None
-        self._batch: Optional[_BatchReader] = None
+        self._batch: Dict[str, _BatchReader] = {}
+        #: Which (code, detail) each row of a thread's slot holds (reason_rows, set at open).
+        self.rows = ROW_REASONS[layout.arch]
+        #: Statistics kept in the slots of threads that have exited (slots are freed; nothing lost).
+        self._retired: Dict[ExitKey, ExitStats] = {}
         #: False when this kernel has no kvm_vcpu_wakeup to attach to (HALT% is then unknown).
         self.halt_known = True
         self._threads: Dict[int, Tuple[Tuple[int, bytes], ThreadInfo]] = {}
@@ -168,6 +196,7 @@ class LiveSource:
                 "BPF program failed to compile or load: %s" % e, hint="run with --ebpf to see the program"
             ) from e
         try:
+            self._fill_rows()
             self._fill_filters()
             self.bpf["new_keys"].open_perf_buffer(self._on_new_key, page_cnt=16, lost_cb=self._on_lost)
             if self._attach:
@@ -176,6 +205,12 @@ class LiveSource:
             self.close()
             raise
         return self
+
+    def _fill_rows(self) -> None:
+        table = self.bpf["reason_rows"]
+        details = ROW_KEY_SPACE[self.layout.arch][1]
+        for i, (code, detail) in enumerate(self.rows):
+            table[table.Key(code * details + detail)] = ctypes.c_uint32(i + 1)
 
     def _fill_filters(self) -> None:
         one = ctypes.c_uint8(1)
@@ -258,7 +293,7 @@ class LiveSource:
         self.poll(max(1, int(seconds * 1000)))
 
     def close(self) -> None:
-        self._batch = None
+        self._batch = {}
         if self.bpf is not None:
             bpf, self.bpf = self.bpf, None
             bpf.cleanup()
@@ -285,43 +320,62 @@ class LiveSource:
         return info
 
     def sweep(self) -> None:
-        """Remove the slots of exited threads (as every snapshot does)."""
-        self._open_exits()
+        """Free the slots of exited threads (as every snapshot does)."""
+        self._thread_slots()
 
-    def _open_exits(self) -> Dict[ExitKey, int]:
-        """Exits still waiting for their entry. Slots of exited threads are removed; an exit
-        still open there is counted as abandoned."""
-        starts = self.bpf["starts"]
+    def _read(self, name: str, value_size: int) -> List[Tuple[bytes, bytes]]:
+        """(key bytes, value bytes) of every entry of a hash map: batch syscalls where the
+        kernel has them (5.6+), else one per key."""
+        table = self.bpf[name]
+        reader = self._batch.get(name)
+        if reader is None:
+            capacity = self.max_threads if name == "threads" else self.max_keys
+            reader = self._batch[name] = _BatchReader(table, capacity, value_size)
+        raw = reader.read()
+        if raw is None:
+            return [(_bytes_of(k), _bytes_of(v)) for k, v in table.items()]
+        return raw
+
+    def _thread_slots(self) -> Tuple[Dict[ExitKey, ExitStats], Dict[ExitKey, int], Dict[int, bytes]]:
+        """Statistics kept in threads' slots, open exits, and comms. Slots of exited threads are
+        removed; their statistics are kept here (retired) and an exit still open there counts as
+        abandoned."""
+        threads = self.bpf["threads"]
+        stats: Dict[ExitKey, ExitStats] = {}
         opened: Dict[ExitKey, int] = {}
-        for k, s in starts.items():
-            key = ExitKey(s.tgid, k.value, s.code, s.detail)
-            if self.resolver.alive(s.tgid, k.value):
-                if s.ts:
+        comms: Dict[int, bytes] = {}
+        rows = self.rows
+        for kb, vb in self._read("threads", _ROWS_SIZE * len(rows) + _THREAD_TAIL.size):
+            (tid,) = _TID.unpack(kb)
+            comm, ts, _halt, tgid, code, detail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))[:6]
+            comms[tid] = comm
+            alive = self.resolver.alive(tgid, tid)
+            mine = stats if alive else {}
+            for i, (rcode, rdetail) in enumerate(rows):
+                v = _VALUE.unpack_from(vb, i * _ROWS_SIZE)
+                if v[0] or v[1]:  # pairs or unfinished
+                    mine[ExitKey(tgid, tid, rcode, rdetail)] = _stats_from_values(v)
+            key = ExitKey(tgid, tid, code, detail)
+            if alive:
+                if ts:
                     opened[key] = opened.get(key, 0) + 1
                 continue
             try:
-                del starts[k]
+                del threads[threads.Key(tid)]
             except KeyError:
                 continue
-            if s.ts:
+            for k, st in mine.items():
+                old = self._retired.get(k)
+                self._retired[k] = st if old is None else merge_all((old, st))
+            if ts:
                 self._abandoned[key] = self._abandoned.get(key, 0) + 1
-        return opened
+        return stats, opened, comms
 
-    def _stats_items(self) -> List[Tuple[ExitKey, ExitStats, bytes]]:
-        """(key, stats as the kernel keeps them, comm) for every entry of the stats map."""
-        table = self.bpf["stats"]
-        if self._batch is None:
-            self._batch = _BatchReader(table, self.max_keys)
-        raw = self._batch.read()
-        if raw is None:  # kernel without batch lookups (before 5.6): one syscall per key
-            return [
-                (ExitKey(k.tgid, k.tid, k.code, k.detail), _stats_from_values(_leaf_values(v)), bytes(v.comm))
-                for k, v in table.items()
-            ]
-        keys, values = raw
+    def _keyed_items(self) -> List[Tuple[ExitKey, ExitStats]]:
+        """(key, stats) of the keyed map: reasons without a row in the threads' slots."""
         return [
-            (ExitKey(*k), _stats_from_values(v), v[-1])
-            for k, v in zip(struct.iter_unpack(_KEY_FORMAT, keys), struct.iter_unpack(_VALUE_FORMAT, values))
+            (ExitKey(*_KEY.unpack(kb)), _stats_from_values(_VALUE.unpack(vb)))
+            for kb, vb in self._read("stats", _VALUE.size)
         ]
 
     def snapshot(self) -> Snapshot:
@@ -333,21 +387,18 @@ class LiveSource:
         """
         now = time.monotonic_ns() if hasattr(time, "monotonic_ns") else int(time.monotonic() * 1e9)
         self.poll(0)
-        items = self._stats_items()
-        opened = self._open_exits()
-        health = self.health()  # after _open_exits, which finds the abandoned exits
-        stats: Dict[ExitKey, ExitStats] = {}
-        threads: Dict[int, ThreadInfo] = {}
-        comms: Dict[int, bytes] = {}
-        for key, st, comm in items:
-            comms.setdefault(key.tid, comm)
-            more_open, abandoned = opened.get(key, 0), self._abandoned.get(key, 0)
-            if more_open or abandoned:
-                st = st._replace(open=more_open, abandoned=abandoned)
-            stats[key] = st
+        keyed = self._keyed_items()
+        in_slots, opened, comms = self._thread_slots()
+        health = self.health()  # after _thread_slots, which finds the abandoned exits
+        stats: Dict[ExitKey, ExitStats] = dict(in_slots)
+        for key, st in keyed:
+            stats[key] = st if key not in stats else merge_all((stats[key], st))
+        for key, st in self._retired.items():
+            stats[key] = st if key not in stats else merge_all((stats[key], st))
         for key in set(opened) | set(self._abandoned):
-            if key not in stats:
-                stats[key] = ExitStats(open=opened.get(key, 0), abandoned=self._abandoned.get(key, 0))
+            st = stats.get(key, ExitStats())
+            stats[key] = st._replace(open=opened.get(key, 0), abandoned=self._abandoned.get(key, 0))
+        threads: Dict[int, ThreadInfo] = {}
         for key in stats:
             if key.tid not in threads:
                 # The kernel always knows the tgid; only trace files may not (ExitKey.tgid None).
@@ -372,27 +423,40 @@ def _c_stderr_to(lines: List[str]) -> Iterator[None]:
             lines.extend(tmp.read(4096).decode("utf-8", "replace").splitlines())
 
 
-#: struct kvmexit_key and struct kvmexit_value (bpf/kvmexit.h), native byte order, no padding.
-_KEY_FORMAT = "=4I"
-_VALUE_FORMAT = "=%dQ16s" % sum(f.words for f in KERNEL_FIELDS)
+#: struct kvmexit_key, struct kvmexit_value and struct kvmexit_thread (bpf/kvmexit.h), native
+#: byte order, no padding; the value's words come from model.KERNEL_FIELDS.
+_KEY = struct.Struct("=4I")
+_TID = struct.Struct("=I")
+_VALUE_FORMAT = "=%dQ" % sum(f.words for f in KERNEL_FIELDS)
+_VALUE = struct.Struct(_VALUE_FORMAT)
+_ROWS_SIZE = _VALUE.size
+#: After the rows: comm, ts, halt_ns, tgid, code, detail, sub, row, pad.
+_THREAD_TAIL = struct.Struct("=16s2Q6I")
+
+
+def _bytes_of(c: Any) -> bytes:
+    """The bytes of a bcc key or leaf (a ctypes object)."""
+    return ctypes.string_at(ctypes.addressof(c), ctypes.sizeof(c))
 
 
 class _BatchReader:
-    """Reads a whole hash map with BPF_MAP_LOOKUP_BATCH (5.6+) into reused buffers."""
+    """Reads a whole hash map with BPF_MAP_LOOKUP_BATCH (5.6+), in chunks of reused buffers
+    (a few MB at most: a thread's slot is kilobytes)."""
 
-    def __init__(self, table: Any, capacity: int) -> None:
+    def __init__(self, table: Any, capacity: int, value_size: int) -> None:
         self.table = table
         # MAX_KEYS as compiled: bcc before 0.2x has no max_entries on hash tables (Debian 11's 0.18)
         self.capacity = capacity
         self.key_size = ctypes.sizeof(table.Key)
         self.value_size = ctypes.sizeof(table.Leaf)
-        if (struct.calcsize(_KEY_FORMAT), struct.calcsize(_VALUE_FORMAT)) != (self.key_size, self.value_size):
+        if value_size != self.value_size:
             raise AssertionError("bpf/kvmexit.h and the struct formats in live.py disagree")
-        self.keys = (ctypes.c_char * (self.key_size * self.capacity))()
-        self.values = (ctypes.c_char * (self.value_size * self.capacity))()
+        self.chunk = min(self.capacity, max(256, (4 << 20) // self.value_size))
+        self.keys = (ctypes.c_char * (self.key_size * self.chunk))()
+        self.values = (ctypes.c_char * (self.value_size * self.chunk))()
         self.supported = True
 
-    def read(self) -> Optional[Tuple[memoryview, memoryview]]:
+    def read(self) -> Optional[List[Tuple[bytes, bytes]]]:
         if not self.supported:
             return None
         lookup_batch = getattr(import_bcc().libbcc.lib, "bpf_lookup_batch", None)
@@ -401,41 +465,32 @@ class _BatchReader:
             return None
         fd = self.table.map_fd
         in_batch, out_batch = ctypes.c_uint32(0), ctypes.c_uint32(0)
-        total = 0
-        while total < self.capacity:
-            count = ctypes.c_uint32(self.capacity - total)
+        out: List[Tuple[bytes, bytes]] = []
+        ks, vs = self.key_size, self.value_size
+        first = True
+        while True:
+            count = ctypes.c_uint32(self.chunk)
             res = lookup_batch(
                 fd,
-                ctypes.byref(in_batch) if total else None,
+                None if first else ctypes.byref(in_batch),
                 ctypes.byref(out_batch),
-                ctypes.byref(self.keys, self.key_size * total),
-                ctypes.byref(self.values, self.value_size * total),
+                ctypes.byref(self.keys),
+                ctypes.byref(self.values),
                 ctypes.byref(count),
             )
             err = ctypes.get_errno()
-            total += count.value
+            keys, values = bytes(self.keys[: count.value * ks]), bytes(self.values[: count.value * vs])
+            out.extend((keys[i * ks : (i + 1) * ks], values[i * vs : (i + 1) * vs]) for i in range(count.value))
             if res != 0:
                 if err == errno.ENOENT or -res == errno.ENOENT:
                     break  # end of map
-                if total == 0:
+                if first and not out:
                     self.supported = False  # EINVAL/ENOTSUPP: no batch operations in this kernel
                     return None
-                raise KvmexitError("reading the stats map failed: %s" % os.strerror(err or -res))
+                raise KvmexitError("reading a BPF map failed: %s" % os.strerror(err or -res))
+            first = False
             in_batch.value = out_batch.value
-        return (
-            memoryview(self.keys)[: total * self.key_size],
-            memoryview(self.values)[: total * self.value_size],
-        )
-
-
-def _leaf_values(v: Any) -> tuple:
-    """A bcc Leaf as the tuple struct.unpack(_VALUE_FORMAT) gives."""
-    out: List[Any] = []
-    for f in KERNEL_FIELDS:
-        value = getattr(v, f.name)
-        out.extend(value if f.words > 1 else (value,))
-    out.append(bytes(v.comm))
-    return tuple(out)
+        return out
 
 
 def _decoder_source() -> str:
@@ -466,5 +521,5 @@ def _make_decoder() -> Any:
     return scope["decode"]
 
 
-#: (words of struct kvmexit_value..., comm) -> ExitStats.
+#: (words of struct kvmexit_value...) -> ExitStats.
 _stats_from_values = _make_decoder()

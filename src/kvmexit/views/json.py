@@ -34,6 +34,7 @@ def row_dict(row: Row, with_hist: bool = True, halt_known: bool = True) -> Dict[
         "p50_ns": row.p(50),
         "p90_ns": row.p(90),
         "p99_ns": row.p(99),
+        "stddev_ns": st.stddev_ns,
         "halt_ns": st.halt_ns if halt_known else None,
     }
     if with_hist:

@@ -90,14 +90,18 @@ def format_table(report: Report) -> str:
 
 
 def format_hist(row: Row, width: int = 40) -> str:
-    """A bcc-style log2 histogram of one row's exit->entry times."""
+    """A bcc-style histogram of one row's exit->entry times, in the log-linear buckets the
+    kernel keeps (4 per power of two)."""
     hist = row.stats.hist
     used = [i for i, n in enumerate(hist) if n]
     title = printable(" ".join(_dash(x) for x in (row.tgid, row.tid, row.vm, row.reason) if x is not None))
     if not used:
         return "%s: no completed pairs" % title
     peak = max(hist)
-    lines = ["%s: %d pairs" % (title, row.stats.pairs), "%24s : %-10s |%s|" % ("ns", "count", "distribution")]
+    lines = [
+        "%s: %d pairs, stddev %s" % (title, row.stats.pairs, format_duration(row.stats.stddev_ns)),
+        "%24s : %-10s |%s|" % ("ns", "count", "distribution"),
+    ]
     for slot in range(used[0], used[-1] + 1):
         lo, hi = bucket_bounds(slot)
         n = hist[slot]

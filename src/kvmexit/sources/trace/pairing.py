@@ -5,7 +5,7 @@ This mirrors ``bpf/kvmexit.bpf.c`` exactly (see the rules in :mod:`kvmexit.model
 - ``kvm_exit`` opens a timed exit for its thread; if one is already open, that one is counted
   *unfinished* under its own key and replaced;
 - ``kvm_entry`` closes the open exit (a *pair*: time, min, max, log2 histogram slot
-  :func:`kvmexit.model.hist_slot`, i.e. bcc's ``bpf_log2l``) or, with
+  :func:`kvmexit.model.hist_slot`, the BPF side's log-linear bucket) or, with
   none open, counts an *unpaired entry*;
 - ``kvm_trap_enter`` (openEuler 5.10+) sets the class of an open TRAP exit, keeping the SError flag
   (the reader applies it only on that layout: elsewhere ``kvm_exit`` carries the class);
@@ -44,6 +44,7 @@ S_TS, S_KEY, S_HALT, S_CPU = 0, 1, 2, 3
 ACC_INDEX = {f.name: i for i, f in enumerate(KERNEL_FIELDS)}
 A_PAIRS, A_UNFIN, A_TOTAL = ACC_INDEX["pairs"], ACC_INDEX["unfinished"], ACC_INDEX["total_ns"]
 A_MIN, A_MAX, A_HALT, A_HIST = ACC_INDEX["min_ns"], ACC_INDEX["max_ns"], ACC_INDEX["halt_ns"], ACC_INDEX["hist"]
+A_SUMSQ = ACC_INDEX["sumsq"]  # [low, high]: here low takes the whole sum (Python ints do not overflow)
 
 NO_MIN = 1 << 64
 NO_MAX = -1
@@ -163,6 +164,7 @@ class Pairer:
             acc[A_MIN] = d
         if d > acc[A_MAX]:
             acc[A_MAX] = d
+        acc[A_SUMSQ][0] += d * d
         acc[A_HIST][hist_slot(d)] += 1
 
     def trap(self, tid: int, esr_ec: int) -> None:

@@ -21,7 +21,7 @@ from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ...errors import BadTrace, KvmexitError
 from ...layouts import detect as detect_layout_from_formats
-from ...model import Snapshot, ThreadInfo
+from ...model import HIST_SUB, HIST_SUB_BITS, Snapshot, ThreadInfo
 from ...names import vcpu_from_comm
 from .decode import LAYOUTS, Decoder, arch_of, detect_layout
 from .formats import (
@@ -38,7 +38,20 @@ from .formats import (
     head_lines,
     open_input,
 )
-from .pairing import A_HALT, A_HIST, A_MAX, A_MIN, A_PAIRS, A_TOTAL, A_UNFIN, LAST_SLOT, Pairer, TraceHealth, new_acc
+from .pairing import (
+    A_HALT,
+    A_HIST,
+    A_MAX,
+    A_MIN,
+    A_PAIRS,
+    A_SUMSQ,
+    A_TOTAL,
+    A_UNFIN,
+    LAST_SLOT,
+    Pairer,
+    TraceHealth,
+    new_acc,
+)
 from .timebins import TimeBins
 
 __all__ = ["TraceInfo", "TraceResult", "read_trace", "read_stream", "load_names", "NAMES_SUFFIX"]
@@ -387,6 +400,7 @@ def _loop(
     tgid_of = pairer.tgid
     health = pairer.health
     scale = _SCALE
+    sub_bits1, sub_mask = HIST_SUB_BITS + 1, HIST_SUB - 1
     side_tgid = names.tgid_of if names is not None else {}
     filtering = bool(tids or tgids)
     dec_exit = decoder.exit if decoder is not None else None
@@ -488,11 +502,13 @@ def _loop(
                 acc[A_MIN] = d
             if d > acc[A_MAX]:
                 acc[A_MAX] = d
-            slot = d.bit_length()  # model.hist_slot (bcc's bpf_log2l), inlined
-            if 0 < slot < LAST_SLOT:
-                acc[A_HIST][slot] += 1
+            acc[A_SUMSQ][0] += d * d
+            if d < HIST_SUB:  # model.hist_slot, inlined
+                acc[A_HIST][d] += 1
             else:
-                acc[A_HIST][1 if slot < 1 else LAST_SLOT] += 1
+                shift = d.bit_length() - sub_bits1
+                slot = HIST_SUB * (shift + 1) + ((d >> shift) & sub_mask)
+                acc[A_HIST][slot if slot < LAST_SLOT else LAST_SLOT] += 1
             if bin_pair is not None:
                 bin_pair(s[0], key[1], key[2], d)
         elif ev == E_EXIT:
