@@ -70,8 +70,10 @@ def cost_per_pair(pairs: int, reasons: int) -> None:
     try:
         before = {v: [prog_stats(n) for n in programs[v][1:]] for v in variants}
         batch = 200
+        order = list(variants.values())
         for start in range(0, pairs, batch):
-            for ex, en in variants.values():
+            order = order[1:] + order[:1]  # rotate: no variant always runs first or after another
+            for ex, en in order:
                 for i in range(start, start + batch):
                     ec = ECS[i % reasons]
                     ret = TRAP if ec else 0  # EC 0 stands for IRQ exits

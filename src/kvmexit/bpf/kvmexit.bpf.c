@@ -137,15 +137,20 @@ static __always_inline u32 hist_slot(u64 ns)
  * u64 from 4.3 s. */
 static __always_inline void add_square(u64 *sumsq, u64 ns)
 {
-	u64 hi = ns >> 32, lo = ns & 0xffffffff;
-	u64 cross = hi * lo; /* ns^2 = hi^2 << 64 + 2 * cross << 32 + lo^2 */
-	u64 high = hi * hi + (cross >> 31);
-	u64 low = cross << 33;
-	u64 sum = low + lo * lo;
-	if (sum < low)
-		high++;
+	u64 high = 0, square;
+	if (ns >> 32) { /* 4.3 s or more: ns^2 = hi^2 << 64 + 2 * cross << 32 + lo^2 */
+		u64 hi = ns >> 32, lo = ns & 0xffffffff;
+		u64 cross = hi * lo;
+		u64 low = cross << 33;
+		high = hi * hi + (cross >> 31);
+		square = low + lo * lo;
+		if (square < low)
+			high++;
+	} else {
+		square = ns * ns;
+	}
 	u64 old = sumsq[0];
-	sumsq[0] = old + sum;
+	sumsq[0] = old + square;
 	if (sumsq[0] < old)
 		high++;
 	sumsq[1] += high;

@@ -178,6 +178,7 @@ class LiveSource:
         self.rows = ROW_REASONS[layout.arch]
         #: Statistics kept in the slots of threads that have exited (slots are freed; nothing lost).
         self._retired: Dict[ExitKey, ExitStats] = {}
+        self._retired_comms: Dict[int, bytes] = {}
         #: False when this kernel has no kvm_vcpu_wakeup to attach to (HALT% is then unknown).
         self.halt_known = True
         self._threads: Dict[int, Tuple[Tuple[int, bytes], ThreadInfo]] = {}
@@ -343,7 +344,7 @@ class LiveSource:
         threads = self.bpf["threads"]
         stats: Dict[ExitKey, ExitStats] = {}
         opened: Dict[ExitKey, int] = {}
-        comms: Dict[int, bytes] = {}
+        comms: Dict[int, bytes] = dict(self._retired_comms)
         rows = self.rows
         for kb, vb in self._read("threads", _ROWS_SIZE * len(rows) + _THREAD_TAIL.size):
             (tid,) = _TID.unpack(kb)
@@ -363,7 +364,8 @@ class LiveSource:
             try:
                 del threads[threads.Key(tid)]
             except KeyError:
-                continue
+                pass  # gone already: what was read is its last state
+            self._retired_comms[tid] = comm
             for k, st in mine.items():
                 old = self._retired.get(k)
                 self._retired[k] = st if old is None else merge_all((old, st))

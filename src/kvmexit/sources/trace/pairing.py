@@ -4,7 +4,7 @@ This mirrors ``bpf/kvmexit.bpf.c`` exactly (see the rules in :mod:`kvmexit.model
 
 - ``kvm_exit`` opens a timed exit for its thread; if one is already open, that one is counted
   *unfinished* under its own key and replaced;
-- ``kvm_entry`` closes the open exit (a *pair*: time, min, max, log2 histogram slot
+- ``kvm_entry`` closes the open exit (a *pair*: time, min, max, sum of squares, histogram bucket
   :func:`kvmexit.model.hist_slot`, the BPF side's log-linear bucket) or, with
   none open, counts an *unpaired entry*;
 - ``kvm_trap_enter`` (openEuler 5.10+) sets the class of an open TRAP exit, keeping the SError flag
