@@ -13,9 +13,9 @@ Whether a change is more than noise is judged by two tests per row, on what kvme
   the exact binomial one (normal approximation above 10^4 exits). This is the conditional test
   for comparing two Poisson rates. Bursty exits vary more than Poisson counts do, so a rate
   change called significant here can still be a burst; the latency test does not depend on it.
-- **latency**: the log2 histogram buckets of both runs as ordinal samples, compared with the
+- **latency**: the histogram buckets (4 per power of two) of both runs as ordinal samples, compared with the
   Mann-Whitney U test with tie correction (normal approximation; at least ``MIN_PAIRS`` timed
-  exits on each side). Changes inside one log2 bucket are not seen: the test is conservative.
+  exits on each side). Changes inside one bucket are not seen: the test is conservative.
 
 All p-values of one comparison are corrected together with Holm's step-down method at ``alpha``
 (default 0.05), so a table of many rows does not show changes by chance.

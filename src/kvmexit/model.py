@@ -152,9 +152,11 @@ class ExitStats(NamedTuple):
 
     @property
     def stddev_ns(self) -> Optional[float]:
-        """Population standard deviation of the pairs' times, exact (from the sum of squares)."""
+        """Population standard deviation of the pairs' times, exact (from the sum of squares).
+        None without pairs, or when the sum of squares is unknown (0 with a non-zero total: a
+        saved report from before it was kept)."""
         n = self.pairs
-        if n <= 0:
+        if n <= 0 or (self.sumsq_ns2 == 0 and self.total_ns > 0):
             return None
         var_n2 = n * self.sumsq_ns2 - self.total_ns * self.total_ns  # n^2 * variance, exact
         return math.sqrt(max(var_n2, 0)) / n

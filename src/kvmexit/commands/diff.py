@@ -37,7 +37,7 @@ noise: a change is reported as one only when a test says it is beyond noise:
   rate     exact Poisson rate test (conditional binomial) on the exit counts over the durations
            (--counts: over equal exposure, "count"); bursty exits vary more than Poisson counts,
            so read a lone rate change on a bursty row (IRQ) with care
-  latency  Mann-Whitney U test on the log2 histogram buckets (8+ timed exits a side); a change
+  latency  Mann-Whitney U test on the histogram buckets (8+ timed exits a side); a change
            inside one bucket is not seen
   All p-values of the comparison are Holm-corrected together at --alpha (default 0.05).
 

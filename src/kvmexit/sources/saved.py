@@ -182,8 +182,8 @@ def _hist(buckets: Sequence[Sequence[int]]) -> Tuple[int, ...]:
     for low, high, n in buckets:
         slot = _BUCKETS.get((low, high))
         if slot is None:
-            # Another kvmexit's bucket: count it in ours that holds its upper bound (percentiles
-            # are upper bounds anyway).
+            # Another kvmexit's bucket (an older one had log2 buckets): count it in ours that
+            # holds its upper bound.
             slot = hist_slot(high)
         hist[slot] += n
     return tuple(hist)
@@ -196,6 +196,9 @@ def _stats(row: Dict[str, Any]) -> ExitStats:
             values[name] = _hist(row.get("hist") or ())
         elif name in row and row[name] is not None:
             values[name] = row[name]
+    sumsq = row.get("sumsq_ns2")
+    if isinstance(sumsq, int) and sumsq >= 0:  # as the kernel keeps it: (low, high) u64 words
+        values["sumsq"] = (sumsq & ((1 << 64) - 1), sumsq >> 64)
     stats = ExitStats(**values)
     if stats.exits != row["count"]:
         raise ValueError("row count %d is not pairs + unfinished + open + abandoned (%d)" % (row["count"], stats.exits))

@@ -15,12 +15,12 @@ DIFF_SCHEMA_VERSION = "kvmexit-diff/1"
 def method(per_second: bool = True) -> str:
     """How the noise is judged, in one line (the same words as ``kvmexit diff -h`` and the README)."""
     return (
-        "%s: exact Poisson rate test on the exit counts over %s; latency: Mann-Whitney U test on the log2 "
+        "%s: exact Poisson rate test on the exit counts over %s; latency: Mann-Whitney U test on the "
         "histogram buckets (at least %d timed exits a side); Holm-corrected together"
         % ("rate", "each run's duration", MIN_PAIRS)
         if per_second
         else "count: exact Poisson test on the exit counts over equal exposure; latency: Mann-Whitney U test on "
-        "the log2 histogram buckets (at least %d timed exits a side); Holm-corrected together" % MIN_PAIRS
+        "the histogram buckets (at least %d timed exits a side); Holm-corrected together" % MIN_PAIRS
     )
 
 

@@ -35,6 +35,7 @@ def row_dict(row: Row, with_hist: bool = True, halt_known: bool = True) -> Dict[
         "p90_ns": row.p(90),
         "p99_ns": row.p(99),
         "stddev_ns": st.stddev_ns,
+        "sumsq_ns2": st.sumsq_ns2,
         "halt_ns": st.halt_ns if halt_known else None,
     }
     if with_hist:
