@@ -68,7 +68,7 @@ def main() -> int:
                 t.join()
             sent += n
             snap = source.snapshot()  # what -i, top and a scrape do; it also sweeps dead threads
-            starts, keys = len(source.bpf["starts"]), len(snap.stats)
+            starts, keys = len(source.bpf["threads"]), len(snap.stats)  # thread slots (open exit + rows)
             peak_starts, peak_stats, peak_rss = (
                 max(peak_starts, starts),
                 max(peak_stats, keys),
