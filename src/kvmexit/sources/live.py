@@ -481,7 +481,8 @@ class _BatchReader:
                 ctypes.byref(count),
             )
             err = ctypes.get_errno()
-            keys, values = bytes(self.keys[: count.value * ks]), bytes(self.values[: count.value * vs])
+            keys = ctypes.string_at(self.keys, count.value * ks)
+            values = ctypes.string_at(self.values, count.value * vs)
             out.extend((keys[i * ks : (i + 1) * ks], values[i * vs : (i + 1) * vs]) for i in range(count.value))
             if res != 0:
                 if err == errno.ENOENT or -res == errno.ENOENT:
