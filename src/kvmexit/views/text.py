@@ -7,7 +7,7 @@ from typing import Callable, List, Optional
 
 from ..model import ExitStats, Health, Report, Row, bucket_bounds, percentile
 
-__all__ = ["format_duration", "format_table", "format_hist", "format_health", "printable"]
+__all__ = ["accounting", "format_duration", "format_table", "format_hist", "format_health", "printable"]
 
 
 def printable(text: str) -> str:
@@ -110,14 +110,13 @@ def format_hist(row: Row, width: int = 40) -> str:
     return "\n".join(lines)
 
 
-def format_health(report: Report, why_empty: Optional[str] = None) -> str:
-    """The closing self-check line: where every exit went."""
+def accounting(report: Report) -> str:
+    """Where every exit went (``exits = paired + open + unfinished + abandoned``), and what could
+    not be paired or recorded: the closing line's text, shared by every view."""
     t: ExitStats = report.totals
     h: Health = report.health
-    if t.exits == 0 and h.unpaired_entries == 0:
-        return "kvmexit: no KVM exits traced" + (" (%s)" % why_empty if why_empty else "")
     return (
-        "kvmexit: %d exits: %d paired, %d open, %d unfinished, %d abandoned by exited threads; "
+        "%d exits: %d paired, %d open, %d unfinished, %d abandoned by exited threads; "
         "%d unpaired entries; map full: %d start, %d stats"
         % (
             t.exits,
@@ -130,3 +129,10 @@ def format_health(report: Report, why_empty: Optional[str] = None) -> str:
             h.stats_map_full,
         )
     )
+
+
+def format_health(report: Report, why_empty: Optional[str] = None) -> str:
+    """The closing self-check line: where every exit went."""
+    if report.totals.exits == 0 and report.health.unpaired_entries == 0:
+        return "kvmexit: no KVM exits traced" + (" (%s)" % why_empty if why_empty else "")
+    return "kvmexit: " + accounting(report)

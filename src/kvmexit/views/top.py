@@ -12,7 +12,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..model import SORT_KEYS, ExitStats, Report, Row, Snapshot, build_report, delta, percentile
-from .text import format_duration
+from .text import accounting, format_duration
 
 __all__ = ["GROUP_KEYS", "HELP", "Level", "TopView", "restrict"]
 
@@ -271,21 +271,7 @@ class TopView:
     def _health_line(self) -> str:
         if self._report is None:
             return "waiting for the first snapshot"
-        t, h = self._report.totals, self._report.health
-        return (
-            "%d exits: %d paired, %d open, %d unfinished, %d abandoned; %d unpaired entries; "
-            "map full: %d start, %d stats"
-            % (
-                t.exits,
-                t.pairs,
-                t.open,
-                t.unfinished,
-                t.abandoned,
-                h.unpaired_entries,
-                h.start_map_full,
-                h.stats_map_full,
-            )
-        )
+        return accounting(self._report)
 
     def _table(self, group_by: str) -> List[str]:
         ident = _IDENT[group_by]
