@@ -151,20 +151,27 @@ def _plot_stack(rows: Sequence[Row], colors: Dict[str, Any], reasons: List[str])
     return _svg(fig)
 
 
-def _plot_hists(rows_by_reason: Sequence[Row], colors: Dict[str, Any]) -> str:
+def _panels(n: int, row_height: float) -> Tuple[Any, List[Any]]:
+    """A figure with ``n`` small plots, three to a row (the unused cells hidden), and its axes."""
     from matplotlib.figure import Figure
+
+    cols = 3
+    nrows = math.ceil(n / cols)
+    fig = Figure(figsize=(10, row_height * nrows))
+    axes = list(fig.subplots(nrows, cols, squeeze=False).flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _plot_hists(rows_by_reason: Sequence[Row], colors: Dict[str, Any]) -> str:
     from matplotlib.ticker import NullFormatter
 
     rows = [r for r in rows_by_reason if r.stats.pairs][:_MAX_REASONS]
     if not rows:
         return "<p>No timed exits (no exit was followed by its entry).</p>"
-    cols = 3
-    nrows = math.ceil(len(rows) / cols)
-    fig = Figure(figsize=(10, 2.4 * nrows))
-    axes = fig.subplots(nrows, cols, squeeze=False)
-    for ax in axes.flat[len(rows) :]:
-        ax.set_visible(False)
-    for ax, r in zip(axes.flat, rows):
+    fig, axes = _panels(len(rows), 2.4)
+    for ax, r in zip(axes, rows):
         used = [i for i, n in enumerate(r.stats.hist) if n]
         lows = [max(bucket_bounds(i)[0], 1) for i in used]
         widths = [bucket_bounds(i)[1] + 1 - lo for i, lo in zip(used, lows)]
@@ -453,19 +460,13 @@ def _plot_diff_time(diff: Any) -> str:
 
 
 def _plot_diff_hists(diff: Any) -> str:
-    from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
     rows = [r for r in diff.rows if r.a.pairs or r.b.pairs][:_DIFF_PANELS]
     if not rows:
         return "<p>No timed exits.</p>"
-    cols = 3
-    nrows = math.ceil(len(rows) / cols)
-    fig = Figure(figsize=(10, 2.5 * nrows))
-    axes = fig.subplots(nrows, cols, squeeze=False)
-    for ax in axes.flat[len(rows) :]:
-        ax.set_visible(False)
-    for ax, r in zip(axes.flat, rows):
+    fig, axes = _panels(len(rows), 2.5)
+    for ax, r in zip(axes, rows):
         used = [i for i in range(HIST_SLOTS) if r.a.hist[i] or r.b.hist[i]]
         edges = [max(bucket_bounds(i)[0], 1) for i in range(used[0], used[-1] + 1)] + [bucket_bounds(used[-1])[1] + 1]
         for side, st, color in (("A", r.a, "#9e9e9e"), ("B", r.b, "#1f77b4")):
