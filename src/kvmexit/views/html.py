@@ -19,7 +19,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import KvmexitError
-from ..model import HIST_SLOTS, Report, Row, bucket_bounds, percentile
+from ..model import HIST_SLOTS, HIST_SUB, PERCENTILE_BOUND, Report, Row, bucket_bounds, percentile
 from ..timeline import Timeline
 from .text import format_duration, format_health, format_table
 
@@ -28,7 +28,7 @@ __all__ = ["HtmlReport", "TITLES", "render_page", "require_matplotlib", "write_n
 #: Section titles (tests look for them in the rendered page).
 TITLES = {
     "stack": "Exit time per vCPU thread, by reason",
-    "hist": "Exit latency per reason (log2 buckets, log axis)",
+    "hist": "Exit latency per reason (the kernel's buckets, log axis)",
     "rate": "Exits per second over time, per reason",
     "heat": "Exit latency over time",
     "check": "Self-check: where every exit went",
@@ -229,7 +229,7 @@ def _plot_heat(tl: Timeline) -> str:
     bounds = [max(bucket_bounds(i)[0], 1) for i in range(lo, hi + 1)] + [bucket_bounds(hi)[1] + 1]
     mesh = ax.pcolormesh(_edges(tl), bounds, np.ma.masked_equal(counts, 0), norm=LogNorm(), cmap="magma")
     ax.set_yscale("log")
-    ax.set_ylabel("exit->entry time (ns), log2 buckets")
+    ax.set_ylabel("exit->entry time (ns), kernel buckets")
     ax.set_xlabel("seconds from the start")
     fig.colorbar(mesh, ax=ax, label="timed exits per bin")
     return _svg(fig)
@@ -349,8 +349,9 @@ def render_page(
         "<pre>%s</pre>" % html.escape(format_health(report)),
         "<h2>%s</h2>%s" % (TITLES["stack"], stack),
         "<h2>%s</h2>%s" % (TITLES["hist"], hists),
-        "<p class=note>Solid: p50, dashed: p90, dotted: p99 (upper bounds of their log2 buckets, clamped"
-        " to MIN and MAX, as in the tables).</p>",
+        "<p class=note>Solid: p50, dashed: p90, dotted: p99, as in the tables: interpolated inside their"
+        " bucket (%d per power of two), so within %d%% of the exact value.</p>"
+        % (HIST_SUB, round(PERCENTILE_BOUND * 100)),
         "<h2>%s</h2>%s%s" % (TITLES["rate"], time_note, rate),
         "<h2>%s</h2>%s" % (TITLES["heat"], heat),
         "<h2>%s</h2>%s" % (TITLES["check"], _self_check(report, notes)),
@@ -423,7 +424,7 @@ class HtmlReport:
 #: Section titles of the diff page.
 DIFF_TITLES = {
     "time": "Exit time per second, A and B",
-    "hist": "Exit latency, A and B (log2 buckets, log axis)",
+    "hist": "Exit latency, A and B (the kernel's buckets, log axis)",
     "table": "Diff table",
     "method": "Noise: how a change is told from a wiggle",
     "source": "Provenance of A and B",
