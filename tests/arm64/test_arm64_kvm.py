@@ -440,7 +440,7 @@ def _offline_accounts(trace: str) -> dict:
     return {k: totals[k] for k in ACCOUNTS}
 
 
-@pytest.mark.parametrize("name", ["live", "interval", "compat", "abandon"])
+@pytest.mark.parametrize("name", ["live", "interval", "compat", "abandon", "subreasons", "hog"])
 def test_live_and_offline_accounting_agree(results, name):
     """kvmexit live and `kvmexit report` on the ftrace capture of the same run (with
     sched:sched_process_exit, as `kvmexit record` records it) account for every exit alike.
