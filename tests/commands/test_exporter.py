@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from typing import Dict, Tuple
 
 import pytest
 
+from cli_checks import one_error_line, required_binary
 from fake_kvm import ARM64_FORMATS, FakeVmm, prog_fds_of, program_ids_of, write_tracefs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,14 +33,6 @@ def kvmexit(*args: str, env=ENV, timeout=60):
     return subprocess.run(
         [sys.executable, "-m", "kvmexit", *args], capture_output=True, text=True, env=env, timeout=timeout
     )
-
-
-def one_error_line(proc) -> str:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def free_port() -> int:
@@ -179,15 +171,6 @@ def test_address_in_use_is_one_line(tmp_path):
 # -- a real Prometheus server ---------------------------------------------------------------------
 
 
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if not found:
-        if os.environ.get("KVMEXIT_REQUIRE_BPF") == "1":
-            pytest.fail("KVMEXIT_REQUIRE_BPF=1 but the prometheus server is not installed (scripts/setup.sh)")
-        pytest.skip("the prometheus server is not installed (apt-get install prometheus)")
-    return found
-
-
 class Prometheus:
     """A Prometheus server on loopback with its own config and data directory, scraping one target."""
 
@@ -201,7 +184,7 @@ class Prometheus:
         self.log = open(tmp_path / "prometheus.log", "w")
         self.proc = subprocess.Popen(
             [
-                prometheus_binary(),
+                required_binary("prometheus", "apt-get install prometheus"),
                 "--config.file=%s" % config,
                 "--storage.tsdb.path=%s" % (tmp_path / "data"),
                 "--web.listen-address=127.0.0.1:%d" % self.port,

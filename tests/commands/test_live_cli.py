@@ -14,6 +14,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from cli_checks import one_error_line
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "src/kvmexit/schema/report-v1.json").read_text())
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
@@ -22,14 +24,6 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 def kvmexit(*args: str, python=(sys.executable,), module="kvmexit", prefix=(), timeout=120):
     cmd = [*prefix, *python, "-m", module, *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
-
-
-def one_error_line(proc) -> str:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def test_help_lists_real_examples():

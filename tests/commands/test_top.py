@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -19,6 +18,7 @@ from typing import Callable, Dict, List, Tuple
 
 import pytest
 
+from cli_checks import required_binary
 from fake_kvm import FakeVmm, prog_fds_of, write_tracefs
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_env")]
@@ -27,21 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 EC_WFX, EC_HVC64, EC_SYS64, EC_DABT_LOW = 0x01, 0x16, 0x18, 0x24
 
 
-def tmux_binary() -> str:
-    found = shutil.which("tmux")
-    if not found:
-        if os.environ.get("KVMEXIT_REQUIRE_BPF") == "1":
-            pytest.fail("KVMEXIT_REQUIRE_BPF=1 but tmux is not installed (scripts/setup.sh)")
-        pytest.skip("tmux is not installed")
-    return found
-
-
 class Terminal:
     """``kvmexit top`` in a private tmux server (its own socket), 150x30, started by a shell
     that prints top's exit status when it ends (the shell reaps it, not tmux)."""
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.tmux = tmux_binary()
+        self.tmux = required_binary("tmux", "apt-get install tmux")
         # One server per terminal: a socket name reused right after kill-server can meet the
         # old server on its way out ("server exited unexpectedly").
         self.socket = "kvmexit-test-%d-%s" % (os.getpid(), os.urandom(4).hex())
