@@ -109,15 +109,8 @@ def test_signal_stops_and_cleans_up(tmp_path, sig):
 
 
 def _signal_case(p, sig, out, before):
-    deadline = time.monotonic() + 20
-    while not ours(p.pid) and time.monotonic() < deadline and p.poll() is None:
-        time.sleep(0.05)
-    assert ours(p.pid), "instance never appeared"
-    inst = os.path.join(INSTANCES, ours(p.pid)[0])
-    enable = os.path.join(inst, "events/kvm/kvm_exit/enable")
-    while time.monotonic() < deadline and open(enable).read().strip() != "1":
-        time.sleep(0.02)
-    assert open(enable).read().strip() == "1"  # enabled in the instance only
+    inst = os.path.join(INSTANCES, wait_tracing(p, out))
+    assert open(os.path.join(inst, "events/kvm/kvm_exit/enable")).read().strip() == "1"  # in the instance only
     time.sleep(0.3)
     p.send_signal(sig)
     _, err = p.communicate(timeout=20)
@@ -350,14 +343,14 @@ def test_standard_output_refusing_data(tmp_path):
     assert ours(p.pid) == []
 
 
-def wait_tracing(p) -> str:
+def wait_tracing(p, out) -> str:
+    """The recorder's instance, once it records: its header is written only after the instance is
+    set up (a new instance is visible, and traces, before its events are enabled)."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and p.poll() is None:
         names = ours(p.pid)
-        if names:
-            with open(os.path.join(INSTANCES, names[0], "tracing_on")) as f:
-                if f.read().strip() == "1":
-                    return names[0]
+        if names and out.exists() and out.read_bytes().startswith(b"# kvmexit record: layout="):
+            return names[0]
         time.sleep(0.05)
     raise AssertionError("recorder %d never started tracing" % p.pid)
 
@@ -370,8 +363,8 @@ def test_killed_recorder_is_readable_and_its_instance_is_removed_next_time(tmp_p
     killed = record("-o", str(tmp_path / "killed.trace"))
     alive = record("-o", str(tmp_path / "alive.trace"))
     try:
-        stale = wait_tracing(killed)
-        live = wait_tracing(alive)
+        stale = wait_tracing(killed, tmp_path / "killed.trace")
+        live = wait_tracing(alive, tmp_path / "alive.trace")
         killed.kill()
         killed.communicate(timeout=20)
         assert os.path.isdir(os.path.join(INSTANCES, stale))  # the kernel keeps it
