@@ -262,6 +262,11 @@ cmd_run() {
     { echo "KVER=$KVER"; echo "HOST=$HOST"; echo "ARCH=$ARCH"; } >> "$stage/work/guest/env.conf"
     mke2fs -q -t ext4 -L e2ework -d "$stage/work" "$stage/work.img" 256M
 
+    # One emulated host at a time on this machine: two TCG guests on a small machine each run at a
+    # fraction of the speed and can hit the time limits.
+    exec 9>"${KVMEXIT_E2E_LOCK:-/tmp/kvmexit-emulated-host.lock}"
+    flock -n 9 || { log "waiting for another emulated host on this machine to finish"; flock 9; }
+
     local serial="$out/serial.log"
     echo "$HOST" > "$out/host"
     log "booting emulated $HOST host (kernel $KVER), serial log: $serial"
