@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up, lint, format, types, Python 3.7 compatibility, the emulated arm64
-# host's images, then pytest (unit, fixture, in-kernel BPF, CLI, and arm64 KVM tests).
+# host's images, the offline tests under a real Python 3.7, then pytest (unit, fixture, in-kernel
+# BPF, CLI, and arm64 KVM tests).
 # In CI (CI=true) tests that need root, BPF or the emulated arm64 host fail instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,5 +20,7 @@ bash tests/arm64/harness.sh build
 if [ "${CI:-}" = true ]; then
     export KVMEXIT_REQUIRE_BPF=1 KVMEXIT_REQUIRE_ARM64=1 KVMEXIT_REQUIRE_HTML=1
 fi
+echo "== pytest under Python 3.7 (offline tests)"
+scripts/py37.sh
 echo "== pytest"
 $py -m pytest "$@"
