@@ -637,24 +637,24 @@ def test_a_dead_threads_open_exit_is_abandoned_live_and_offline_alike(arm64):
     """The same events through the kernel programs and through the offline rules: a thread that
     dies with an exit open (the VMM thread returned to user space and exited) is *abandoned*
     in both, and the snapshot that finds it says so in its health too."""
-    from kvmexit.sources.trace.pairing import Pairer
+    from kvmexit.sources.trace.pairing import Pairer, Thread
 
-    pairer = Pairer()
+    pairer = Pairer("arm64")
 
     def vcpu_that_dies():
         tid = threading.get_native_id()
         arm64.arm64_exit(TRAP, EC_HVC64)
-        pairer.exit(1, tid, TRAP, EC_HVC64)
+        pairer.exit(1, Thread(tid), (TRAP, EC_HVC64))
         arm64.entry()
-        pairer.entry(2, tid)
+        pairer.entry(2, Thread(tid))
         arm64.arm64_exit(TRAP, EC_DABT_LOW)  # the last exit: user space ends the thread
-        pairer.exit(3, tid, TRAP, EC_DABT_LOW)
+        pairer.exit(3, Thread(tid), (TRAP, EC_DABT_LOW))
 
     dead = in_thread(vcpu_that_dies)
-    pairer.thread_exit(dead)  # what sched_process_exit tells the offline reader
+    pairer.thread_exit(4, Thread(dead))  # what sched_process_exit tells the offline reader
     alive = threading.get_native_id()
     arm64.arm64_exit(IRQ, 0)  # stays open: this thread lives on
-    pairer.exit(4, alive, IRQ, 0)
+    pairer.exit(5, Thread(alive), (IRQ, 0))
 
     def totals(snap):
         mine = [s for k, s in snap.stats.items() if k.tid in (dead, alive)]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from kvmexit.model import HIST_SLOTS, bucket_bounds
 from kvmexit.reasons import SERROR_FLAG
-from kvmexit.sources.trace import Pairer, hist_slot, read_stream
+from kvmexit.sources.trace import Pairer, Thread, hist_slot, read_stream
 from kvmexit.sources.trace.render import Event, entry_payload, exit_payload, render_line, trap_payload, wakeup_payload
 
 
@@ -21,17 +21,17 @@ def test_hist_slot_bucket_holds_the_value(v):
 
 
 def test_rules():
-    p = Pairer()
-    p.entry(5, 1)  # unpaired
-    p.exit(10, 1, 2, 0x16)
-    p.exit(20, 1, 0, 0)  # the first becomes unfinished
-    p.wakeup(1, 3)
-    p.wakeup(2, 99)  # no open exit on tid 2: ignored
-    p.entry(30, 1)
-    p.exit(40, 2, 2, 0)
-    p.trap(2, 0x24)  # openEuler: class after the exit
-    p.exit(50, 3, 0, 0)
-    p.trap(3, 0x24)  # not a TRAP exit: unchanged
+    p = Pairer("arm64-openeuler-5.10")
+    p.entry(5, Thread(1))  # unpaired
+    p.exit(10, Thread(1), (2, 0x16))
+    p.exit(20, Thread(1), (0, 0))  # the first becomes unfinished
+    p.wakeup(21, Thread(1), 3)
+    p.wakeup(22, Thread(2), 99)  # no open exit on tid 2: ignored
+    p.entry(30, Thread(1))
+    p.exit(40, Thread(2), (2, 0))
+    p.trap(41, Thread(2), 0x24)  # openEuler: class after the exit
+    p.exit(50, Thread(3), (0, 0))
+    p.trap(51, Thread(3), 0x24)  # not a TRAP exit: unchanged
     snap = p.snapshot("arm64")
     by = {(k.tid, k.code, k.detail): v for k, v in snap.stats.items()}
     assert by[(1, 2, 0x16)].unfinished == 1
@@ -44,15 +44,15 @@ def test_rules():
 
 def test_halt_time_is_unknown_without_wakeup_events():
     p = Pairer()
-    p.exit(10, 1, 2, 0x01)
-    p.entry(30, 1)
+    p.exit(10, Thread(1), (2, 0x01))
+    p.entry(30, Thread(1))
     assert not p.snapshot("arm64").halt_known
 
 
 def test_trap_keeps_the_serror_flag():
-    p = Pairer()
-    p.exit(1, 1, 2, SERROR_FLAG)
-    p.trap(1, 0x16)
+    p = Pairer("arm64-openeuler-5.10")
+    p.exit(1, Thread(1), (2, SERROR_FLAG))
+    p.trap(2, Thread(1), 0x16)
     (key,) = p.snapshot("arm64").stats
     assert key.detail == 0x16 | SERROR_FLAG
 
@@ -73,7 +73,7 @@ EVENTS = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(EVENTS, st.sampled_from(["arm64", "arm64-openeuler-4.19", "arm64-openeuler-5.10"]))
 def test_reader_equals_reference(events, layout):
-    ref = Pairer()
+    ref = Pairer(layout)
     lines = []
     ts = 1_000_000_000
     for kind, tid, (ret, ec), step, ns in events:
@@ -81,25 +81,24 @@ def test_reader_equals_reference(events, layout):
         cpu = tid
         if kind == "exit":
             if layout != "arm64-openeuler-5.10":  # masked: class of traps only
-                ref.exit(ts, tid, ret, ec if ret == 2 else 0, cpu)
+                ref.exit(ts, Thread(tid, cpu=cpu), (ret, ec if ret == 2 else 0))
                 payload = exit_payload(layout, ret, ec)
             else:
-                ref.exit(ts, tid, ret, 0, cpu)
+                ref.exit(ts, Thread(tid, cpu=cpu), (ret, 0))
                 payload = exit_payload(layout, ret, ec, vcpu=tid)
             name = "kvm_exit"
         elif kind == "entry":
-            ref.entry(ts, tid)
+            ref.entry(ts, Thread(tid))
             name, payload = "kvm_entry", entry_payload(layout, tid)
         elif kind == "wakeup":
-            ref.wakeup(tid, ns)
+            ref.wakeup(ts, Thread(tid), ns)
             name, payload = "kvm_vcpu_wakeup", wakeup_payload(ns)
         else:
             if layout == "arm64":
                 continue
             # openEuler 4.19's kvm_exit carries the class: its kvm_trap_enter (here with any
             # class, even one that differs from the open exit's) must change nothing.
-            if layout == "arm64-openeuler-5.10":
-                ref.trap(tid, ec)
+            ref.trap(ts, Thread(tid), ec)
             name, payload = "kvm_trap_enter", trap_payload(tid, ec)
         lines.append(
             render_line(
@@ -154,3 +153,40 @@ def test_without_thread_exits_the_same_exit_stays_open():
     snap = read_stream(io.BytesIO(trace), fmt="ftrace").snapshot
     assert sum(s.open for s in snap.stats.values()) == 2
     assert sum(s.abandoned for s in snap.stats.values()) == 0
+
+
+def test_an_event_is_one_table_entry_and_one_rule(monkeypatch):
+    """How a new event joins (the module docstring of pairing): an EVENTS entry naming a rule and
+    a decoder; the reader then dispatches it, in ftrace and perf spellings, counting it as another
+    event; a payload its decoder refuses is a malformed line; filtered threads never reach it."""
+    from kvmexit.sources.trace import EVENTS
+    from kvmexit.sources.trace import Event as EngineEvent
+
+    class Engine(Pairer):
+        def switch(self, ts, thread, next_pid):
+            self.seen.append((ts, thread.tid, next_pid))
+
+    def next_pid(payload):
+        _, _, pid = payload.rpartition(b"next_pid=")
+        return int(pid) if pid.isdigit() else None
+
+    monkeypatch.setitem(EVENTS, ("sched", "sched_switch"), EngineEvent("switch", next_pid, kvm=False))
+    ts = 1_000_000_000
+    for fmt in ("ftrace", "perf"):
+        lines = []
+        for i, (tid, payload) in enumerate([(1, "next_pid=7"), (2, "next_pid=8"), (1, "garbage"), (1, "next_pid=9")]):
+            ev = Event(ts + i * 1000, 0, tid, 100, "CPU %d/KVM" % tid, "sched_switch", payload)
+            lines.append(render_line(fmt, ev, tgid_column=True, digits=9))
+        lines.append(
+            render_line(
+                fmt,
+                Event(ts + 9000, 0, 1, 100, "CPU 1/KVM", "kvm_exit", exit_payload("arm64", 2, 0x16)),
+                tgid_column=True,
+                digits=9,
+            )
+        )
+        engine = Engine()
+        engine.seen = []
+        r = read_stream(io.BytesIO(("\n".join(lines) + "\n").encode()), fmt=fmt, tids=[1], engine=engine)
+        assert engine.seen == [(ts, 1, 7), (ts + 3000, 1, 9)]
+        assert (r.health.other_events, r.health.malformed, r.health.events) == (3, 1, 1)

@@ -216,3 +216,31 @@ def test_per_thread_sub_reason_counts_equal_the_guest_code(tid):
     want["IRQ", "-"] = irq
     print("\ntid %d: %s" % (tid, dict(sorted(got.items()))))
     assert got == want
+
+
+def test_the_pairing_engine_records_pairs_by_sub_reason():
+    """The engine (the reader's dispatch of the sub-reason events) records each pair with a
+    sub-reason a second time under it, as the kernel's sub-reason map does: per thread, those
+    pairs and the exits still open at the end are the rule's counts above, to the exit."""
+    from kvmexit.reasons import arm64, subreasons
+    from kvmexit.sources.trace import Pairer, read_stream
+
+    engine = Pairer()
+    with open(TRACE, "rb") as f:
+        read_stream(f, engine=engine)
+    got = defaultdict(Counter)
+
+    def count(tid, detail, sub, n):
+        ec = detail & 0x3F
+        got[tid][arm64.EXCEPTION_CLASSES[ec], subreasons.label_arm64(ec, sub)] += n
+
+    for (tid, _code, detail, sub), acc in engine.sub_stats.items():
+        count(tid, detail, sub, acc[0])  # acc[0]: pairs
+    still_open = 0
+    for start in engine.starts.values():  # the last exit of each thread: the power-off doorbell
+        key, records = start[1], start[4]
+        count(key[0], key[2], engine._sub(key, records), 1)
+        still_open += 1
+    assert still_open == 2
+    for tid, counts in _sub_counts().items():
+        assert got[tid] == Counter({k: v for k, v in counts.items() if k[0] != "IRQ"}), tid

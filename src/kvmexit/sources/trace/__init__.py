@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from .decode import LAYOUTS, Decoder, detect_layout
 from .formats import FORMATS, detect_format, open_input
-from .pairing import Pairer, TraceHealth, hist_slot
+from .pairing import EVENTS, Event, Pairer, Thread, TraceHealth, hist_slot
 from .reader import NAMES_SUFFIX, TraceInfo, TraceResult, load_names, read_stream, read_trace
 
 __all__ = [
+    "EVENTS",
     "FORMATS",
     "LAYOUTS",
     "NAMES_SUFFIX",
     "Decoder",
+    "Event",
     "Pairer",
+    "Thread",
     "TraceHealth",
     "TraceInfo",
     "TraceResult",

@@ -1,6 +1,8 @@
-"""Pairing of trace events into a :class:`~kvmexit.model.Snapshot`, by the kernel's rules.
+"""The offline pairing engine: trace events into a :class:`~kvmexit.model.Snapshot`, by the
+kernel's rules. It is the one implementation of the rules in Python; the reader parses lines and
+dispatches each event here.
 
-This mirrors ``bpf/kvmexit.bpf.c`` exactly (see the rules in :mod:`kvmexit.model`):
+The rules mirror ``bpf/kvmexit.bpf.c`` exactly (see :mod:`kvmexit.model`):
 
 - ``kvm_exit`` opens a timed exit for its thread; if one is already open, that one is counted
   *unfinished* under its own key and replaced;
@@ -8,37 +10,66 @@ This mirrors ``bpf/kvmexit.bpf.c`` exactly (see the rules in :mod:`kvmexit.model
   :func:`kvmexit.model.hist_slot`, the BPF side's log-linear bucket) or, with
   none open, counts an *unpaired entry*;
 - ``kvm_trap_enter`` (openEuler 5.10+) sets the class of an open TRAP exit, keeping the SError flag
-  (the reader applies it only on that layout: elsewhere ``kvm_exit`` carries the class);
+  (applied only on that layout: elsewhere ``kvm_exit`` carries the class);
 - ``kvm_vcpu_wakeup`` adds its ``ns`` to the open exit's halt time;
 - ``sched_process_exit`` of a thread with an open exit: that exit is *abandoned* (the thread
   died before its entry), as the live source counts it;
+- the sub-reason events (:data:`.subdecode.SUB_EVENTS`) that fire inside an open exit are kept with
+  it; a pair whose events give it a sub-reason (:func:`.subdecode.exit_sub_arm64`, ``exit_sub_x86``)
+  is also recorded under ``(tid, code, detail, sub)`` in :attr:`Pairer.sub_stats`, as the kernel's
+  sub-reason map does;
 - at the end, exits still open are reported as ``open``.
 
 Trace files add one rule the kernel does not need: a ring-buffer overrun on a CPU (``[LOST N
 EVENTS]``) makes pairing across the gap unreliable, so open exits that started on that CPU are
 closed as *unfinished* (and counted in :class:`TraceHealth`).
 
-State is kept in plain dicts and lists so that :mod:`.reader` can run the same rules inline on its
-hot path; :class:`Pairer`'s methods are the reference implementation and are used by the slow
-path and by the tests.
+**Adding an event** is one entry in :data:`EVENTS` and one rule method of :class:`Pairer`::
+
+    EVENTS[("sched", "sched_switch")] = Event("switch", decode_switch, kvm=False)
+
+    def switch(self, ts: int, thread: Thread, value: Switch) -> None: ...
+
+``decode`` turns the payload (bytes) into the rule's ``value`` (``None``: the line is malformed);
+it is a function, the name of a :class:`Pairer` method (when decoding needs the engine's state,
+like the layout), or ``None`` for events whose payload is not needed. The rule runs only for
+threads the ``-p``/``-t`` filters keep. ``kvm`` says whether the event counts as a KVM event in
+:class:`TraceHealth` (``events``; a trace with none is no KVM trace) or as another event.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from ...model import HIST_SLOTS, KERNEL_FIELDS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo, hist_slot
-from ...reasons import arm64
+from ...reasons import ARCH_X86, arm64, label
+from .decode import Decoder, detect_layout
+from .subdecode import SUB_EVENTS, SubEvent, decode_sub, exit_sub_arm64, exit_sub_x86
+from .timebins import TimeBins
 
-__all__ = ["Pairer", "TraceHealth", "hist_slot", "LAST_SLOT", "new_acc", "acc_stats"]
+__all__ = [
+    "EVENTS",
+    "Event",
+    "Handlers",
+    "Pairer",
+    "Thread",
+    "TraceHealth",
+    "hist_slot",
+    "LAST_SLOT",
+    "new_acc",
+    "acc_stats",
+]
 
 LAST_SLOT = HIST_SLOTS - 1
 _TRAP = arm64.ARM_EXCEPTION_TRAP
 _SERROR = arm64.SERROR_PENDING_BIT
 
-# Indexes into a start record: [ts_ns, key, halt_ns, cpu]; key = (tid, code, detail).
-S_TS, S_KEY, S_HALT, S_CPU = 0, 1, 2, 3
+_EULER_510 = Decoder("arm64-openeuler-5.10")  # reads kvm_trap_enter before any exit named a layout
+
+# Indexes into a start record: [ts_ns, key, halt_ns, cpu, sub-reason records or None];
+# key = (tid, code, detail).
+S_TS, S_KEY, S_HALT, S_CPU, S_SUBS = 0, 1, 2, 3, 4
 #: An accumulator is a list with one item per field the kernel keeps (model.KERNEL_FIELDS, in
 #: that order; arrays as lists); min/max start at sentinels (reported as None before a pair).
 ACC_INDEX = {f.name: i for i, f in enumerate(KERNEL_FIELDS)}
@@ -116,14 +147,62 @@ class TraceHealth:
         return self.events + self.other_events + self.ignored + self.malformed
 
 
-class Pairer:
-    """Per-thread pairing state and cumulative statistics (kernel rules, in Python)."""
+class Thread(NamedTuple):
+    """Who emitted an event line: what the line's prefix says (the reader caches one per prefix)."""
 
-    def __init__(self) -> None:
-        #: tid -> [ts_ns, key, halt_ns, cpu]
+    tid: int
+    tgid: Optional[int] = None
+    cpu: int = -1
+    comm: str = ""
+    #: Kept by the -p/-t filters.
+    wanted: bool = True
+
+
+class Event(NamedTuple):
+    """How one trace event drives the engine (see the module docstring)."""
+
+    rule: str  #: name of the :class:`Pairer` method applying it
+    #: payload -> value for the rule (None: malformed); a :class:`Pairer` method's name, or None
+    decode: Union[str, Callable[[bytes], Any], None] = None
+    kvm: bool = True  #: counted in TraceHealth.events (else other_events)
+
+
+def _sub_decoder(name: bytes) -> Callable[[bytes], Any]:
+    return lambda payload: decode_sub(name, payload)
+
+
+#: (subsystem, event name) -> how it drives the engine. The one table of the events read offline.
+EVENTS: Dict[Tuple[str, str], Event] = {
+    ("kvm", "kvm_exit"): Event("exit", "decode_exit"),
+    ("kvm", "kvm_entry"): Event("entry"),
+    ("kvm", "kvm_vcpu_wakeup"): Event("wakeup", Decoder.wakeup),
+    ("kvm", "kvm_trap_enter"): Event("trap", "decode_trap"),
+    # Not kvm events: a trace of thread exits (or sub-reason events) alone is still no KVM trace.
+    ("sched", "sched_process_exit"): Event("thread_exit", kvm=False),
+}
+EVENTS.update({("kvm", name.decode()): Event("sub_event", _sub_decoder(name), kvm=False) for name in SUB_EVENTS})
+
+#: A dispatch table bound to one engine: event name as the trace prints it -> (decode, rule, kvm).
+Handlers = Dict[bytes, Tuple[Optional[Callable[[bytes], Any]], Callable[[int, Thread, Any], None], bool]]
+
+#: Sub-reason records kept per open exit: the first of each kind decides, and an exit sees a few.
+MAX_SUB_RECORDS = 16
+
+
+class Pairer:
+    """The engine: per-thread pairing state and cumulative statistics (kernel rules, in Python).
+
+    A rule is a method ``rule(ts_ns, thread, value)``; :meth:`handlers` binds :data:`EVENTS` to
+    them for the reader.
+    """
+
+    def __init__(self, layout: Optional[str] = None, time_bins: Optional[TimeBins] = None) -> None:
+        #: tid -> [ts_ns, key, halt_ns, cpu, sub-reason records or None]
         self.starts: Dict[int, list] = {}
         #: (tid, code, detail) -> accumulator list
         self.stats: Dict[Tuple[int, int, int], list] = {}
+        #: (tid, code, detail, sub) -> accumulator list of the pairs with a sub-reason
+        self.sub_stats: Dict[Tuple[int, int, int, int], list] = {}
         self.tgid: Dict[int, int] = {}
         self.comm: Dict[int, str] = {}
         self.unpaired_entries = 0
@@ -133,20 +212,56 @@ class Pairer:
         self.health = TraceHealth()
         self.first_ns: Optional[int] = None
         self.last_ns = 0
+        #: The payload decoder of this trace's layout; created on the first exit when not given.
+        self.decoder: Optional[Decoder] = Decoder(layout) if layout is not None else None
+        self.time_bins = time_bins
 
-    # -- reference implementation of the rules (the reader inlines exit/entry) -----------------
+    def handlers(self, fmt: str = "ftrace") -> Handlers:
+        """:data:`EVENTS` bound to this engine, keyed by the event name as ``fmt`` prints it."""
+        out: Handlers = {}
+        for (system, name), ev in EVENTS.items():
+            decode = getattr(self, ev.decode) if isinstance(ev.decode, str) else ev.decode
+            key = "%s:%s" % (system, name) if fmt == "perf" else name
+            out[key.encode()] = (decode, getattr(self, ev.rule), ev.kvm)
+        return out
 
-    def exit(self, ts: int, tid: int, code: int, detail: int, cpu: int = -1) -> None:
+    # -- decoders that need the engine's state -------------------------------------------------
+
+    def decode_exit(self, payload: bytes) -> Optional[Tuple[int, int]]:
+        decoder = self.decoder
+        if decoder is None:
+            layout = detect_layout([(b"kvm_exit", payload.strip())])
+            if layout is None:
+                return None
+            decoder = self.decoder = Decoder(layout)
+        if payload[:1] == b" ":
+            payload = payload.lstrip()  # trace-cmd pads it
+        return decoder.exit(payload)
+
+    def decode_trap(self, payload: bytes) -> Optional[int]:
+        return (self.decoder or _EULER_510).trap(payload)
+
+    # -- the rules -----------------------------------------------------------------------------
+
+    def exit(self, ts: int, thread: Thread, value: Tuple[int, int]) -> None:
+        tid = thread[0]
+        self.last_ns = ts
+        if self.first_ns is None:
+            self.first_ns = ts
+        if tid not in self.comm:
+            self.comm[tid] = thread[3]
+        if thread[1] is not None and tid not in self.tgid:
+            self.tgid[tid] = thread[1]
         prev = self.starts.get(tid)
         if prev is not None:
-            acc = self.stats.get(prev[S_KEY])
-            if acc is None:
-                acc = self.stats[prev[S_KEY]] = new_acc()
-            acc[A_UNFIN] += 1
-        self.starts[tid] = [ts, (tid, code, detail), 0, cpu]
+            self._acc(prev[S_KEY])[A_UNFIN] += 1
+        self.starts[tid] = [ts, (tid, value[0], value[1]), 0, thread[2], None]
 
-    def entry(self, ts: int, tid: int) -> None:
-        s = self.starts.pop(tid, None)
+    def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
+        self.last_ns = ts
+        if self.first_ns is None:
+            self.first_ns = ts
+        s = self.starts.pop(thread[0], None)
         if s is None:
             self.unpaired_entries += 1
             return
@@ -154,49 +269,73 @@ class Pairer:
         if d < 0:
             self.health.negative += 1
             d = 0
-        acc = self.stats.get(s[S_KEY])
-        if acc is None:
-            acc = self.stats[s[S_KEY]] = new_acc()
-        acc[A_PAIRS] += 1
-        acc[A_TOTAL] += d
-        acc[A_HALT] += s[S_HALT]
-        if d < acc[A_MIN]:
-            acc[A_MIN] = d
-        if d > acc[A_MAX]:
-            acc[A_MAX] = d
-        acc[A_SUMSQ][0] += d * d
-        acc[A_HIST][hist_slot(d)] += 1
+        key = s[S_KEY]
+        _add_pair(self._acc(key), d, s[S_HALT])
+        if s[S_SUBS] is not None:
+            sub = self._sub(key, s[S_SUBS])
+            if sub:
+                skey = (*key, sub)
+                acc = self.sub_stats.get(skey)
+                if acc is None:
+                    acc = self.sub_stats[skey] = new_acc()
+                _add_pair(acc, d, s[S_HALT])
+        if self.time_bins is not None:
+            self.time_bins.pair(s[S_TS], key[1], key[2], d)
 
-    def trap(self, tid: int, esr_ec: int) -> None:
-        s = self.starts.get(tid)
+    def trap(self, ts: int, thread: Thread, esr_ec: int) -> None:
+        # Only where kvm_exit has no class (openEuler 5.10); elsewhere (openEuler 4.19) kvm_exit
+        # already carries it and kvm_trap_enter is redundant, as on the BPF side. Without a
+        # decoder no exit has been seen, so there is nothing to name anyway.
+        if self.decoder is None or not self.decoder.trap_sets_class:
+            return
+        s = self.starts.get(thread[0])
         if s is not None:
             t, code, detail = s[S_KEY]
             if code == _TRAP:
                 s[S_KEY] = (t, code, (detail & _SERROR) | (esr_ec & 0x3F))
 
-    def wakeup(self, tid: int, ns: int) -> None:
+    def wakeup(self, ts: int, thread: Thread, ns: int) -> None:
         self.wakeups += 1
-        s = self.starts.get(tid)
+        s = self.starts.get(thread[0])
         if s is not None:
             s[S_HALT] += ns
 
-    def thread_exit(self, tid: int) -> None:
-        """``sched_process_exit`` of ``tid``: its open exit, if any, will never see its entry."""
-        s = self.starts.pop(tid, None)
+    def thread_exit(self, ts: int, thread: Thread, value: Any = None) -> None:
+        """``sched_process_exit`` of the thread: its open exit, if any, will never see its entry."""
+        s = self.starts.pop(thread[0], None)
         if s is not None:
             self.abandoned[s[S_KEY]] = self.abandoned.get(s[S_KEY], 0) + 1
+
+    def sub_event(self, ts: int, thread: Thread, record: SubEvent) -> None:
+        """A sub-reason event inside the thread's open exit (outside one it says nothing)."""
+        s = self.starts.get(thread[0])
+        if s is not None:
+            if s[S_SUBS] is None:
+                s[S_SUBS] = [record]
+            elif len(s[S_SUBS]) < MAX_SUB_RECORDS:
+                s[S_SUBS].append(record)
 
     def lost(self, cpu: int, n: Optional[int]) -> None:
         """A gap in ``cpu``'s events: close the open exits that started there as unfinished."""
         self.health.add_lost(cpu, n)
         for tid in [t for t, s in self.starts.items() if s[S_CPU] == cpu]:
             s = self.starts.pop(tid)
-            acc = self.stats.get(s[S_KEY])
-            if acc is None:
-                acc = self.stats[s[S_KEY]] = new_acc()
-            acc[A_UNFIN] += 1
+            self._acc(s[S_KEY])[A_UNFIN] += 1
             self.health.reset_by_loss += 1
             self.health.reset_threads[tid] = self.health.reset_threads.get(tid, 0) + 1
+
+    def _acc(self, key: Tuple[int, int, int]) -> list:
+        acc = self.stats.get(key)
+        if acc is None:
+            acc = self.stats[key] = new_acc()
+        return acc
+
+    def _sub(self, key: Tuple[int, int, int], records: List[SubEvent]) -> int:
+        """The sub-reason of a closed exit from the sub-reason events inside it (0: none)."""
+        _, code, detail = key
+        if self.decoder is not None and self.decoder.arch == ARCH_X86:
+            return exit_sub_x86(label(ARCH_X86, code, detail), records)
+        return exit_sub_arm64(detail & 0x3F, records) if code == _TRAP else 0
 
     # -- results -------------------------------------------------------------------------------
 
@@ -244,6 +383,19 @@ class Pairer:
             time_ns=span,
             halt_known=self.wakeups > 0,  # without kvm_vcpu_wakeup events, halt time is unknown
         )
+
+
+def _add_pair(acc: list, d: int, halt: int) -> None:
+    """One pair of ``d`` ns (``halt`` of them halted) into an accumulator."""
+    acc[A_PAIRS] += 1
+    acc[A_TOTAL] += d
+    acc[A_HALT] += halt
+    if d < acc[A_MIN]:
+        acc[A_MIN] = d
+    if d > acc[A_MAX]:
+        acc[A_MAX] = d
+    acc[A_SUMSQ][0] += d * d
+    acc[A_HIST][hist_slot(d)] += 1
 
 
 def _vcpu(comm: str) -> Optional[int]:

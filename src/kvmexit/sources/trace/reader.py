@@ -4,9 +4,8 @@ The file is read line by line and never held in memory: memory grows with the nu
 and distinct exit reasons, not with the length of the trace. Every line is accounted for as a kvm
 event, a known non-kvm line (other events, headers, loss markers) or a malformed line.
 
-The hot loop inlines :meth:`Pairer.exit` and :meth:`Pairer.entry` (same state, same rules; the
-tests check both paths agree): one compiled regex per line, ``int`` on the numbers that are
-needed, and a cache from the printed reason to ``(code, detail)``.
+Each line is parsed here (a cached prefix, or one compiled regex) and its event handed to the
+pairing engine, :class:`.pairing.Pairer`, through its dispatch table (:data:`.pairing.EVENTS`).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ...errors import BadTrace, KvmexitError
 from ...layouts import detect as detect_layout_from_formats
-from ...model import HIST_SUB, HIST_SUB_BITS, Snapshot, ThreadInfo
+from ...model import Snapshot, ThreadInfo
 from ...names import vcpu_from_comm
 from .decode import LAYOUTS, Decoder, arch_of, detect_layout
 from .formats import (
@@ -38,20 +37,7 @@ from .formats import (
     head_lines,
     open_input,
 )
-from .pairing import (
-    A_HALT,
-    A_HIST,
-    A_MAX,
-    A_MIN,
-    A_PAIRS,
-    A_SUMSQ,
-    A_TOTAL,
-    A_UNFIN,
-    LAST_SLOT,
-    Pairer,
-    TraceHealth,
-    new_acc,
-)
+from .pairing import Pairer, Thread, TraceHealth
 from .timebins import TimeBins
 
 __all__ = ["TraceInfo", "TraceResult", "read_trace", "read_stream", "load_names", "NAMES_SUFFIX"]
@@ -296,10 +282,13 @@ def read_stream(
     names: Optional[Names] = None,
     max_line: int = MAX_LINE,
     time_bins: Optional[TimeBins] = None,
+    engine: Optional[Pairer] = None,
 ) -> TraceResult:
     """Read an uncompressed binary line stream (see :func:`read_trace`).
 
     A line longer than ``max_line`` bytes is counted as malformed (memory stays bounded).
+    ``engine``: a fresh :class:`Pairer` to pair with (so a caller can look at its state after);
+    by default one made here.
     """
     if fmt is not None and fmt not in FORMATS:
         raise BadTrace("unknown format %r" % fmt)
@@ -326,11 +315,13 @@ def read_stream(
             if m is not None:
                 samples.append((m.group("event"), m.group("payload")))
         layout = detect_layout(samples)
-    pairer = Pairer()
-    decoder = Decoder(layout) if layout is not None else None
-    decoder = _loop(
-        itertools.chain(head, lines), rx, order, decoder, pairer, set(tids), set(tgids), names, fmt, time_bins
-    )
+    pairer = engine if engine is not None else Pairer()
+    if layout is not None and pairer.decoder is None:
+        pairer.decoder = Decoder(layout)
+    if time_bins is not None:
+        pairer.time_bins = time_bins
+    _loop(itertools.chain(head, lines), rx, order, pairer, set(tids), set(tgids), names, fmt)
+    decoder = pairer.decoder
     h = pairer.health
     h.truncated = reader.truncated
     if h.events == 0 or decoder is None:
@@ -373,15 +364,13 @@ def _loop(
     lines: Iterator[bytes],
     rx: Any,
     order: Tuple[int, ...],
-    decoder: Optional[Decoder],
     pairer: Pairer,
     tids: set,
     tgids: set,
     names: Optional[Names],
     fmt: str = "ftrace",
-    time_bins: Optional[TimeBins] = None,
-) -> Optional[Decoder]:
-    """The hot loop. Returns the decoder (created on the first exit when the head had none).
+) -> None:
+    """The hot loop: each line is parsed, and its event dispatched to the engine (:data:`EVENTS`).
 
     Fast path: ``line.split(b": ", 2)`` gives ``prefix, event, payload``; the prefix up to the
     timestamp (comm, tid, tgid, CPU, flags) is looked up in a cache filled only from lines the
@@ -389,35 +378,20 @@ def _loop(
     grammar accepts. Anything else goes through the grammar (and, failing it, is classified).
     """
     match = rx.match
-    bin_pair = time_bins.pair if time_bins is not None else None
     sys_group = rx.groupindex.get("sys")
-    starts = pairer.starts
-    starts_get = starts.get
-    starts_pop = starts.pop
-    stats = pairer.stats
-    stats_get = stats.get
-    comm_of = pairer.comm
-    tgid_of = pairer.tgid
     health = pairer.health
+    handlers = pairer.handlers(fmt)
+    handler_of = handlers.get
     scale = _SCALE
-    sub_bits1, sub_mask = HIST_SUB_BITS + 1, HIST_SUB - 1
     side_tgid = names.tgid_of if names is not None else {}
     filtering = bool(tids or tgids)
-    dec_exit = decoder.exit if decoder is not None else None
-    sysp = b"kvm:" if fmt == "perf" else b""
-    E_EXIT, E_ENTRY = sysp + b"kvm_exit", sysp + b"kvm_entry"
-    E_WAKE, E_TRAP = sysp + b"kvm_vcpu_wakeup", sysp + b"kvm_trap_enter"
-    # A thread's death: its open exit is abandoned (pairing.Pairer.thread_exit). Not a kvm event.
-    E_GONE = (b"sched:" if fmt == "perf" else b"") + b"sched_process_exit"
-    heads: Dict[bytes, tuple] = {}
+    heads: Dict[bytes, Thread] = {}
     heads_get = heads.get
-    n = n_exit = n_entry = n_other = n_ignored = n_filtered = unpaired = negative = 0
-    first_ns: Optional[int] = None
-    last_ns = 0
+    n = n_events = n_other = n_ignored = n_filtered = 0
 
     def grammar(line: bytes, parts: list) -> Optional[tuple]:
-        """The full grammar: ``(info, event, payload, digits, frac)``, or ``None`` when the line is
-        not a kvm event (it is then counted here as other event, ignored or malformed)."""
+        """The full grammar: ``(thread, event, payload, digits, frac)``, or ``None`` when the line
+        is no event of the table (it is then counted here as other event, ignored or malformed)."""
         nonlocal n_ignored, n_other
         m = match(line)
         if m is None:
@@ -435,12 +409,12 @@ def _loop(
         comm, tid_b, tgid_b, cpu_b, sec, frac, ev, payload = m.group(*order)
         if sys_group is not None:
             ev = m.group(sys_group) + b":" + ev
-        if ev != E_ENTRY and ev != E_EXIT and ev != E_WAKE and ev != E_TRAP and ev != E_GONE:
+        if ev not in handlers:
             n_other += 1
             return None
         tid = int(tid_b)
         tgid = int(tgid_b) if tgid_b is not None and tgid_b[:1] != b"-" else None
-        info = (
+        thread = Thread(
             tid,
             tgid,
             int(cpu_b),
@@ -451,138 +425,52 @@ def _loop(
             prefix = parts[0]
             i = prefix.rfind(b" ")
             if m.start("sec") == i + 1:
-                heads[prefix[:i]] = info
-        return info, ev, payload, sec + frac, frac
+                heads[prefix[:i]] = thread
+        return thread, ev, payload, sec + frac, frac
 
     for line in lines:
         n += 1
         parts = line.split(b": ", 2)
-        info = None
+        thread = handler = None
         if len(parts) == 3:
             prefix, ev, payload = parts
-            i = prefix.rfind(b" ")
-            info = heads_get(prefix[:i])
-            if info is not None:
-                sec, _, frac = prefix[i + 1 :].partition(b".")
-                digits = sec + frac
-                # The grammar's bounds: 1-20 digits of seconds, at most 9 of fraction.
-                if not (0 < len(sec) <= MAX_DIGITS and len(frac) <= MAX_FRACTION and digits.isdigit()):
-                    info = None
-        if info is None or (ev != E_ENTRY and ev != E_EXIT and ev != E_WAKE and ev != E_TRAP and ev != E_GONE):
+            handler = handler_of(ev)
+            if handler is not None:
+                i = prefix.rfind(b" ")
+                thread = heads_get(prefix[:i])
+                if thread is not None:
+                    sec, _, frac = prefix[i + 1 :].partition(b".")
+                    digits = sec + frac
+                    # The grammar's bounds: 1-20 digits of seconds, at most 9 of fraction.
+                    if not (0 < len(sec) <= MAX_DIGITS and len(frac) <= MAX_FRACTION and digits.isdigit()):
+                        thread = None
+        if thread is None:
             g = grammar(line, parts)
             if g is None:
                 continue
-            info, ev, payload, digits, frac = g
-        tid = info[0]
-        if ev == E_ENTRY:
-            if not info[4]:
-                n_filtered += 1
-                continue
-            ts = int(digits) * scale[len(frac)]
-            n_entry += 1
-            last_ns = ts
-            if first_ns is None:
-                first_ns = ts
-            s = starts_pop(tid, None)
-            if s is None:
-                unpaired += 1
-                continue
-            d = ts - s[0]
-            if d < 0:
-                negative += 1
-                d = 0
-            key = s[1]
-            acc = stats_get(key)
-            if acc is None:
-                acc = stats[key] = new_acc()
-            acc[A_PAIRS] += 1
-            acc[A_TOTAL] += d
-            acc[A_HALT] += s[2]
-            if d < acc[A_MIN]:
-                acc[A_MIN] = d
-            if d > acc[A_MAX]:
-                acc[A_MAX] = d
-            acc[A_SUMSQ][0] += d * d
-            if d < HIST_SUB:  # model.hist_slot, inlined
-                acc[A_HIST][d] += 1
-            else:
-                shift = d.bit_length() - sub_bits1
-                slot = HIST_SUB * (shift + 1) + ((d >> shift) & sub_mask)
-                acc[A_HIST][slot if slot < LAST_SLOT else LAST_SLOT] += 1
-            if bin_pair is not None:
-                bin_pair(s[0], key[1], key[2], d)
-        elif ev == E_EXIT:
-            if dec_exit is None:
-                layout = detect_layout([(b"kvm_exit", payload.strip())])
-                if layout is None:
-                    health.note_malformed(n)
-                    continue
-                decoder = Decoder(layout)
-                dec_exit = decoder.exit
-            if payload[:1] == b" ":
-                payload = payload.lstrip()  # trace-cmd pads it
-            val = dec_exit(payload)
-            if val is None:
+            thread, ev, payload, digits, frac = g
+            handler = handlers[ev]
+        decode, rule, kvm = handler  # type: ignore[misc]
+        value = None
+        if decode is not None:
+            value = decode(payload)
+            if value is None:
                 health.note_malformed(n)
                 continue
-            if not info[4]:
-                n_filtered += 1
-                continue
-            ts = int(digits) * scale[len(frac)]
-            n_exit += 1
-            last_ns = ts
-            if first_ns is None:
-                first_ns = ts
-            if tid not in comm_of:
-                comm_of[tid] = info[3]
-            if info[1] is not None and tid not in tgid_of:
-                tgid_of[tid] = info[1]
-            prev = starts_get(tid)
-            if prev is not None:
-                pk = prev[1]
-                acc = stats_get(pk)
-                if acc is None:
-                    acc = stats[pk] = new_acc()
-                acc[A_UNFIN] += 1
-            starts[tid] = [ts, (tid, val[0], val[1]), 0, info[2]]
-        elif ev == E_GONE:
-            n_other += 1  # not a kvm event: a trace of thread exits alone is still no KVM trace
-            if info[4] and tid in starts:
-                pairer.thread_exit(tid)
+        if thread[4]:
+            rule(int(digits) * scale[len(frac)], thread, value)
+        elif kvm:
+            n_filtered += 1
+            continue
+        if kvm:
+            n_events += 1
         else:
-            if ev == E_TRAP:
-                ec = (decoder or Decoder("arm64-openeuler-5.10")).trap(payload)
-                if ec is None:
-                    health.note_malformed(n)
-                    continue
-                if not info[4]:
-                    n_filtered += 1
-                    continue
-                # Only where kvm_exit has no class (openEuler 5.10); elsewhere (openEuler 4.19)
-                # kvm_exit already carries it and kvm_trap_enter is redundant, as on the BPF side.
-                # Without a decoder no exit has been seen, so there is nothing to name anyway.
-                if decoder is not None and decoder.trap_sets_class:
-                    pairer.trap(tid, ec)
-            else:
-                ns = Decoder.wakeup(payload)
-                if ns is None:
-                    health.note_malformed(n)
-                    continue
-                if not info[4]:
-                    n_filtered += 1
-                    continue
-                pairer.wakeup(tid, ns)
-            health.events += 1
-    pairer.unpaired_entries += unpaired
-    health.negative += negative
+            n_other += 1
     health.lines += n
-    health.events += n_exit + n_entry
+    health.events += n_events
     health.other_events += n_other
     health.ignored += n_ignored + n_filtered
     health.filtered += n_filtered
-    pairer.first_ns = first_ns
-    pairer.last_ns = last_ns
-    return decoder
 
 
 def _wanted(tid: int, tgid: Optional[int], tids: set, tgids: set, side_tgid: Dict[int, int]) -> bool:
