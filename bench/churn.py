@@ -5,7 +5,9 @@ Needs root, bcc and kernel headers (scripts/setup.sh). kvmexit's arm64 programs 
 attached); short-lived threads, a batch at a time, each send one exit->entry pair through
 BPF_PROG_TEST_RUN (a new thread is a new tid to the kernel) and die; between batches the live
 loop's work is done (a snapshot, as ``-i`` or a scrape does, and a sweep). Printed: the peak
-occupancy of the per-thread start map and of the statistics map, this process's RSS, and
+occupancy of the per-thread start map and of the statistics map, the entries of the name caches
+(tgid/tid names, the per-thread name cache; they must stay flat), the names kept for the rows of
+exited threads (one per exited thread: they grow with the retired totals), this process's RSS, and
 whether every exit sent is accounted for exactly once (pairs, plus exits refused by a full map).
 
 Usage: bench/churn.py [--threads N] [--batch N] [--max-keys N]
@@ -56,10 +58,10 @@ def main() -> int:
             test_run_raw(entry_fd, 0x1000)
 
         sent = 0
-        peak_starts = peak_stats = 0
+        peak_starts = peak_stats = peak_cached = 0
         peak_rss = rss_mib()
         start = time.monotonic()
-        print("threads  starts  stats-keys  RSS(MiB)")
+        print("threads  starts  stats-keys  name-caches  retired-names  RSS(MiB)")
         while sent < args.threads:
             n = min(args.batch, args.threads - sent)
             for _ in range(n):
@@ -69,26 +71,33 @@ def main() -> int:
             sent += n
             snap = source.snapshot()  # what -i, top and a scrape do; it also sweeps dead threads
             starts, keys = len(source.bpf["threads"]), len(snap.stats)  # thread slots (open exit + rows)
+            cached = source.resolver.cached() + len(source._threads)
+            peak_cached = max(peak_cached, cached)
             peak_starts, peak_stats, peak_rss = (
                 max(peak_starts, starts),
                 max(peak_stats, keys),
                 max(peak_rss, rss_mib()),
             )
             if sent % (args.batch * 10) == 0 or sent == args.threads:
-                print("%7d  %6d  %10d  %8.1f" % (sent, starts, keys, rss_mib()), flush=True)
+                print(
+                    "%7d  %6d  %10d  %11d  %13d  %8.1f"
+                    % (sent, starts, keys, cached, len(snap.retired_threads), rss_mib()),
+                    flush=True,
+                )
         snap = source.snapshot()
         pairs = sum(s.pairs for s in snap.stats.values())
         refused = snap.health.stats_map_full + snap.health.start_map_full
         others = sum(s.unfinished + s.open for s in snap.stats.values())
         print(
-            "%d threads in %.0fs: peak start-map entries %d, peak stats-map keys %d (of %d), peak RSS %.1f MiB "
-            "(max RSS %.1f MiB)"
+            "%d threads in %.0fs: peak start-map entries %d, peak stats-map keys %d (of %d), peak name-cache "
+            "entries %d, peak RSS %.1f MiB (max RSS %.1f MiB)"
             % (
                 sent,
                 time.monotonic() - start,
                 peak_starts,
                 peak_stats,
                 args.max_keys,
+                peak_cached,
                 peak_rss,
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             )

@@ -154,6 +154,15 @@ class FakeVmm:
     def pid(self) -> int:
         return self.proc.pid
 
+    def again(self) -> None:
+        """Send the plan once more (new threads, the same process)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("again\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().strip()
+        if line != "done":
+            raise RuntimeError("fake VMM failed (%r)" % line)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.communicate("", timeout=10)
@@ -161,6 +170,9 @@ class FakeVmm:
 
 if __name__ == "__main__":
     exit_fd, entry_fd, wakeup_fd = (int(a) for a in sys.argv[1:4])
-    send_plan(exit_fd, entry_fd, wakeup_fd, [tuple(p) for p in json.loads(sys.argv[4])])  # type: ignore[misc]
+    plan = [tuple(p) for p in json.loads(sys.argv[4])]
+    send_plan(exit_fd, entry_fd, wakeup_fd, plan)  # type: ignore[arg-type]
     print("done", flush=True)
-    sys.stdin.read()
+    for _line in sys.stdin:  # "again": the plan once more; end of input: exit
+        send_plan(exit_fd, entry_fd, wakeup_fd, plan)  # type: ignore[arg-type]
+        print("done", flush=True)

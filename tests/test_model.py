@@ -241,3 +241,18 @@ def test_unknown_grouping_or_sort_is_an_error():
         build_report(SNAP, label, "cpu")
     with pytest.raises(ValueError):
         build_report(SNAP, label, "thread", sort="name")
+
+
+def test_an_exited_threads_row_keeps_its_names_when_its_tid_is_reused():
+    from kvmexit.model import ExitKey, ExitStats, Snapshot, ThreadInfo, build_report
+
+    old, new = ExitKey(100, 101, 2, 0x16), ExitKey(200, 101, 2, 0x16)
+    snap = Snapshot(
+        "arm64",
+        {old: ExitStats(pairs=1), new: ExitStats(pairs=2)},
+        threads={101: ThreadInfo("CPU 0/KVM", "vm-b", 0)},
+        retired_threads={(100, 101): ThreadInfo("CPU 3/KVM", "vm-a", 3)},
+    )
+    assert snap.thread_of(old).vm == "vm-a" and snap.thread_of(new).vm == "vm-b"
+    rows = {(r.vm, r.vcpu): r.stats.pairs for r in build_report(snap, label, "thread").rows}
+    assert rows == {("vm-a", 3): 1, ("vm-b", 0): 2}

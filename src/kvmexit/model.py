@@ -236,6 +236,13 @@ class Snapshot:
     time_ns: int = 0
     #: Whether halt time was observed (kvm_vcpu_wakeup traced); if not, halt_ns means nothing.
     halt_known: bool = True
+    #: Names of threads that have exited, by (tgid, tid), as they were: their tid (or pid) may
+    #: belong to another thread (or VM) by now, which ``threads`` then names. Looked up first.
+    retired_threads: Mapping[Tuple[int, int], ThreadInfo] = field(default_factory=dict)
+
+    def thread_of(self, key: ExitKey) -> ThreadInfo:
+        """The names of the thread of ``key`` (as they were, if it has exited)."""
+        return self.retired_threads.get((key.tgid or 0, key.tid)) or self.threads.get(key.tid, _NO_THREAD)
 
 
 def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
@@ -261,6 +268,8 @@ def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
             stats[key] = ExitStats(open=-prev.open)
     threads = dict(previous.threads)
     threads.update(current.threads)
+    retired = dict(previous.retired_threads)
+    retired.update(current.retired_threads)
     return Snapshot(
         arch=current.arch,
         stats=stats,
@@ -268,6 +277,7 @@ def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
         threads=threads,
         time_ns=current.time_ns - previous.time_ns,
         halt_known=current.halt_known,
+        retired_threads=retired,
     )
 
 
@@ -467,7 +477,7 @@ def build_report(
             name = names[key.code, key.detail] = label(snapshot.arch, key.code, key.detail)
         if wanted_reasons and not _reason_matches(name, wanted_reasons):
             continue
-        info = snapshot.threads.get(key.tid, _NO_THREAD)
+        info = snapshot.thread_of(key)
         if wanted_vms and info.vm not in wanted_vms:
             continue
         groups.setdefault(_identity(group_by, key, info, name), []).append(st)

@@ -128,6 +128,23 @@ class NameResolver:
         state = raw[raw.rfind(b")") + 2 : raw.rfind(b")") + 3]
         return state not in (b"Z", b"X", b"x")
 
+    def prune(self, tgids: Iterable[int], tids: Iterable[int]) -> None:
+        """Forget what is cached of processes and threads other than these (those that run and
+        are traced), so the caches stay as large as that over days of churn, and a pid that
+        comes back as another program is read afresh."""
+        keep, keep_tids = set(tgids), set(tids)
+        for tgid in [t for t in self._vm if t not in keep]:
+            del self._vm[tgid]
+        now = time.monotonic()
+        for tgid in [t for t, seen in self._gone.items() if now - seen >= MISS_SECONDS]:
+            del self._gone[tgid]
+        for tid in [t for t in self._comm if t not in keep_tids]:
+            del self._comm[tid]
+
+    def cached(self) -> int:
+        """Entries in the caches (for benchmarks)."""
+        return len(self._vm) + len(self._gone) + len(self._comm)
+
     def tgids_of_vm(self, names: Iterable[str]) -> Dict[int, str]:
         """Running processes whose VM name is one of ``names``."""
         wanted = set(names)

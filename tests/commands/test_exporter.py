@@ -61,6 +61,18 @@ def test_missing_prometheus_client_is_one_line(tmp_path):
     )
 
 
+def test_prometheus_client_missing_a_dependency_names_it(tmp_path):
+    """Debian's prometheus_client imports python3-decorator: name what is missing, not the client."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "prometheus_client.py").write_text("import no_such_dependency_here\n")
+    env = dict(ENV, PYTHONPATH=os.pathsep.join((str(shadow), ENV["PYTHONPATH"])))
+    line = one_error_line(kvmexit("exporter", env=env))
+    assert line.startswith(
+        "kvmexit exporter: error: prometheus_client cannot be imported: No module named 'no_such_dependency_here'"
+    )
+
+
 @pytest.mark.parametrize(
     "listen, why",
     [("9479", "expected ADDR:PORT"), ("127.0.0.1:http", "not a port number"), ("127.0.0.1:70000", "out of range")],

@@ -199,9 +199,10 @@ def test_ebpf_prints_the_program_with_its_defines():
 
 
 @needs_kvm_tracefs
-def test_unknown_vm_name_is_an_error():
-    line = one_error_line(kvmexit("--vm", "no-such-vm-here", "1"))
-    assert "no running VM named no-such-vm-here" in line
+def test_a_vm_not_running_yet_is_waited_for():
+    proc = kvmexit("--vm", "no-such-vm-here", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "kvmexit: no VM named no-such-vm-here runs yet: traced from its first exit when it starts" in proc.stderr
 
 
 def test_fallback_example_when_live_tracing_is_impossible(tmp_path):

@@ -381,3 +381,41 @@ def test_killed_recorder_is_readable_and_its_instance_is_removed_next_time(tmp_p
                 q.terminate()
                 q.wait(timeout=20)
     assert ours(alive.pid) == []
+
+
+#: A short-lived VMM: it creates a VM (KVM_CREATE_VM on /dev/kvm), lives ~0.2 s, and exits.
+BRIEF_VMM = (
+    "import fcntl, os, sys, time\n"
+    "kvm = os.open('/dev/kvm', os.O_RDWR)\n"
+    "vm = fcntl.ioctl(kvm, 0xAE01, 0)\n"
+    "print(os.getpid(), flush=True)\n"
+    "time.sleep(0.2)\n"
+)
+
+
+@needs_tracefs
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm to create a VM")
+def test_a_vmm_living_under_a_second_is_named(tmp_path):
+    """A VMM that starts while recording and lives 0.2 s, between two scans of /proc (every 5 s):
+    its name is read when its exec reaches the trace, so the names file has it."""
+    out = tmp_path / "brief.trace"
+    p = record("-o", str(out), "-d", "3")
+    try:
+        wait_tracing(p, out)
+        vmm = subprocess.run(
+            [sys.executable, "-c", BRIEF_VMM, "-name", "guest=brief-vm,debug-threads=on"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert vmm.returncode == 0, vmm.stderr
+        pid = vmm.stdout.strip()
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    names = json.loads((tmp_path / "brief.trace.names.json").read_text())
+    assert names["vms"].get(pid) == "brief-vm", names["vms"]
+    assert "sched:sched_process_exec" in out.read_text().splitlines()[0]

@@ -456,7 +456,9 @@ def test_comm_is_recorded_by_the_kernel(arm64):
         arm64.entry()
 
     tid = in_thread(named)
-    info = arm64.snapshot().threads[tid]
+    snap = arm64.snapshot()
+    (key,) = [k for k in snap.stats if k.tid == tid]
+    info = snap.thread_of(key)
     assert (info.comm, info.vcpu) == ("CPU 5/KVM", 5)
 
 
@@ -489,7 +491,7 @@ def test_vm_name_is_kept_after_a_short_lived_vmm_exits(arm64):
         child.communicate("", timeout=10)
     snap = arm64.snapshot()
     (key,) = [k for k in snap.stats if k.tgid == child.pid]
-    assert snap.threads[key.tid].vm == "short-vm"
+    assert snap.thread_of(key).vm == "short-vm"
 
 
 def test_per_key_reads_of_old_kernels_give_the_same_snapshot(arm64):

@@ -10,6 +10,9 @@
  *   SYNTHETIC_X86       x86 logic on a raw tracepoint with args (exit_reason, isa): tests only,
  *                       since BPF_PROG_TEST_RUN cannot run perf tracepoint programs.
  *   FILTER_TGID, FILTER_TID   only threads present in tgid_filter / tid_filter.
+ *   FILTER_LEARN        with FILTER_TGID (--vm): processes not in tgid_filter yet are traced
+ *                       until user space, notified by their first exit, has read their name and
+ *                       written TGID_ALLOW or TGID_DENY (see "Learning --vm" below).
  *   MAX_THREADS, MAX_KEYS     map sizes; and the record's defines listed in kvmexit.h.
  *
  * Stays within what 4.19 verifies: no loops, no global data, no ring buffer.
@@ -57,7 +60,7 @@ BPF_PERCPU_ARRAY(counters, u64, KVMEXIT_NR_COUNTERS);
 /* A thread (or a keyed reason) seen for the first time: user space names its process now. */
 BPF_PERF_OUTPUT(new_keys);
 #ifdef FILTER_TGID
-BPF_HASH(tgid_filter, u32, u8, 4096);
+BPF_HASH(tgid_filter, u32, u8, 4096); /* tgid -> TGID_ALLOW, or TGID_DENY (FILTER_LEARN only) */
 #endif
 #ifdef FILTER_TID
 BPF_HASH(tid_filter, u32, u8, 4096);
@@ -74,8 +77,14 @@ static __always_inline int wanted(u64 id)
 {
 #ifdef FILTER_TGID
 	u32 tgid = id >> 32;
-	if (!tgid_filter.lookup(&tgid))
+	u8 *verdict = tgid_filter.lookup(&tgid);
+#ifdef FILTER_LEARN
+	if (verdict && *verdict == TGID_DENY)
+		return 0; /* no verdict yet: traced provisionally (user space keeps or removes it) */
+#else
+	if (!verdict)
 		return 0;
+#endif
 #endif
 #ifdef FILTER_TID
 	u32 tid = id;
@@ -313,6 +322,24 @@ int kvmexit_wakeup(struct bpf_raw_tracepoint_args *ctx)
 int kvmexit_wakeup_tp(void *ctx)
 {
 	return add_halt(*(u64 *)((char *)ctx + WAKEUP_NS_OFF));
+}
+#endif
+
+#ifdef FILTER_LEARN
+/*
+ * Learning --vm: a VM started after kvmexit. Its first exit is traced (no verdict yet) and its
+ * thread's new_keys event tells user space, which reads the name from /proc and writes the
+ * verdict; exits made before a TGID_DENY are removed from the maps by user space and counted
+ * (kvmexit.sources.vmfilter). sched_process_exit of the group leader drops the verdict, so a
+ * reused pid is judged again, by its own name.
+ */
+int kvmexit_proc_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u32 tgid = id >> 32;
+	if ((u32)id == tgid)
+		tgid_filter.delete(&tgid);
+	return PASS_EVENT_ON;
 }
 #endif
 

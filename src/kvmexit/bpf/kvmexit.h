@@ -17,6 +17,10 @@
 #define KVMEXIT_STATS_MAP_FULL 2   /* pair or unfinished exit not recorded: keyed stats map full */
 #define KVMEXIT_NR_COUNTERS 3
 
+/* Verdicts in tgid_filter (FILTER_TGID). */
+#define TGID_ALLOW 1
+#define TGID_DENY 2
+
 /* Key of the keyed statistics map (reasons without a row) and of new-thread notifications. */
 struct kvmexit_key {
 	u32 tgid;

@@ -139,7 +139,7 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="only this guest, by QEMU -name or libvirt domain (repeatable)",
+        help="only this guest, by QEMU -name or libvirt domain (repeatable); live, also one that starts later",
     )
     g.add_argument(
         "--reason",

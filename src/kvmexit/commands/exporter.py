@@ -37,7 +37,8 @@ examples:
 metrics: kvmexit_exits_total, kvmexit_exit_seconds_total, kvmexit_halted_seconds_total and the
 histogram kvmexit_exit_duration_seconds, labelled vm, vcpu, reason; health counters
 kvmexit_unpaired_entries_total, kvmexit_map_full_total, kvmexit_abandoned_exits_total,
-kvmexit_unfinished_exits_total, kvmexit_lost_events_total. See the README.
+kvmexit_unfinished_exits_total, kvmexit_lost_events_total; with --vm (VMs that start later are
+learned), kvmexit_vm_filter_excluded_exits_total. See the README.
 """
 
 MISSING_CLIENT = KvmexitError(
@@ -78,7 +79,14 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("filters (applied in the kernel)")
     g.add_argument("-p", "--pid", dest="pids", type=int, action="append", default=[], metavar="TGID")
     g.add_argument("-t", "--tid", dest="tids", type=int, action="append", default=[], metavar="TID")
-    g.add_argument("--vm", dest="vms", action="append", default=[], metavar="NAME")
+    g.add_argument(
+        "--vm",
+        dest="vms",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this guest (repeatable), also one that starts later",
+    )
     g = parser.add_argument_group("advanced")
     g.add_argument("--max-threads", type=int, default=16384, help="size of the per-thread open-exit map")
     g.add_argument("--max-keys", type=int, default=65536, help="size of the (thread, reason) statistics map")
@@ -88,7 +96,11 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
 def require_prometheus_client() -> Any:
     try:
         import prometheus_client
-    except ImportError:
+    except ImportError as e:
+        if e.name not in (None, "prometheus_client"):  # installed, but something it imports is not
+            raise KvmexitError(
+                "prometheus_client cannot be imported: %s" % e, hint="reinstall it with its dependencies"
+            ) from None
         raise MISSING_CLIENT from None
     return prometheus_client
 
@@ -116,6 +128,11 @@ class SharedSource:
     def lost_events(self) -> int:
         return int(getattr(self.source, "lost_events", 0))
 
+    def excluded(self) -> Dict[str, int]:
+        """--vm: exits traced before a process's name was read, then left out, by why."""
+        vf = getattr(self.source, "vm_filter", None)
+        return dict(vf.excluded) if vf is not None else {}
+
 
 def serve(source: Any, listen: Tuple[str, int], per_thread: bool = False, info: Optional[Dict[str, str]] = None) -> Any:
     """Start serving ``source`` (an opened live source, or anything with the same ``snapshot``
@@ -126,7 +143,7 @@ def serve(source: Any, listen: Tuple[str, int], per_thread: bool = False, info: 
 
     shared = source if isinstance(source, SharedSource) else SharedSource(source)
     registry = client.CollectorRegistry(auto_describe=False)
-    registry.register(ExitCollector(shared.snapshot, label, per_thread, shared.lost_events, info))
+    registry.register(ExitCollector(shared.snapshot, label, per_thread, shared.lost_events, info, shared.excluded))
     client.ProcessCollector(registry=registry)  # process_resident_memory_bytes: watch a long run
     addr, port = listen
     try:

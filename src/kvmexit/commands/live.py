@@ -29,7 +29,7 @@ from .common import (
 )
 from .logfile import LogFile
 
-__all__ = ["DESCRIPTION", "EPILOG", "StopRequest", "announce", "open_live", "prepare_parser", "run"]
+__all__ = ["DESCRIPTION", "EPILOG", "StopRequest", "announce", "left_out", "open_live", "prepare_parser", "run"]
 
 DESCRIPTION = (
     "Trace KVM VM exits with eBPF and report, per VM, vCPU thread and exit reason, how many there were "
@@ -183,17 +183,13 @@ def open_live(
     missing += ["-t %d" % t for t in tids if _tgid_of(resolver.procfs, t) is None]
     if missing:
         raise KvmexitError("no running process or thread matches %s" % " ".join(missing), hint="see ps -eLf")
-    tgids = list(pids)
-    if vms:
-        found = resolver.tgids_of_vm(vms)
-        if not found:
-            raise KvmexitError("no running VM named %s" % ", ".join(vms), hint="names come from QEMU -name or libvirt")
-        tgids += sorted(found)
+    # --vm: VMs running now and those that start later (the kernel's filter learns them).
     wakeup_off = wakeup_ns_offset(read_formats(tracefs or find_tracefs(), ("kvm_vcpu_wakeup",)))
     source = live.LiveSource(
         layout,
-        tgids=tgids,
+        tgids=pids,
         tids=tids,
+        vms=vms,
         max_threads=max_threads,
         max_keys=max_keys,
         resolver=resolver,
@@ -239,7 +235,12 @@ def run(args: argparse.Namespace) -> int:
     if args.ebpf:
         from ..sources.live import render_program
 
-        program = render_program(detect_layout(args.tracefs), filter_tgids=bool(args.pids), filter_tids=bool(args.tids))
+        program = render_program(
+            detect_layout(args.tracefs),
+            filter_tgids=bool(args.pids),
+            filter_tids=bool(args.tids),
+            learn_tgids=bool(args.vms),
+        )
         print("// cflags: " + " ".join(program.cflags))
         print(program.text)
         return 0
@@ -271,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
                 previous = log.reopen_on_sighup() if log is not None else None
                 try:
                     idle = _trace(source, args, stop, log)
+                    left_out(source)
                 finally:
                     if previous is not None:
                         signal.signal(signal.SIGHUP, previous)
@@ -288,6 +290,18 @@ def _fallback(args: argparse.Namespace, why: str) -> int:
     from .report import report_example
 
     return report_example(args, why)
+
+
+def left_out(source: Any) -> None:
+    """--vm: what was traced before a process's name was read, then left out (one line)."""
+    vf = getattr(source, "vm_filter", None)
+    if vf is None or not any(vf.excluded.values()):
+        return
+    print(
+        "kvmexit: --vm: left out %d exits of other VMs and %d of processes that ended before their name "
+        "could be read (traced until then)" % (vf.excluded["other"], vf.excluded["unnamed"]),
+        file=sys.stderr,
+    )
 
 
 def announce(source: Any, duration: Optional[float]) -> None:

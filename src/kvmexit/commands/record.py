@@ -21,12 +21,13 @@ import gzip
 import json
 import os
 import platform
+import re
 import select
 import signal
 import stat
 import sys
 import time
-from typing import IO, Any, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import KvmexitError, NotRoot
 from ..layouts import detect, find_tracefs, read_formats
@@ -49,6 +50,44 @@ KVM_EVENTS = ("kvm_exit", "kvm_entry", "kvm_trap_enter", "kvm_vcpu_wakeup")
 #: Thread exits: an exit still open when its thread dies is *abandoned*, as the live tool counts
 #: it, not open (rare events: one per thread exit on the host).
 THREAD_EXIT = ("sched", "sched_process_exit")
+#: Program starts: a VMM is named from /proc as soon as its exec is read from the trace, so one
+#: that lives under a second is named too (the scan of /proc every SCAN_SECONDS would miss it).
+PROCESS_EXEC = ("sched", "sched_process_exec")
+SCAN_SECONDS = 5.0
+_EXEC_PID = re.compile(rb"sched_process_exec: filename=.*? pid=(\d+) old_pid=")
+
+
+class ExecWatch:
+    """Picks the pids of ``sched_process_exec`` lines out of the trace as it is drained."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self.pids: List[int] = []
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._tail + chunk
+        cut = data.rfind(b"\n") + 1
+        self._tail = data[cut:][-4096:]  # a line cut by the read; a runaway one is not kept whole
+        if b"sched_process_exec" in data[:cut]:
+            self.pids.extend(int(m.group(1)) for m in _EXEC_PID.finditer(data, 0, cut))
+
+    def take(self) -> List[int]:
+        pids, self.pids = self.pids, []
+        return pids
+
+
+def name_new_processes(names: Dict[str, Any], resolver: NameResolver, pids: List[int], procfs: str) -> None:
+    """Name the processes that were just exec'd, while they run; the names of QEMU's guests
+    only (``-name``, libvirt), so other programs leave no entry. A pid reused by a new guest
+    takes that guest's name."""
+    for pid in pids:
+        resolver.forget(pid)
+        if resolver.vm(pid) is None:
+            resolver.forget(pid)  # not a guest (or gone already): nothing to keep
+            continue
+        new = names_document(resolver, [pid], procfs)
+        names["vms"].update(new["vms"])
+        names["threads"].update(new["threads"])
 
 
 def prepare_parser(parser: argparse.ArgumentParser) -> None:
@@ -288,8 +327,9 @@ def _setup(inst: Instance, buffer_kb: int, extra: List[Tuple[str, str]], notes: 
         if not inst.set_option("record-tgid", True):
             notes.append("tgids not in the trace (record-tgid is global on this kernel); the names file maps them")
         enabled = [e for e in KVM_EVENTS if inst.enable_event("kvm", e)]
-        if inst.enable_event(*THREAD_EXIT):
-            enabled.append("%s:%s" % THREAD_EXIT)
+        for system, name in (THREAD_EXIT, PROCESS_EXEC):
+            if inst.enable_event(system, name):
+                enabled.append("%s:%s" % (system, name))
         for system, event in extra:
             if not inst.enable_event(system, event):
                 raise KvmexitError(
@@ -356,6 +396,7 @@ def run(args: argparse.Namespace, tracefs: Optional[str] = None, procfs: str = "
         fd = os.open(inst.file("trace_pipe"), os.O_RDONLY | os.O_NONBLOCK)
         deadline = started + args.duration if args.duration is not None else None
         last_scan = started
+        execs = ExecWatch()
         try:
             while stop.signal is None:
                 now = time.monotonic()
@@ -367,14 +408,16 @@ def run(args: argparse.Namespace, tracefs: Optional[str] = None, procfs: str = "
                 except InterruptedError:
                     continue
                 if ready:
-                    _drain(fd, out)
+                    _drain(fd, out, execs.feed)
                     out.flush(every=1.0)
-                if now - last_scan > 5.0:
+                    name_new_processes(names, resolver, execs.take(), procfs)
+                if now - last_scan > SCAN_SECONDS:
                     last_scan = now
                     vm_tgids.update(find_vm_processes(procfs))
                     _merge_names(names, names_document(resolver, sorted(vm_tgids), procfs))
             inst.write("tracing_on", "0")
-            _drain(fd, out)
+            _drain(fd, out, execs.feed)
+            name_new_processes(names, resolver, execs.take(), procfs)
             lost = {c: s for c, s in inst.cpu_stats().items() if s.get("overrun") or s.get("dropped events")}
             out.close()
         except _OutputFailed as e:
@@ -442,7 +485,7 @@ def write_names(path: str, doc: Dict[str, Any], force: bool) -> None:
         ) from e
 
 
-def _drain(fd: int, out: _Output) -> None:
+def _drain(fd: int, out: _Output, seen: Optional[Callable[[bytes], None]] = None) -> None:
     while True:
         try:
             chunk = os.read(fd, 1 << 16)
@@ -453,6 +496,8 @@ def _drain(fd: int, out: _Output) -> None:
         if not chunk:
             return
         out.write(chunk)
+        if seen is not None:
+            seen(chunk)
 
 
 def _merge_names(into: Dict[str, Any], new: Dict[str, Any]) -> None:

@@ -38,7 +38,9 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("filters")
     g.add_argument("-p", "--pid", dest="pids", type=int, action="append", default=[], metavar="TGID")
     g.add_argument("-t", "--tid", dest="tids", type=int, action="append", default=[], metavar="TID")
-    g.add_argument("--vm", dest="vms", action="append", default=[], metavar="NAME", help="in the kernel")
+    g.add_argument(
+        "--vm", dest="vms", action="append", default=[], metavar="NAME", help="in the kernel; also a VM started later"
+    )
     g.add_argument("--reason", dest="reasons", action="append", default=[], metavar="NAME", help="in the view")
     g = parser.add_argument_group("advanced")
     g.add_argument("--max-threads", type=int, default=16384, help="size of the per-thread open-exit map")

@@ -33,6 +33,7 @@ from ..model import (
 )
 from ..names import NameResolver
 from ..reasons import ROW_KEY_SPACE, ROW_REASONS
+from .vmfilter import Verdict, VmFilter
 
 __all__ = ["BpfProgram", "render_program", "LiveSource", "import_bcc", "PROGRAM_PREFIX"]
 
@@ -59,6 +60,7 @@ def render_program(
     layout: Layout,
     filter_tgids: bool = False,
     filter_tids: bool = False,
+    learn_tgids: bool = False,
     max_threads: int = 16384,
     max_keys: int = 65536,
     synthetic_x86: bool = False,
@@ -66,14 +68,19 @@ def render_program(
     wakeup_ns_off: Optional[int] = None,
     test_hooks: bool = False,
 ) -> BpfProgram:
-    """The program for a layout and options; pure, so it can be printed (``--ebpf``) and tested."""
+    """The program for a layout and options; pure, so it can be printed (``--ebpf``) and tested.
+
+    ``learn_tgids`` (``--vm``): the tgid filter admits processes it has no verdict for yet, until
+    user space judges them (FILTER_LEARN in kvmexit.bpf.c)."""
     # kvmexit.h is inlined so bcc needs no include path into the installed package.
     text = _read_source("kvmexit.bpf.c").replace('#include "kvmexit.h"', _read_source("kvmexit.h"))
     defines = list(layout.defines)
     if synthetic_x86:
         defines.append("SYNTHETIC_X86")
-    if filter_tgids:
+    if filter_tgids or learn_tgids:
         defines.append("FILTER_TGID")
+    if learn_tgids:
+        defines.append("FILTER_LEARN")
     if filter_tids:
         defines.append("FILTER_TID")
     if test_hooks:
@@ -96,6 +103,8 @@ def render_program(
         attach.append(("raw", "kvm:" + layout.trap_event, "kvmexit_trap"))
     if wakeup:
         attach.append(("raw", "kvm:kvm_vcpu_wakeup", "kvmexit_wakeup"))
+    if learn_tgids:
+        attach.append(("raw", "sched:sched_process_exit", "kvmexit_proc_exit"))
     return BpfProgram(text=text, cflags=tuple("-D" + d for d in defines), attach=tuple(attach))
 
 
@@ -148,6 +157,7 @@ class LiveSource:
         max_threads: int = 16384,
         max_keys: int = 65536,
         resolver: Optional[NameResolver] = None,
+        vms: Iterable[str] = (),
         synthetic_x86: bool = False,
         attach: bool = True,
         wakeup_ns_off: Optional[int] = None,
@@ -158,10 +168,16 @@ class LiveSource:
         self.tgids = sorted(set(tgids))
         self.tids = sorted(set(tids))
         self.resolver = resolver or NameResolver()
+        #: --vm: verdicts on processes as they appear (None: no VM names given).
+        self.vm_filter: Optional[VmFilter] = None
+        vms = sorted(set(vms))
+        if vms:
+            self.vm_filter = VmFilter(vms, self.tgids, self.resolver)
         self.program = render_program(
             layout,
             filter_tgids=bool(self.tgids),
             filter_tids=bool(self.tids),
+            learn_tgids=bool(vms),
             max_threads=max_threads,
             max_keys=max_keys,
             synthetic_x86=synthetic_x86,
@@ -178,7 +194,8 @@ class LiveSource:
         self.rows = ROW_REASONS[layout.arch]
         #: Statistics kept in the slots of threads that have exited (slots are freed; nothing lost).
         self._retired: Dict[ExitKey, ExitStats] = {}
-        self._retired_comms: Dict[int, bytes] = {}
+        #: Names of those threads as they were when they exited (their ids may be reused).
+        self._retired_threads: Dict[Tuple[int, int], ThreadInfo] = {}
         #: False when this kernel has no kvm_vcpu_wakeup to attach to (HALT% is then unknown).
         self.halt_known = True
         self._threads: Dict[int, Tuple[Tuple[int, bytes], ThreadInfo]] = {}
@@ -220,6 +237,29 @@ class LiveSource:
                 table = self.bpf[name]
                 for i in ids:
                     table[table.Key(i)] = one
+        vf = self.vm_filter
+        if vf is not None:
+            running = self.resolver.tgids_of_vm(vf.names)
+            for tgid in sorted(running):
+                self._admit(tgid)
+            missing = sorted(vf.names - set(running.values()))
+            if missing:
+                self.notes.append(
+                    "no VM named %s runs yet: traced from its first exit when it starts" % ", ".join(missing)
+                )
+
+    def _admit(self, tgid: int) -> Verdict:
+        """--vm: the verdict on process ``tgid``, given to the kernel when it is new."""
+        vf = self.vm_filter
+        assert vf is not None
+        verdict, fresh = vf.judge(tgid)
+        if fresh:
+            table = self.bpf["tgid_filter"]
+            try:
+                table[table.Key(tgid)] = ctypes.c_uint8(_TGID_ALLOW if verdict.allowed else _TGID_DENY)
+            except Exception:  # the filter map is full: its exits are still removed here
+                pass
+        return verdict
 
     def _attach_all(self) -> None:
         for kind, tracepoint, fn in self.program.attach:
@@ -281,6 +321,8 @@ class LiveSource:
         key = self.bpf["new_keys"].event(data)
         self.resolver.refresh(key.tgid)
         self._threads.pop(key.tid, None)
+        if self.vm_filter is not None:
+            self._admit(key.tgid)
 
     def _on_lost(self, count: int) -> None:
         self.lost_events += count
@@ -338,18 +380,23 @@ class LiveSource:
         return raw
 
     def _thread_slots(self) -> Tuple[Dict[ExitKey, ExitStats], Dict[ExitKey, int], Dict[int, bytes]]:
-        """Statistics kept in threads' slots, open exits, and comms. Slots of exited threads are
-        removed; their statistics are kept here (retired) and an exit still open there counts as
-        abandoned."""
+        """Statistics kept in threads' slots, open exits, and comms (of the threads that run).
+        Slots of exited threads are removed; their statistics are kept here (retired), with their
+        names as they were, and an exit still open there counts as abandoned."""
         threads = self.bpf["threads"]
         stats: Dict[ExitKey, ExitStats] = {}
         opened: Dict[ExitKey, int] = {}
-        comms: Dict[int, bytes] = dict(self._retired_comms)
+        comms: Dict[int, bytes] = {}
         rows = self.rows
         for kb, vb in self._read("threads", _ROWS_SIZE * len(rows) + _THREAD_TAIL.size):
             (tid,) = _TID.unpack(kb)
             comm, ts, _halt, tgid, code, detail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))[:6]
-            comms[tid] = comm
+            if self.vm_filter is not None:
+                verdict = self._admit(tgid)
+                if not verdict.allowed:  # traced before its verdict: removed, and counted
+                    exits = sum(sum(_PAIRS_UNFINISHED.unpack_from(vb, i * _ROWS_SIZE)) for i in range(len(rows)))
+                    self._remove("threads", threads.Key(tid), verdict, exits + (1 if ts else 0))
+                    continue
             alive = self.resolver.alive(tgid, tid)
             mine = stats if alive else {}
             for i, (rcode, rdetail) in enumerate(rows):
@@ -358,6 +405,7 @@ class LiveSource:
                     mine[ExitKey(tgid, tid, rcode, rdetail)] = _stats_from_values(v)
             key = ExitKey(tgid, tid, code, detail)
             if alive:
+                comms[tid] = comm
                 if ts:
                     opened[key] = opened.get(key, 0) + 1
                 continue
@@ -365,7 +413,8 @@ class LiveSource:
                 del threads[threads.Key(tid)]
             except KeyError:
                 pass  # gone already: what was read is its last state
-            self._retired_comms[tid] = comm
+            self._retired_threads[tgid, tid] = self._thread(tgid, tid, comm)  # named while known
+            self._threads.pop(tid, None)
             for k, st in mine.items():
                 old = self._retired.get(k)
                 self._retired[k] = st if old is None else merge_all((old, st))
@@ -375,10 +424,30 @@ class LiveSource:
 
     def _keyed_items(self) -> List[Tuple[ExitKey, ExitStats]]:
         """(key, stats) of the keyed map: reasons without a row in the threads' slots."""
-        return [
+        items = [
             (ExitKey(*_KEY.unpack(kb)), _stats_from_values(_VALUE.unpack(vb)))
             for kb, vb in self._read("stats", _VALUE.size)
         ]
+        if self.vm_filter is None:
+            return items
+        kept = []
+        stats = self.bpf["stats"]
+        for key, st in items:
+            verdict = self._admit(key.tgid or 0)
+            if verdict.allowed:
+                kept.append((key, st))
+            else:
+                self._remove("stats", stats.Key(*key), verdict, st.pairs + st.unfinished)
+        return kept
+
+    def _remove(self, name: str, key: Any, verdict: Verdict, exits: int) -> None:
+        """Remove what a process the filter refused put in a map before its verdict."""
+        assert self.vm_filter is not None
+        try:
+            del self.bpf[name][key]
+        except KeyError:
+            pass  # gone already
+        self.vm_filter.exclude(verdict, exits)
 
     def snapshot(self) -> Snapshot:
         """Cumulative state. Nothing is cleared, so deltas between snapshots lose nothing.
@@ -400,12 +469,19 @@ class LiveSource:
         for key in set(opened) | set(self._abandoned):
             st = stats.get(key, ExitStats())
             stats[key] = st._replace(open=opened.get(key, 0), abandoned=self._abandoned.get(key, 0))
+        if self.vm_filter is not None:
+            in_kernel = [k for k, _ in keyed] + list(in_slots) + list(opened)  # not the retired totals
+            self.vm_filter.expire({k.tgid or 0 for k in in_kernel})
         threads: Dict[int, ThreadInfo] = {}
+        retired = self._retired_threads
         for key in stats:
-            if key.tid not in threads:
-                # The kernel always knows the tgid; only trace files may not (ExitKey.tgid None).
+            # The kernel always knows the tgid; only trace files may not (ExitKey.tgid None).
+            if key.tid not in threads and (key.tgid or 0, key.tid) not in retired:
                 threads[key.tid] = self._thread(key.tgid or 0, key.tid, comms.get(key.tid, b""))
-        return Snapshot(self.layout.arch, stats, health, threads, now, self.halt_known)
+        # Name caches hold what runs, no more (days of churn; a reused pid is read afresh).
+        self._threads = {tid: v for tid, v in self._threads.items() if tid in comms}
+        self.resolver.prune({ident[0] for ident, _info in self._threads.values()}, comms)
+        return Snapshot(self.layout.arch, stats, health, threads, now, self.halt_known, dict(retired))
 
 
 @contextmanager
@@ -434,6 +510,10 @@ _VALUE = struct.Struct(_VALUE_FORMAT)
 _ROWS_SIZE = _VALUE.size
 #: After the rows: comm, ts, halt_ns, tgid, code, detail, sub, row, pad.
 _THREAD_TAIL = struct.Struct("=16s2Q6I")
+#: The first two words of a row: pairs and unfinished (model.STAT_FIELDS' order).
+_PAIRS_UNFINISHED = struct.Struct("=2Q")
+#: Verdicts of tgid_filter (bpf/kvmexit.h).
+_TGID_ALLOW, _TGID_DENY = 1, 2
 
 
 def _bytes_of(c: Any) -> bytes:
@@ -513,8 +593,8 @@ def _decoder_source() -> str:
         else:
             args.append("v[%d]" % word)
         word += f.words
-    if KERNEL_FIELDS[0].name != "pairs":
-        raise AssertionError("the decoder expects pairs first")
+    if [f.name for f in KERNEL_FIELDS[:2]] != ["pairs", "unfinished"]:
+        raise AssertionError("the decoder and _PAIRS_UNFINISHED expect pairs and unfinished first")
     return "def decode(v):\n    return ExitStats(%s)\n" % ", ".join(args)
 
 

@@ -71,12 +71,14 @@ class ExitCollector:
         per_thread: bool = False,
         lost_events: Callable[[], int] = lambda: 0,
         info: Optional[Dict[str, str]] = None,
+        excluded: Callable[[], Dict[str, int]] = dict,
     ) -> None:
         self._snapshot = snapshot
         self._label = label
         self.per_thread = per_thread
         self._lost_events = lost_events
         self._info = dict(info or {})
+        self._excluded = excluded
         self._edges = bucket_edges()
         self._le = [floatToGoString(upper) for _, upper in self._edges]
 
@@ -155,6 +157,17 @@ class ExitCollector:
         yield CounterMetricFamily(
             "kvmexit_lost_events", "Kernel notifications lost by the perf buffer (VM naming)", value=self._lost_events()
         )
+        excluded = self._excluded()
+        if excluded:  # --vm only
+            left_out = CounterMetricFamily(
+                "kvmexit_vm_filter_excluded_exits",
+                "--vm: exits traced before their process's name was read, then left out (other: another VM; "
+                "unnamed: ended before its name could be read)",
+                labels=("why",),
+            )
+            for why, n in sorted(excluded.items()):
+                left_out.add_metric((why,), n)
+            yield left_out
         yield GaugeMetricFamily("kvmexit_open_exits", "Exits waiting for their entry now", value=totals.open)
         yield GaugeMetricFamily(
             "kvmexit_halt_traced",
