@@ -37,6 +37,7 @@ __all__ = [
     "KERNEL_FIELDS",
     "StatField",
     "ExitKey",
+    "SubKey",
     "ExitStats",
     "Health",
     "ThreadInfo",
@@ -44,6 +45,8 @@ __all__ = [
     "Row",
     "Report",
     "GROUPINGS",
+    "SUB_GROUPINGS",
+    "split_by_sub",
     "SORT_KEYS",
     "bucket_bounds",
     "hist_slot",
@@ -90,6 +93,21 @@ class ExitKey(NamedTuple):
     tid: int
     code: int
     detail: int
+
+
+class SubKey(NamedTuple):
+    """A key with its sub-reason (``reasons/subreasons.py``; never 0: exits without one are only
+    in their reason's row)."""
+
+    tgid: Optional[int]
+    tid: int
+    code: int
+    detail: int
+    sub: int
+
+    @property
+    def exit_key(self) -> ExitKey:
+        return ExitKey(self.tgid, self.tid, self.code, self.detail)
 
 
 class StatField(NamedTuple):
@@ -207,6 +225,8 @@ class Health:
     stats_map_full: int = 0
     #: Open exits of threads that died before their entry (all keys; the rows have theirs).
     abandoned: int = 0
+    #: Pairs not recorded under their sub-reason (map full): their reason's row has them.
+    sub_map_full: int = 0
 
     def minus(self, other: Health) -> Health:
         return Health(
@@ -214,6 +234,7 @@ class Health:
             self.start_map_full - other.start_map_full,
             self.stats_map_full - other.stats_map_full,
             self.abandoned - other.abandoned,
+            self.sub_map_full - other.sub_map_full,
         )
 
 
@@ -239,6 +260,10 @@ class Snapshot:
     #: Names of threads that have exited, by (tgid, tid), as they were: their tid (or pid) may
     #: belong to another thread (or VM) by now, which ``threads`` then names. Looked up first.
     retired_threads: Mapping[Tuple[int, int], ThreadInfo] = field(default_factory=dict)
+    #: Exits with a sub-reason, a second time (each is also in ``stats``, its reason's row).
+    subs: Mapping[SubKey, ExitStats] = field(default_factory=dict)
+    #: Whether sub-reasons were traced (if not, ``subs`` is empty and means nothing).
+    subs_known: bool = False
 
     def thread_of(self, key: ExitKey) -> ThreadInfo:
         """The names of the thread of ``key`` (as they were, if it has exited)."""
@@ -252,20 +277,8 @@ def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
     ``open`` stays a gauge, so the exits of consecutive deltas add up to the cumulative total.
     MIN and MAX are not subtractable and stay cumulative (since the start of tracing).
     """
-    stats = {}
-    for key, cur in current.stats.items():
-        prev = previous.stats.get(key)
-        if prev is None:
-            stats[key] = cur
-            continue
-        d = ExitStats(*(_delta_one(f, c, p) for f, c, p in zip(STAT_FIELDS, cur, prev)))
-        if d.pairs or d.unfinished or d.open or d.abandoned:
-            stats[key] = d
-    for key, prev in previous.stats.items():
-        if key not in current.stats:
-            # Only a key that held nothing but an open exit can vanish: the exit was then recorded
-            # under another key (openEuler: its class arrives after kvm_exit). Drop the gauge.
-            stats[key] = ExitStats(open=-prev.open)
+    stats = _delta_stats(current.stats, previous.stats)
+    subs = _delta_stats(current.subs, previous.subs)
     threads = dict(previous.threads)
     threads.update(current.threads)
     retired = dict(previous.retired_threads)
@@ -278,7 +291,27 @@ def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
         time_ns=current.time_ns - previous.time_ns,
         halt_known=current.halt_known,
         retired_threads=retired,
+        subs=subs,
+        subs_known=current.subs_known,
     )
+
+
+def _delta_stats(current: Mapping[Any, ExitStats], previous: Mapping[Any, ExitStats]) -> Dict[Any, ExitStats]:
+    stats = {}
+    for key, cur in current.items():
+        prev = previous.get(key)
+        if prev is None:
+            stats[key] = cur
+            continue
+        d = ExitStats(*(_delta_one(f, c, p) for f, c, p in zip(STAT_FIELDS, cur, prev)))
+        if d.pairs or d.unfinished or d.open or d.abandoned:
+            stats[key] = d
+    for key, prev in previous.items():
+        if key not in current:
+            # Only a key that held nothing but an open exit can vanish: the exit was then recorded
+            # under another key (openEuler: its class arrives after kvm_exit). Drop the gauge.
+            stats[key] = ExitStats(open=-prev.open)
+    return stats
 
 
 def _delta_one(f: StatField, cur: Any, prev: Any) -> Any:
@@ -349,9 +382,11 @@ def percentile(stats: ExitStats, q: float) -> Optional[int]:
 
 
 class Row:
-    """One line of a report: a group and its statistics. Fields a grouping merges are None."""
+    """One line of a report: a group and its statistics. Fields a grouping merges are None;
+    ``sub`` (the sub-reason's name, ``-`` for exits without one) and ``sub_value`` (its u64) only
+    in reports split by sub-reason."""
 
-    __slots__ = ("code", "comm", "detail", "reason", "stats", "tgid", "tid", "vcpu", "vm")
+    __slots__ = ("code", "comm", "detail", "reason", "stats", "sub", "sub_value", "tgid", "tid", "vcpu", "vm")
 
     def __init__(
         self,
@@ -364,6 +399,8 @@ class Row:
         code: Optional[int],
         detail: Optional[int],
         stats: ExitStats,
+        sub: Optional[str] = None,
+        sub_value: Optional[int] = None,
     ) -> None:
         self.tgid = tgid
         self.tid = tid
@@ -374,6 +411,8 @@ class Row:
         self.code = code
         self.detail = detail
         self.stats = stats
+        self.sub = sub
+        self.sub_value = sub_value
 
     def __repr__(self) -> str:
         return "Row(%s)" % ", ".join("%s=%r" % (f, getattr(self, f)) for f in self.__slots__)
@@ -406,6 +445,8 @@ class Report:
     halt_known: bool = True
     #: How long the counts were collected (the source's clock), 0 if unknown: rates divide by it.
     time_ns: int = 0
+    #: Rows are split by sub-reason (``Row.sub``).
+    by_sub: bool = False
 
 
 #: The groupings, each with the identity fields it keeps (the others are merged away).
@@ -414,17 +455,21 @@ GROUPINGS: Dict[str, Tuple[str, ...]] = {
     "vcpu": ("tgid", "tid", "comm", "vm", "vcpu"),
     "vm": ("tgid", "vm"),
     "reason": ("reason",),
+    "sub": ("reason", "sub"),
 }
+
+#: Groupings that can be split by sub-reason (they keep the reason); "sub" always is.
+SUB_GROUPINGS = ("thread", "reason", "sub")
 
 #: Sort keys, largest first; ties are broken by (tgid, tid, reason) so output is stable.
 SORT_KEYS: Dict[str, Callable[[Row], tuple]] = {
-    "count": lambda r: (-r.stats.exits, r.tgid or 0, r.tid or 0, r.reason or ""),
-    "total": lambda r: (-r.stats.total_ns, r.tgid or 0, r.tid or 0, r.reason or ""),
-    "avg": lambda r: (-(r.avg_ns or 0.0), r.tgid or 0, r.tid or 0, r.reason or ""),
-    "max": lambda r: (-(r.stats.max_ns or 0), r.tgid or 0, r.tid or 0, r.reason or ""),
-    "p99": lambda r: (-(r.p(99) or 0), r.tgid or 0, r.tid or 0, r.reason or ""),
-    "tid": lambda r: (r.tgid or 0, r.tid or 0, r.reason or ""),
-    "reason": lambda r: (r.reason or "", r.tgid or 0, r.tid or 0),
+    "count": lambda r: (-r.stats.exits, r.tgid or 0, r.tid or 0, r.reason or "", r.sub or ""),
+    "total": lambda r: (-r.stats.total_ns, r.tgid or 0, r.tid or 0, r.reason or "", r.sub or ""),
+    "avg": lambda r: (-(r.avg_ns or 0.0), r.tgid or 0, r.tid or 0, r.reason or "", r.sub or ""),
+    "max": lambda r: (-(r.stats.max_ns or 0), r.tgid or 0, r.tid or 0, r.reason or "", r.sub or ""),
+    "p99": lambda r: (-(r.p(99) or 0), r.tgid or 0, r.tid or 0, r.reason or "", r.sub or ""),
+    "tid": lambda r: (r.tgid or 0, r.tid or 0, r.reason or "", r.sub or ""),
+    "reason": lambda r: (r.reason or "", r.tgid or 0, r.tid or 0, r.sub or ""),
 }
 
 _NO_THREAD = ThreadInfo()
@@ -448,6 +493,41 @@ def _identity(group_by: str, key: ExitKey, info: ThreadInfo, name: str) -> Ident
     return (None, None, None, None, None, name, key.code, key.detail)
 
 
+def _remainder(whole: ExitStats, parts: Sequence[ExitStats]) -> ExitStats:
+    """The exits of ``whole`` that are in none of ``parts`` (its sub-reasons): summed fields
+    subtract exactly; MIN (MAX) is known only where it is below (above) every part's, else None."""
+    done = merge_all(parts)
+    out = [_delta_one(f, w, d) for f, w, d in zip(STAT_FIELDS, whole, done)]
+    rest = ExitStats(*out)
+    lo, hi = whole.min_ns, whole.max_ns
+    rest = rest._replace(
+        min_ns=lo if rest.pairs and lo is not None and (done.min_ns is None or lo < done.min_ns) else None,
+        max_ns=hi if rest.pairs and hi is not None and (done.max_ns is None or hi > done.max_ns) else None,
+    )
+    return rest
+
+
+def split_by_sub(snapshot: Snapshot) -> Iterator[Tuple[ExitKey, int, ExitStats]]:
+    """(key, sub-reason, statistics) of every row of ``snapshot`` split by sub-reason: each
+    reason's sub-reasons and the rest of its exits (sub-reason 0), which add up to its row."""
+    parts: Dict[ExitKey, List[Tuple[int, ExitStats]]] = {}
+    for sk, st in snapshot.subs.items():
+        parts.setdefault(ExitKey(sk.tgid, sk.tid, sk.code, sk.detail), []).append((sk.sub, st))
+    for key, st in snapshot.stats.items():
+        mine = parts.pop(key, None)
+        if not mine:
+            yield key, 0, st
+            continue
+        rest = _remainder(st, [p for _, p in mine])
+        if rest.exits:
+            yield key, 0, rest
+        for sub, p in mine:
+            yield key, sub, p
+    for key, mine in parts.items():  # a sub-reason whose row was not read: never dropped
+        for sub, p in mine:
+            yield key, sub, p
+
+
 def build_report(
     snapshot: Snapshot,
     label: Callable[[str, int, int], str],
@@ -456,22 +536,32 @@ def build_report(
     top: Optional[int] = None,
     reasons: Iterable[str] = (),
     vms: Iterable[str] = (),
+    by_sub: bool = False,
+    sub_label: Optional[Callable[[str, int, int, int], str]] = None,
 ) -> Report:
     """Group, filter and sort a snapshot into report rows.
 
     ``label`` names an exit from ``(arch, code, detail)``; ``reasons`` and ``vms`` keep only the
-    given names (case-insensitive).
+    given names (case-insensitive). ``by_sub`` (implied by ``group_by="sub"``) splits each row by
+    sub-reason, named by ``sub_label(arch, code, detail, sub)``; the totals are the same.
     """
     if group_by not in GROUPINGS:
         raise ValueError("unknown grouping %r" % group_by)
     if sort not in SORT_KEYS:
         raise ValueError("unknown sort key %r" % sort)
+    by_sub = by_sub or group_by == "sub"
+    if by_sub and (group_by not in SUB_GROUPINGS or sub_label is None):
+        raise ValueError("grouping %r cannot be split by sub-reason" % group_by)
     wanted_reasons = {r.lower() for r in reasons}
     wanted_vms = set(vms)
     names: Dict[Tuple[int, int], str] = {}
-    groups: Dict[Identity, List[ExitStats]] = {}
+    groups: Dict[Tuple[Identity, _Str, _Int], List[ExitStats]] = {}
     kept: List[ExitStats] = []
-    for key, st in snapshot.stats.items():
+    entries: Iterable[Tuple[ExitKey, int, ExitStats]] = (
+        split_by_sub(snapshot) if by_sub else ((k, 0, st) for k, st in snapshot.stats.items())
+    )
+    sub_names: Dict[Tuple[int, int, int], str] = {}
+    for key, sub, st in entries:
         name = names.get((key.code, key.detail))
         if name is None:
             name = names[key.code, key.detail] = label(snapshot.arch, key.code, key.detail)
@@ -480,14 +570,20 @@ def build_report(
         info = snapshot.thread_of(key)
         if wanted_vms and info.vm not in wanted_vms:
             continue
-        groups.setdefault(_identity(group_by, key, info, name), []).append(st)
+        ident = _identity("reason" if group_by == "sub" else group_by, key, info, name)
+        sub_name: _Str = None
+        if by_sub and sub_label is not None:
+            sub_name = sub_names.get((key.code, key.detail, sub))
+            if sub_name is None:
+                sub_name = sub_names[key.code, key.detail, sub] = sub_label(snapshot.arch, key.code, key.detail, sub)
+        groups.setdefault((ident, sub_name, sub if by_sub else None), []).append(st)
         kept.append(st)
-    rows = [Row(*ident, merge_all(members)) for ident, members in groups.items()]
+    rows = [Row(*ident, merge_all(members), sub_name, sub) for (ident, sub_name, sub), members in groups.items()]
     rows.sort(key=SORT_KEYS[sort])
     if top is not None:
         rows = rows[:top]
     totals = merge_all(kept, with_hist=False) if kept else ExitStats()
-    return Report(rows, snapshot.health, snapshot.arch, group_by, totals, snapshot.halt_known, snapshot.time_ns)
+    return Report(rows, snapshot.health, snapshot.arch, group_by, totals, snapshot.halt_known, snapshot.time_ns, by_sub)
 
 
 def _reason_matches(name: str, wanted: set) -> bool:
@@ -500,12 +596,12 @@ def merge_reports(reports: Sequence[Report], sort: str = "count") -> Report:
     the run's totals; MIN and MAX, cumulative in every interval, merge as they are)."""
     if not reports:
         raise ValueError("no reports to merge")
-    parts: Dict[Identity, List[ExitStats]] = {}
+    parts: Dict[Tuple[Identity, _Str, _Int], List[ExitStats]] = {}
     for rep in reports:
         for r in rep.rows:
             ident: Identity = (r.tgid, r.tid, r.comm, r.vm, r.vcpu, r.reason, r.code, r.detail)
-            parts.setdefault(ident, []).append(r.stats)
-    rows = [Row(*ident, merge_all(st)) for ident, st in parts.items()]
+            parts.setdefault((ident, r.sub, r.sub_value), []).append(r.stats)
+    rows = [Row(*ident, merge_all(st), sub, value) for (ident, sub, value), st in parts.items()]
     rows.sort(key=SORT_KEYS[sort])
     health = Health()
     for rep in reports:
@@ -515,6 +611,7 @@ def merge_reports(reports: Sequence[Report], sort: str = "count") -> Report:
             health.start_map_full + h.start_map_full,
             health.stats_map_full + h.stats_map_full,
             health.abandoned + h.abandoned,
+            health.sub_map_full + h.sub_map_full,
         )
     last = reports[-1]
     return Report(
@@ -525,4 +622,5 @@ def merge_reports(reports: Sequence[Report], sort: str = "count") -> Report:
         merge_all([r.totals for r in reports], with_hist=False),
         all(r.halt_known for r in reports),
         sum(r.time_ns for r in reports),
+        last.by_sub,
     )

@@ -14,6 +14,9 @@
  *                       until user space, notified by their first exit, has read their name and
  *                       written TGID_ALLOW or TGID_DENY (see "Learning --vm" below).
  *   MAX_THREADS, MAX_KEYS     map sizes; and the record's defines listed in kvmexit.h.
+ *   KVMEXIT_SUB         sub-reasons (opt-in): programs on the events inside an exit write the
+ *                       slot's sub; a pair with one is also recorded in sub_stats (MAX_SUB_KEYS).
+ *                       With the SUB_* defines of kvmexit.reasons.subreasons.bpf_defines.
  *
  * Stays within what 4.19 verifies: no loops, no global data, no ring buffer.
  *
@@ -28,11 +31,11 @@
  * kvm_exit: one lookup of the thread's slot (a miss: the first exit of a thread, which copies a
  * zeroed slot in); kvm_entry: the same lookup, then the row in place or, without one, the keyed map.
  *
- * Room for sub-reasons (issue 11): events that fire inside the open exit (kvm_wfx_arm64,
+ * Sub-reasons (KVMEXIT_SUB, opt-in): events that fire inside the open exit (kvm_wfx_arm64,
  * kvm_hvc_arm64, kvm_handle_sys_reg, kvm_mmio, ...) look the slot up as kvmexit_wakeup does and
- * write slot->sub (0 = none). At entry, a pair with sub != 0 is recorded as today in its row (so
- * the reason's totals stay whole) and, opt-in, also in a keyed map (tid, code, detail, sub); the
- * default path (sub == 0, or sub-reasons off) stays one lookup per event. Parts of the exit time
+ * write slot->sub (0 = none). At entry, a pair with sub != 0 is recorded as always in its row (so
+ * the reason's totals stay whole) and also in sub_stats (tgid, tid, code, detail, sub); without
+ * KVMEXIT_SUB none of this is compiled: one lookup per event. Parts of the exit time
  * (kernel, VMM, halted, preempted) are accumulated in the slot like halt_ns, and become fields
  * of STAT_FIELDS (one line each in kvmexit/model.py).
  */
@@ -59,6 +62,10 @@ BPF_ARRAY(value_zero, struct kvmexit_value, 1); /* a zeroed row, copied into sta
 BPF_PERCPU_ARRAY(counters, u64, KVMEXIT_NR_COUNTERS);
 /* A thread (or a keyed reason) seen for the first time: user space names its process now. */
 BPF_PERF_OUTPUT(new_keys);
+#ifdef KVMEXIT_SUB
+/* Pairs with a sub-reason, recorded a second time (their reason's row has them too). */
+BPF_HASH(sub_stats, struct kvmexit_sub_key, struct kvmexit_value, MAX_SUB_KEYS);
+#endif
 #ifdef FILTER_TGID
 BPF_HASH(tgid_filter, u32, u8, 4096); /* tgid -> TGID_ALLOW, or TGID_DENY (FILTER_LEARN only) */
 #endif
@@ -165,6 +172,44 @@ static __always_inline void add_square(u64 *sumsq, u64 ns)
 	sumsq[1] += high;
 }
 
+/* One completed pair into a statistics record. */
+static __always_inline void add_pair(struct kvmexit_value *v, u64 delta, u64 halt_ns)
+{
+	if (!v->pairs || delta < v->min_ns)
+		v->min_ns = delta;
+	if (delta > v->max_ns)
+		v->max_ns = delta;
+	v->pairs++;
+	v->total_ns += delta;
+	v->halt_ns += halt_ns;
+	add_square(v->sumsq, delta);
+	u32 slot = hist_slot(delta);
+	asm volatile("" : "+r"(slot));
+	if (slot < KVMEXIT_HIST_SLOTS)
+		v->hist[slot]++;
+}
+
+#ifdef KVMEXIT_SUB
+/* The sub-reason record of the thread's open exit (which has t->sub != 0). */
+static __always_inline struct kvmexit_value *sub_value_for(struct kvmexit_thread *t, u32 tid)
+{
+	struct kvmexit_sub_key key = {
+		.tgid = t->tgid, .tid = tid, .code = t->code, .detail = t->detail, .sub = t->sub};
+	struct kvmexit_value *v = sub_stats.lookup(&key);
+	if (v)
+		return v;
+	u32 zero = 0;
+	struct kvmexit_value *z = value_zero.lookup(&zero);
+	if (!z)
+		return 0;
+	if (sub_stats.insert(&key, z)) {
+		count(KVMEXIT_SUB_MAP_FULL);
+		return 0;
+	}
+	return sub_stats.lookup(&key);
+}
+#endif
+
 static __always_inline void on_exit(void *ctx, u32 code, u32 detail)
 {
 	u64 now = bpf_ktime_get_ns();
@@ -193,14 +238,24 @@ static __always_inline void on_exit(void *ctx, u32 code, u32 detail)
 		struct kvmexit_value *v = value_for(ctx, t, tid);
 		if (v)
 			v->unfinished++;
+#ifdef KVMEXIT_SUB
+		if (t->sub) {
+			struct kvmexit_value *s = sub_value_for(t, tid);
+			if (s)
+				s->unfinished++;
+		}
+#endif
 	}
 	t->ts = now;
 	t->halt_ns = 0;
 	t->tgid = id >> 32;
 	t->code = code;
 	t->detail = detail;
-	t->sub = 0;
 	t->row = row_of(code, detail);
+#ifdef KVMEXIT_SUB
+	t->sub = 0;
+	t->sub_seen = 0;
+#endif
 }
 
 static __always_inline void on_entry(void *ctx)
@@ -221,18 +276,14 @@ static __always_inline void on_entry(void *ctx)
 		t->ts = 0;
 		return;
 	}
-	if (!v->pairs || delta < v->min_ns)
-		v->min_ns = delta;
-	if (delta > v->max_ns)
-		v->max_ns = delta;
-	v->pairs++;
-	v->total_ns += delta;
-	v->halt_ns += t->halt_ns;
-	add_square(v->sumsq, delta);
-	u32 slot = hist_slot(delta);
-	asm volatile("" : "+r"(slot));
-	if (slot < KVMEXIT_HIST_SLOTS)
-		v->hist[slot]++;
+	add_pair(v, delta, t->halt_ns);
+#ifdef KVMEXIT_SUB
+	if (t->sub) {
+		struct kvmexit_value *s = sub_value_for(t, tid);
+		if (s)
+			add_pair(s, delta, t->halt_ns);
+	}
+#endif
 	t->ts = 0; /* after the row: see struct kvmexit_thread */
 }
 
@@ -341,6 +392,191 @@ int kvmexit_proc_exit(struct bpf_raw_tracepoint_args *ctx)
 		tgid_filter.delete(&tgid);
 	return PASS_EVENT_ON;
 }
+#endif
+
+#ifdef KVMEXIT_SUB
+/*
+ * Sub-reasons (docs/subreasons.md): events that fire inside the open exit write slot->sub, the
+ * same u64 as the offline rule (sources/trace/subdecode.exit_sub_*); its constants and the
+ * SUB_IS_*(code, detail) tests come from reasons/subreasons.py as defines. The first event of a
+ * kind decides; an event outside an open exit, or of another class's kind, changes nothing.
+ */
+#define SUB_SEEN_FAULT 1 /* kvm_guest_fault (arm64) / kvm_page_fault (x86) */
+#define SUB_SEEN_MMIO 2  /* kvm_mmio / kvm_fast_mmio: sub_addr holds the first address */
+#define SUB_SEEN_USER 4  /* kvm_userspace_exit with KVM_EXIT_MMIO */
+
+static __always_inline struct kvmexit_thread *open_exit(void)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	struct kvmexit_thread *t = threads.lookup(&tid);
+	return t && t->ts ? t : 0;
+}
+
+/* The abort / fault kinds of reasons/subreasons.abort_sub from what was seen so far. */
+static __always_inline void set_abort_sub(struct kvmexit_thread *t, u32 seen)
+{
+	t->sub_seen = seen;
+	u64 kind;
+#if defined(LAYOUT_ARM64)
+	/* exit_sub_arm64: no kvm_guest_fault, no sub-reason; with it, MMIO or a memory fault */
+	if (!(seen & SUB_SEEN_FAULT))
+		kind = 0;
+	else if (!(seen & SUB_SEEN_MMIO))
+		kind = SUB_ABORT_MEMORY;
+#else
+	/* exit_sub_x86: MMIO if any, else a memory fault if kvm_page_fault was seen */
+	if (!(seen & SUB_SEEN_MMIO))
+		kind = seen & SUB_SEEN_FAULT ? SUB_ABORT_MEMORY : 0;
+#endif
+	else
+		kind = seen & SUB_SEEN_USER ? SUB_ABORT_USER_MMIO : SUB_ABORT_KERNEL_MMIO;
+	u64 addr = kind == SUB_ABORT_KERNEL_MMIO || kind == SUB_ABORT_USER_MMIO ? t->sub_addr & SUB_ADDR_MASK : 0;
+	t->sub = kind << SUB_KIND_SHIFT | addr;
+}
+
+/* kvm_guest_fault (arm64) / kvm_page_fault (x86) */
+static __always_inline int sub_fault_seen(void)
+{
+	struct kvmexit_thread *t = open_exit();
+#if defined(LAYOUT_ARM64)
+	if (t && SUB_IS_ABORT(t->code, t->detail))
+#else
+	if (t && SUB_IS_FAULT(t->code, t->detail))
+#endif
+		set_abort_sub(t, t->sub_seen | SUB_SEEN_FAULT);
+	return PASS_EVENT_ON;
+}
+
+/* kvm_mmio(type, len, gpa, val) and kvm_fast_mmio(gpa) */
+static __always_inline int sub_mmio_seen(u64 gpa)
+{
+	struct kvmexit_thread *t = open_exit();
+#if defined(LAYOUT_ARM64)
+	if (!t || !SUB_IS_ABORT(t->code, t->detail))
+#else
+	if (!t || !SUB_IS_FAULT(t->code, t->detail))
+#endif
+		return PASS_EVENT_ON;
+	if (!(t->sub_seen & SUB_SEEN_MMIO))
+		t->sub_addr = gpa;
+	set_abort_sub(t, t->sub_seen | SUB_SEEN_MMIO);
+	return PASS_EVENT_ON;
+}
+
+int kvmexit_sub_mmio(struct bpf_raw_tracepoint_args *ctx)
+{
+	return sub_mmio_seen(ctx->args[2]);
+}
+
+/* kvm_userspace_exit(reason, errno): with errno < 0 the kernel prints the errno, not the reason
+ * (which may be stale), and the offline rule does not read it either. */
+int kvmexit_sub_user(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct kvmexit_thread *t = open_exit();
+#if defined(LAYOUT_ARM64)
+	if (!t || !SUB_IS_ABORT(t->code, t->detail))
+#else
+	if (!t || !SUB_IS_FAULT(t->code, t->detail))
+#endif
+		return PASS_EVENT_ON;
+	if ((u32)ctx->args[0] == SUB_KVM_EXIT_MMIO && (s32)ctx->args[1] >= 0)
+		set_abort_sub(t, t->sub_seen | SUB_SEEN_USER);
+	return PASS_EVENT_ON;
+}
+
+#if defined(LAYOUT_ARM64)
+/* kvm_wfx_arm64(vcpu_pc, is_wfe) */
+int kvmexit_sub_wfx(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct kvmexit_thread *t = open_exit();
+	if (t && !t->sub && SUB_IS_WFX(t->code, t->detail))
+		t->sub = ctx->args[1] ? SUB_WFE : SUB_WFI;
+	return PASS_EVENT_ON;
+}
+
+/* kvm_hvc_arm64(vcpu_pc, r0, imm): the function id; KVM compares all 64 bits of x0 */
+int kvmexit_sub_hvc(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct kvmexit_thread *t = open_exit();
+	u64 r0 = ctx->args[1];
+	if (t && !t->sub && SUB_IS_HVC(t->code, t->detail))
+		t->sub = SUB_HVC_SEEN | (r0 >> 32 ? SUB_HVC_HIGH : 0) | (r0 & 0xffffffff);
+	return PASS_EVENT_ON;
+}
+
+/* kvm_handle_sys_reg(hsr): the register and direction from the ESR's ISS */
+int kvmexit_sub_sysreg(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct kvmexit_thread *t = open_exit();
+	if (t && !t->sub && SUB_IS_SYS64(t->code, t->detail))
+		t->sub = SUB_SYS64_SEEN | (ctx->args[0] & SUB_SYS64_MASK);
+	return PASS_EVENT_ON;
+}
+
+/* kvm_guest_fault(vcpu_pc, hsr, hxfar, ipa) */
+int kvmexit_sub_fault(struct bpf_raw_tracepoint_args *ctx)
+{
+	return sub_fault_seen();
+}
+#else
+/* x86: the first event of the exit's own kind decides (exit_sub_x86). */
+/* kvm_msr(write, ecx, data, exception) */
+int kvmexit_sub_msr(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct kvmexit_thread *t = open_exit();
+	if (t && !t->sub && SUB_IS_MSR(t->code, t->detail))
+		t->sub = SUB_X86_SEEN | (ctx->args[0] ? 1ULL << 32 : 0) | (ctx->args[1] & 0xffffffff);
+	return PASS_EVENT_ON;
+}
+
+/* kvm_pio(rw, port, size, count, data) */
+int kvmexit_sub_pio(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct kvmexit_thread *t = open_exit();
+	if (t && !t->sub && SUB_IS_IO(t->code, t->detail))
+		t->sub = SUB_X86_SEEN | (ctx->args[0] ? 1ULL << 16 : 0) | (ctx->args[1] & 0xffff);
+	return PASS_EVENT_ON;
+}
+
+/* kvm_cr(rw, cr, val) */
+int kvmexit_sub_cr(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct kvmexit_thread *t = open_exit();
+	if (t && !t->sub && SUB_IS_CR(t->code, t->detail))
+		t->sub = SUB_X86_SEEN | (ctx->args[0] ? 1ULL << 8 : 0) | (ctx->args[1] & 0xff);
+	return PASS_EVENT_ON;
+}
+
+/* kvm_hypercall(nr, a0, a1, a2, a3) */
+int kvmexit_sub_hypercall(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct kvmexit_thread *t = open_exit();
+	if (t && !t->sub && SUB_IS_HYPERCALL(t->code, t->detail))
+		t->sub = SUB_X86_SEEN | (ctx->args[0] & (SUB_X86_SEEN - 1));
+	return PASS_EVENT_ON;
+}
+
+/* kvm_cpuid(function, ...): the leaf is the first argument on 4.19 and 6.1 alike */
+int kvmexit_sub_cpuid(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct kvmexit_thread *t = open_exit();
+	if (t && !t->sub && SUB_IS_CPUID(t->code, t->detail))
+		t->sub = SUB_X86_SEEN | (ctx->args[0] & 0xffffffff);
+	return PASS_EVENT_ON;
+}
+
+/* kvm_fast_mmio(gpa) */
+int kvmexit_sub_fast_mmio(struct bpf_raw_tracepoint_args *ctx)
+{
+	return sub_mmio_seen(ctx->args[0]);
+}
+
+/* kvm_page_fault: only that it fired (its arguments differ between 4.19 and 6.1) */
+int kvmexit_sub_page_fault(struct bpf_raw_tracepoint_args *ctx)
+{
+	return sub_fault_seen();
+}
+#endif
 #endif
 
 #ifdef KVMEXIT_TEST_HOOKS

@@ -15,7 +15,8 @@
 #define KVMEXIT_UNPAIRED_ENTRIES 0 /* kvm_entry with no kvm_exit seen before it on that thread */
 #define KVMEXIT_START_MAP_FULL 1   /* exit not timed: the threads map is full */
 #define KVMEXIT_STATS_MAP_FULL 2   /* pair or unfinished exit not recorded: keyed stats map full */
-#define KVMEXIT_NR_COUNTERS 3
+#define KVMEXIT_SUB_MAP_FULL 3     /* pair not recorded under its sub-reason: sub_stats map full */
+#define KVMEXIT_NR_COUNTERS 4
 
 /* Verdicts in tgid_filter (FILTER_TGID). */
 #define TGID_ALLOW 1
@@ -46,12 +47,23 @@ struct kvmexit_thread {
 	 * never seen both open and paired (it may be seen neither, until the next snapshot). */
 	u64 ts;      /* the open exit's kvm_exit time; 0 when no exit is open */
 	u64 halt_ns; /* time in kvm_vcpu_halt/block reported by kvm_vcpu_wakeup since the exit */
+	u64 sub;     /* sub-reason of the open exit (reasons/subreasons.py), 0 = none (KVMEXIT_SUB) */
+	u64 sub_addr; /* KVMEXIT_SUB: the first MMIO address seen inside the open exit */
 	u32 tgid;
 	u32 code;
 	u32 detail;
-	u32 sub;     /* sub-reason of the open exit, 0 = none (reserved for issue 11) */
 	u32 row;     /* rows[] index of (code, detail), or KVMEXIT_NR_ROWS: the keyed map */
+	u32 sub_seen; /* KVMEXIT_SUB: SUB_SEEN_* events seen inside the open exit */
 	u32 pad;
+};
+
+/* Key of the sub-reason map (KVMEXIT_SUB): a pair with a sub-reason, recorded a second time. */
+struct kvmexit_sub_key {
+	u32 tgid;
+	u32 tid;
+	u32 code;
+	u32 detail;
+	u64 sub;
 };
 
 #endif

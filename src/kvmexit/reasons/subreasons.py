@@ -24,6 +24,8 @@ arm64, by exception class:
 
 from __future__ import annotations
 
+from typing import List, Sequence
+
 from .arm64_calls import function_name
 from .arm64_iss import decode_sys64, sysreg_name
 from .x86_sub import cr_name, msr_name
@@ -49,6 +51,21 @@ __all__ = [
     "hypercall_sub",
     "cpuid_sub",
     "label_x86",
+    "CLASS_NONE",
+    "CLASS_WFX",
+    "CLASS_HVC",
+    "CLASS_SYS64",
+    "CLASS_ABORT",
+    "CLASS_MSR",
+    "CLASS_IO",
+    "CLASS_CR",
+    "CLASS_HYPERCALL",
+    "CLASS_CPUID",
+    "CLASS_FAULT",
+    "arm64_ec",
+    "sub_class",
+    "bpf_defines",
+    "sub_label",
 ]
 
 NONE = 0
@@ -124,7 +141,7 @@ X86_MSR = frozenset({"MSR_READ", "MSR_WRITE", "msr"})
 X86_IO = frozenset({"IO_INSTRUCTION", "io"})
 _SVM_CR = {"%s_cr%d" % (rw, n) for rw in ("read", "write") for n in range(16)}
 X86_CR = frozenset({"CR_ACCESS", "cr0_sel_write"} | _SVM_CR)
-X86_HYPERCALL = frozenset({"VMCALL", "vmmcall"})
+X86_HYPERCALL = frozenset({"VMCALL", "vmmcall", "hypercall"})  # SVM_EXIT_REASONS names VMMCALL "hypercall"
 X86_CPUID = frozenset({"CPUID", "cpuid"})
 X86_FAULT = frozenset({"EPT_VIOLATION", "EPT_MISCONFIG", "npf"})
 
@@ -173,3 +190,123 @@ def label_x86(exit_name: str, sub: int) -> str:
         if name is not None:
             return name if sub >> _KIND_SHIFT == ABORT_MEMORY else "%s %#x" % (name, sub & _ADDR_MASK)
     return "SUB_%#x" % sub
+
+
+# --- Which exits have a sub-reason, and the constants of the kernel's copy of the rule ----------
+#
+# The BPF programs (``bpf/kvmexit.bpf.c``, ``KVMEXIT_SUB``) compute the same u64 as
+# ``sources/trace/subdecode.exit_sub_*`` from the raw tracepoints' arguments. They get every
+# constant and every "which exits" test from here, as compile-time defines.
+
+CLASS_NONE = 0
+CLASS_WFX = 1
+CLASS_HVC = 2
+CLASS_SYS64 = 3
+CLASS_ABORT = 4  # arm64 DABT_LOW / IABT_LOW
+CLASS_MSR = 5
+CLASS_IO = 6
+CLASS_CR = 7
+CLASS_HYPERCALL = 8
+CLASS_CPUID = 9
+CLASS_FAULT = 10  # x86 EPT_VIOLATION / EPT_MISCONFIG / npf
+
+_ARM64_TRAP = 2  # reasons.arm64.ARM_EXCEPTION_TRAP
+_ARM64_CLASSES = {
+    _EC_WFX: CLASS_WFX,
+    _EC_HVC32: CLASS_HVC,
+    _EC_HVC64: CLASS_HVC,
+    _EC_SYS64: CLASS_SYS64,
+    _EC_IABT_LOW: CLASS_ABORT,
+    _EC_DABT_LOW: CLASS_ABORT,
+}
+_X86_CLASSES = (
+    (X86_MSR, CLASS_MSR),
+    (X86_IO, CLASS_IO),
+    (X86_CR, CLASS_CR),
+    (X86_HYPERCALL, CLASS_HYPERCALL),
+    (X86_CPUID, CLASS_CPUID),
+    (X86_FAULT, CLASS_FAULT),
+)
+
+
+def arm64_ec(code: int, detail: int) -> int:
+    """The exception class an arm64 key ``(code, detail)`` gives the rule (0 for a non-trap)."""
+    return detail & 0x3F if code == _ARM64_TRAP else 0
+
+
+def sub_class(arch: str, code: int, detail: int) -> int:
+    """Which sub-reason events can classify an exit of key ``(code, detail)`` (``CLASS_*``)."""
+    if arch == "arm64":
+        return _ARM64_CLASSES.get(arm64_ec(code, detail), CLASS_NONE) if code == _ARM64_TRAP else CLASS_NONE
+    from . import label  # the package imports this module's siblings first
+
+    base = label(arch, code, detail).split("+", 1)[0]
+    for names, cls in _X86_CLASSES:
+        if base in names:
+            return cls
+    return CLASS_NONE
+
+
+def _c_set(var: str, values: Sequence[int]) -> str:
+    """A C test of ``var`` against a set of integers, as ranges."""
+    parts, vals = [], sorted(set(values))
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        if i == j:
+            parts.append("%s == %#x" % (var, vals[i]))
+        else:
+            parts.append("(%s >= %#x && %s <= %#x)" % (var, vals[i], var, vals[j]))
+        i = j + 1
+    return "(%s)" % (" || ".join(parts) or "0")
+
+
+def bpf_defines(arch: str) -> List[str]:
+    """The ``-D`` defines of the kernel's sub-reason programs for ``arch``: the encoding's
+    constants and, per class, a test ``SUB_IS_<CLASS>(code, detail)`` on the exit's key."""
+    from .kvm_run import KVM_EXIT_MMIO
+
+    out = [
+        "SUB_KIND_SHIFT=%d" % _KIND_SHIFT,
+        "SUB_ADDR_MASK=%#xULL" % _ADDR_MASK,
+        "SUB_ABORT_MEMORY=%d" % ABORT_MEMORY,
+        "SUB_ABORT_KERNEL_MMIO=%d" % ABORT_KERNEL_MMIO,
+        "SUB_ABORT_USER_MMIO=%d" % ABORT_USER_MMIO,
+        "SUB_KVM_EXIT_MMIO=%d" % KVM_EXIT_MMIO,
+    ]
+    if arch == "arm64":
+        out += [
+            "SUB_WFI=%d" % WFI,
+            "SUB_WFE=%d" % WFE,
+            "SUB_HVC_SEEN=%#xULL" % HVC_SEEN,
+            "SUB_HVC_HIGH=%#xULL" % HVC_HIGH,
+            "SUB_SYS64_SEEN=%#xULL" % SYS64_SEEN,
+            "SUB_SYS64_MASK=%#x" % _SYS64_MASK,
+        ]
+        for cls, name in ((CLASS_WFX, "WFX"), (CLASS_HVC, "HVC"), (CLASS_SYS64, "SYS64"), (CLASS_ABORT, "ABORT")):
+            ecs = [ec for ec, c in _ARM64_CLASSES.items() if c == cls]
+            out.append("SUB_IS_%s(c,d)=((c) == %d && %s)" % (name, _ARM64_TRAP, _c_set("((d) & 0x3f)", ecs)))
+        return out
+    from . import ISA_SVM, ISA_VMX, svm, vmx
+
+    out.append("SUB_X86_SEEN=%#xULL" % X86_SEEN)
+    for names, cls in _X86_CLASSES:
+        vmx_codes = [c for c, n in vmx.EXIT_REASONS.items() if n in names]
+        svm_codes = [c for c, n in svm.EXIT_REASONS.items() if n in names]
+        name = {v: k for k, v in globals().items() if k.startswith("CLASS_")}[cls][len("CLASS_") :]
+        out.append(
+            "SUB_IS_%s(c,d)=(((d) == %d && %s) || ((d) == %d && %s))"
+            % (name, ISA_VMX, _c_set("((c) & 0xffff)", vmx_codes), ISA_SVM, _c_set("(c)", svm_codes))
+        )
+    return out
+
+
+def sub_label(arch: str, code: int, detail: int, sub: int) -> str:
+    """The name of sub-reason ``sub`` of an exit of key ``(code, detail)``: ``-`` for none."""
+    if arch == "arm64":
+        return label_arm64(arm64_ec(code, detail), sub)
+    from . import label
+
+    return label_x86(label(arch, code, detail), sub)

@@ -28,11 +28,13 @@ from ..model import (
     ExitStats,
     Health,
     Snapshot,
+    SubKey,
     ThreadInfo,
     merge_all,
 )
 from ..names import NameResolver
 from ..reasons import ROW_KEY_SPACE, ROW_REASONS
+from ..reasons.subreasons import bpf_defines as sub_defines
 from .vmfilter import Verdict, VmFilter
 
 __all__ = ["BpfProgram", "render_program", "LiveSource", "import_bcc", "PROGRAM_PREFIX"]
@@ -67,6 +69,8 @@ def render_program(
     wakeup: bool = True,
     wakeup_ns_off: Optional[int] = None,
     test_hooks: bool = False,
+    subreasons: bool = False,
+    max_sub_keys: int = 65536,
 ) -> BpfProgram:
     """The program for a layout and options; pure, so it can be printed (``--ebpf``) and tested.
 
@@ -95,6 +99,8 @@ def render_program(
         "RKEY_CODES=%d" % codes,
         "RKEY_DETAILS=%d" % details,
     ]
+    if subreasons:
+        defines += ["KVMEXIT_SUB", "MAX_SUB_KEYS=%d" % max_sub_keys, *sub_defines(layout.arch)]
     if wakeup and wakeup_ns_off is not None:  # kvmexit_wakeup_tp: the classic-tracepoint fallback
         defines.append("WAKEUP_NS_OFF=%d" % wakeup_ns_off)
     exit_kind = "tp" if "LAYOUT_X86" in layout.defines and not synthetic_x86 else "raw"
@@ -105,7 +111,35 @@ def render_program(
         attach.append(("raw", "kvm:kvm_vcpu_wakeup", "kvmexit_wakeup"))
     if learn_tgids:
         attach.append(("raw", "sched:sched_process_exit", "kvmexit_proc_exit"))
+    if subreasons:
+        attach += [("raw", "kvm:" + event, fn) for event, fn in SUB_PROGRAMS[layout.arch]]
     return BpfProgram(text=text, cflags=tuple("-D" + d for d in defines), attach=tuple(attach))
+
+
+#: The sub-reason programs (KVMEXIT_SUB) per architecture: (kvm event, function). Each event's
+#: TP_PROTO arguments on 4.19, 5.10 and 6.1 are in docs/subreasons.md; a kernel without one of
+#: them traces the others (a note says which).
+SUB_PROGRAMS: Dict[str, Tuple[Tuple[str, str], ...]] = {
+    "arm64": (
+        ("kvm_wfx_arm64", "kvmexit_sub_wfx"),
+        ("kvm_hvc_arm64", "kvmexit_sub_hvc"),
+        ("kvm_handle_sys_reg", "kvmexit_sub_sysreg"),
+        ("kvm_guest_fault", "kvmexit_sub_fault"),
+        ("kvm_mmio", "kvmexit_sub_mmio"),
+        ("kvm_userspace_exit", "kvmexit_sub_user"),
+    ),
+    "x86": (
+        ("kvm_msr", "kvmexit_sub_msr"),
+        ("kvm_pio", "kvmexit_sub_pio"),
+        ("kvm_cr", "kvmexit_sub_cr"),
+        ("kvm_hypercall", "kvmexit_sub_hypercall"),
+        ("kvm_cpuid", "kvmexit_sub_cpuid"),
+        ("kvm_mmio", "kvmexit_sub_mmio"),
+        ("kvm_fast_mmio", "kvmexit_sub_fast_mmio"),
+        ("kvm_page_fault", "kvmexit_sub_page_fault"),
+        ("kvm_userspace_exit", "kvmexit_sub_user"),
+    ),
+}
 
 
 def value_fields_c() -> str:
@@ -161,8 +195,13 @@ class LiveSource:
         synthetic_x86: bool = False,
         attach: bool = True,
         wakeup_ns_off: Optional[int] = None,
+        subreasons: bool = False,
+        max_sub_keys: int = 65536,
     ) -> None:
         self.layout = layout
+        #: Sub-reasons are traced (KVMEXIT_SUB): snapshots carry ``subs``.
+        self.subreasons = subreasons
+        self.max_sub_keys = max_sub_keys
         self.max_keys = max_keys
         self.max_threads = max_threads
         self.tgids = sorted(set(tgids))
@@ -182,8 +221,12 @@ class LiveSource:
             max_keys=max_keys,
             synthetic_x86=synthetic_x86,
             wakeup_ns_off=wakeup_ns_off,
+            subreasons=subreasons,
+            max_sub_keys=max_sub_keys,
         )
         self._attach = attach
+        #: Sub-reason events attached (the others are missing from this kernel: see notes).
+        self.sub_events: List[str] = []
         #: How kvm_vcpu_wakeup is attached: "raw", "tracepoint" (fallback) or None (not at all).
         self.wakeup_attach: Optional[str] = None
         #: One-line notes on what this kernel could not do (printed when tracing starts).
@@ -201,8 +244,10 @@ class LiveSource:
         self._threads: Dict[int, Tuple[Tuple[int, bytes], ThreadInfo]] = {}
         #: Open exits of threads that died before their entry, per key (abandoned).
         self._abandoned: Dict[ExitKey, int] = {}
+        self._abandoned_subs: Dict[SubKey, int] = {}
         #: New-key notifications the perf buffer dropped (their VMs may then go unnamed).
         self.lost_events = 0
+        self._sub_raw: List[Tuple[bytes, bytes]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> LiveSource:
@@ -266,6 +311,9 @@ class LiveSource:
             if kind == "raw" and fn == "kvmexit_wakeup":
                 self._attach_wakeup(tracepoint, fn)
                 continue
+            if fn.startswith("kvmexit_sub_"):
+                self._attach_sub(tracepoint, fn)
+                continue
             printed: List[str] = []
             try:
                 with _c_stderr_to(printed):
@@ -310,6 +358,22 @@ class LiveSource:
         self.halt_known = False
         self.notes.append("halt time unknown: cannot attach to %s (%s)" % (tracepoint, raw_error))
 
+    def _attach_sub(self, tracepoint: str, fn: str) -> None:
+        """A sub-reason event: where this kernel lacks it or refuses a raw tracepoint on it
+        (before 5.0 on a module's tracepoint), the others still work; one note says which."""
+        if not self._tracepoint_exists(tracepoint):
+            self.notes.append("sub-reasons: this kernel has no %s (those exits show -)" % tracepoint)
+            return
+        printed: List[str] = []
+        try:
+            with _c_stderr_to(printed):
+                self.bpf.attach_raw_tracepoint(tp=tracepoint.split(":", 1)[1], fn_name=fn)
+        except Exception as e:  # bcc raises bare Exception when the kernel refuses
+            why = "; ".join(line for line in printed if line.strip()) or str(e)
+            self.notes.append("sub-reasons: cannot attach to %s (%s; those exits show -)" % (tracepoint, why))
+            return
+        self.sub_events.append(tracepoint)
+
     @staticmethod
     def _tracepoint_exists(tracepoint: str) -> bool:
         category, event = tracepoint.split(":", 1)
@@ -350,8 +414,8 @@ class LiveSource:
     # -- reading ---------------------------------------------------------------------------
     def health(self) -> Health:
         counters = self.bpf["counters"]  # per-CPU: one value per CPU for each index of kvmexit.h
-        unpaired, start_full, stats_full = (sum(counters[counters.Key(i)]) for i in range(3))
-        return Health(unpaired, start_full, stats_full, sum(self._abandoned.values()))
+        unpaired, start_full, stats_full, sub_full = (sum(counters[counters.Key(i)]) for i in range(4))
+        return Health(unpaired, start_full, stats_full, sum(self._abandoned.values()), sub_full)
 
     def _thread(self, tgid: int, tid: int, comm: bytes) -> ThreadInfo:
         """Names of a thread, resolved once per (tgid, tid, kernel comm)."""
@@ -372,31 +436,35 @@ class LiveSource:
         table = self.bpf[name]
         reader = self._batch.get(name)
         if reader is None:
-            capacity = self.max_threads if name == "threads" else self.max_keys
+            capacity = {"threads": self.max_threads, "sub_stats": self.max_sub_keys}.get(name, self.max_keys)
             reader = self._batch[name] = _BatchReader(table, capacity, value_size)
         raw = reader.read()
         if raw is None:
             return [(_bytes_of(k), _bytes_of(v)) for k, v in table.items()]
         return raw
 
-    def _thread_slots(self) -> Tuple[Dict[ExitKey, ExitStats], Dict[ExitKey, int], Dict[int, bytes]]:
-        """Statistics kept in threads' slots, open exits, and comms (of the threads that run).
-        Slots of exited threads are removed; their statistics are kept here (retired), with their
-        names as they were, and an exit still open there counts as abandoned."""
+    def _thread_slots(
+        self,
+    ) -> Tuple[Dict[ExitKey, ExitStats], Dict[ExitKey, int], Dict[int, bytes], Dict[SubKey, int]]:
+        """Statistics kept in threads' slots, open exits (also per sub-reason), and comms (of the
+        threads that run). Slots of exited threads are removed; their statistics are kept here
+        (retired), with their names as they were, and an exit still open there counts as abandoned."""
         threads = self.bpf["threads"]
         stats: Dict[ExitKey, ExitStats] = {}
         opened: Dict[ExitKey, int] = {}
+        opened_subs: Dict[SubKey, int] = {}
         comms: Dict[int, bytes] = {}
         rows = self.rows
         for kb, vb in self._read("threads", _ROWS_SIZE * len(rows) + _THREAD_TAIL.size):
             (tid,) = _TID.unpack(kb)
-            comm, ts, _halt, tgid, code, detail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))[:6]
+            comm, ts, _halt, sub, _addr, tgid, code, detail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))[:8]
             if self.vm_filter is not None:
                 verdict = self._admit(tgid)
                 if not verdict.allowed:  # traced before its verdict: removed, and counted
                     exits = sum(sum(_PAIRS_UNFINISHED.unpack_from(vb, i * _ROWS_SIZE)) for i in range(len(rows)))
                     self._remove("threads", threads.Key(tid), verdict, exits + (1 if ts else 0))
                     continue
+            sub_key = SubKey(tgid, tid, code, detail, sub) if ts and sub and self.subreasons else None
             alive = self.resolver.alive(tgid, tid)
             mine = stats if alive else {}
             for i, (rcode, rdetail) in enumerate(rows):
@@ -408,6 +476,8 @@ class LiveSource:
                 comms[tid] = comm
                 if ts:
                     opened[key] = opened.get(key, 0) + 1
+                if sub_key is not None:
+                    opened_subs[sub_key] = opened_subs.get(sub_key, 0) + 1
                 continue
             try:
                 del threads[threads.Key(tid)]
@@ -420,7 +490,9 @@ class LiveSource:
                 self._retired[k] = st if old is None else merge_all((old, st))
             if ts:
                 self._abandoned[key] = self._abandoned.get(key, 0) + 1
-        return stats, opened, comms
+            if sub_key is not None:
+                self._abandoned_subs[sub_key] = self._abandoned_subs.get(sub_key, 0) + 1
+        return stats, opened, comms, opened_subs
 
     def _keyed_items(self) -> List[Tuple[ExitKey, ExitStats]]:
         """(key, stats) of the keyed map: reasons without a row in the threads' slots."""
@@ -449,6 +521,23 @@ class LiveSource:
             pass  # gone already
         self.vm_filter.exclude(verdict, exits)
 
+    def _sub_items(self, opened: Dict[SubKey, int]) -> Dict[SubKey, ExitStats]:
+        """The sub-reason map (read before the slots, like the keyed map), with open and abandoned
+        exits that have a sub-reason."""
+        subs = {SubKey(*_SUB_KEY.unpack(kb)): _stats_from_values(_VALUE.unpack(vb)) for kb, vb in self._sub_raw}
+        if self.vm_filter is not None:  # a refused process's exits are removed (and counted) with its rows
+            table = self.bpf["sub_stats"]
+            for key in [k for k in subs if not self._admit(k.tgid or 0).allowed]:
+                del subs[key]
+                try:
+                    del table[table.Key(key.tgid, key.tid, key.code, key.detail, key.sub)]
+                except KeyError:
+                    pass
+        for key in set(opened) | set(self._abandoned_subs):
+            st = subs.get(key, ExitStats())
+            subs[key] = st._replace(open=opened.get(key, 0), abandoned=self._abandoned_subs.get(key, 0))
+        return subs
+
     def snapshot(self) -> Snapshot:
         """Cumulative state. Nothing is cleared, so deltas between snapshots lose nothing.
 
@@ -458,8 +547,11 @@ class LiveSource:
         """
         now = time.monotonic_ns() if hasattr(time, "monotonic_ns") else int(time.monotonic() * 1e9)
         self.poll(0)
+        # Sub-reasons first: a pair is added to its row before its sub-reason record, so these
+        # never exceed the rows read after them (the rest of a row is never negative).
+        self._sub_raw = self._read("sub_stats", _VALUE.size) if self.subreasons else []
         keyed = self._keyed_items()
-        in_slots, opened, comms = self._thread_slots()
+        in_slots, opened, comms, opened_subs = self._thread_slots()
         health = self.health()  # after _thread_slots, which finds the abandoned exits
         stats: Dict[ExitKey, ExitStats] = dict(in_slots)
         for key, st in keyed:
@@ -481,7 +573,18 @@ class LiveSource:
         # Name caches hold what runs, no more (days of churn; a reused pid is read afresh).
         self._threads = {tid: v for tid, v in self._threads.items() if tid in comms}
         self.resolver.prune({ident[0] for ident, _info in self._threads.values()}, comms)
-        return Snapshot(self.layout.arch, stats, health, threads, now, self.halt_known, dict(retired))
+        subs = self._sub_items(opened_subs) if self.subreasons else {}
+        return Snapshot(
+            self.layout.arch,
+            stats,
+            health,
+            threads,
+            now,
+            self.halt_known,
+            dict(retired),
+            subs=subs,
+            subs_known=self.subreasons,
+        )
 
 
 @contextmanager
@@ -508,8 +611,10 @@ _TID = struct.Struct("=I")
 _VALUE_FORMAT = "=%dQ" % sum(f.words for f in KERNEL_FIELDS)
 _VALUE = struct.Struct(_VALUE_FORMAT)
 _ROWS_SIZE = _VALUE.size
-#: After the rows: comm, ts, halt_ns, tgid, code, detail, sub, row, pad.
-_THREAD_TAIL = struct.Struct("=16s2Q6I")
+#: After the rows: comm, ts, halt_ns, sub, sub_addr, tgid, code, detail, row, sub_seen, pad.
+_THREAD_TAIL = struct.Struct("=16s4Q6I")
+#: struct kvmexit_sub_key: tgid, tid, code, detail, sub.
+_SUB_KEY = struct.Struct("=4IQ")
 #: The first two words of a row: pairs and unfinished (model.STAT_FIELDS' order).
 _PAIRS_UNFINISHED = struct.Struct("=2Q")
 #: Verdicts of tgid_filter (bpf/kvmexit.h).

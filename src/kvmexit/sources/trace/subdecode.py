@@ -323,7 +323,10 @@ _FIELDS: Dict[bytes, Callable[[Dict[bytes, bytes]], SubEvent]] = {
     b"kvm_guest_fault": lambda f: GuestFault(_num(f[b"ipa"]), _num(f[b"hsr"]), _num(f[b"hxfar"]), _num(f[b"vcpu_pc"])),
     b"kvm_access_fault": lambda f: AccessFault(_num(f[b"ipa"])),
     b"kvm_mmio": lambda f: Mmio(_num(f[b"type"]), _num(f[b"len"]), _num(f[b"gpa"]), _num(f[b"val"])),
-    b"kvm_userspace_exit": lambda f: UserspaceExit(_num(f[b"reason"]), min(_num(f[b"errno"]), 0)),
+    # with errno < 0 the kernel prints the errno, not the (possibly stale) reason: as the text
+    b"kvm_userspace_exit": lambda f: UserspaceExit(
+        _num(f[b"reason"]) if _num(f[b"errno"]) >= 0 else None, min(_num(f[b"errno"]), 0)
+    ),
     b"kvm_sys_access": lambda f: SysAccess(
         _num(f[b"vcpu_pc"]),
         "UNKN",
