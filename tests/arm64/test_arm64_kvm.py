@@ -238,7 +238,7 @@ def _rows(sc):
     docs = er.json_docs(sc.out)
     assert docs, "kvmexit printed no JSON (rc=%d):\n%s" % (sc.rc, sc.err[-3000:])
     for doc in docs:
-        assert doc.get("schema") == "kvmexit/1", doc.get("schema")
+        assert doc.get("schema") == "kvmexit/2", doc.get("schema")
         exits = (doc.get("totals") or {}).get("exits")
         if exits is not None:  # the closing line accounts for every row
             assert exits == sum(int(r["count"]) for r in doc["rows"]), doc["totals"]

@@ -72,3 +72,26 @@ def test_an_idle_host_is_explained_once_then_when_it_changes():
         "map full: 0 start, 0 stats",
         "kvmexit: no KVM exits traced (2 VMs exist)",
     ]
+
+
+def test_sub_reasons_need_a_grouping_with_reason_and_a_source_that_traced_them():
+    from kvmexit.commands.common import wants_sub
+    from kvmexit.model import SubKey
+
+    assert not wants_sub(options())
+    assert wants_sub(options("--sub")) and wants_sub(options("--by", "sub"))
+    for by in ("vcpu", "vm"):
+        with pytest.raises(UsageError, match="no REASON to split"):
+            wants_sub(options("--sub", "--by", by))
+    key = ExitKey(1, 2, 2, 0x01)
+    plain = Snapshot("arm64", {key: ExitStats(pairs=1, total_ns=5, min_ns=5, max_ns=5)})
+    with pytest.raises(UsageError, match="no sub-reasons"):
+        make_report(plain, options("--sub"))
+    traced = Snapshot(
+        "arm64",
+        plain.stats,
+        subs={SubKey(1, 2, 2, 0x01, 2): ExitStats(pairs=1, total_ns=5, min_ns=5, max_ns=5)},
+        subs_known=True,
+    )
+    assert [(r.reason, r.sub) for r in make_report(traced, options("--sub")).rows] == [("WFx", "WFE")]
+    assert [r.sub for r in make_report(traced, options()).rows] == [None]

@@ -237,7 +237,7 @@ class Prometheus:
 
 
 def expected_series(doc) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
-    """The series kvmexit should expose, computed from its JSON report (schema kvmexit/1) alone."""
+    """The series kvmexit should expose, computed from its JSON report (schema kvmexit/2) alone."""
     from kvmexit.model import HIST_SLOTS, bucket_bounds
 
     per: Dict[Tuple[str, str, str], Dict[str, object]] = defaultdict(

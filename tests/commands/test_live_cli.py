@@ -17,7 +17,7 @@ import pytest
 from cli_checks import one_error_line
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = json.loads((ROOT / "src/kvmexit/schema/report-v1.json").read_text())
+SCHEMA = json.loads((ROOT / "src/kvmexit/schema/report-v2.json").read_text())
 ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
 
 
@@ -343,3 +343,33 @@ def test_idle_intervals_say_why_once():
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 4
     assert proc.stderr.count("kvmexit: no KVM exits traced") == 1, proc.stderr
+
+
+@needs_kvm_tracefs
+def test_sub_reasons_are_traced_with_their_programs_and_detached():
+    proc = start_tracing("--sub", "--json")
+    listing = json.loads(subprocess.run(["bpftool", "-j", "prog", "list"], capture_output=True, check=True).stdout)
+    # this process's programs only (bpftool truncates names to 15 characters)
+    sub_programs = [p["name"] for p in listing if p["id"] in proc.program_ids and p["name"].startswith("kvmexit_sub_")]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["by_sub"] is True and doc["schema"] == "kvmexit/2"
+    assert sub_programs, "no kvmexit_sub_* program of this process"
+    assert released(proc)
+
+
+@needs_kvm_tracefs
+def test_ebpf_with_sub_prints_the_sub_reason_defines():
+    proc = kvmexit("--ebpf", "--sub")
+    assert proc.returncode == 0
+    flags = proc.stdout.splitlines()[0]
+    assert "-DKVMEXIT_SUB" in flags and "-DSUB_KIND_SHIFT=56" in flags
+    assert "int kvmexit_sub_mmio(" in proc.stdout
+
+
+def test_sub_with_a_grouping_without_reason_is_a_usage_error():
+    line = one_error_line(kvmexit("--sub", "--by", "vm", "1"))
+    assert "no REASON to split" in line

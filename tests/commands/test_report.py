@@ -17,7 +17,7 @@ from kvmexit.cli import main
 ROOT = Path(__file__).resolve().parent.parent.parent
 TRACES = ROOT / "tests" / "data" / "traces"
 ARM = str(TRACES / "arm64-upstream.synthetic.trace")
-SCHEMA = ROOT / "src" / "kvmexit" / "schema" / "report-v1.json"
+SCHEMA = ROOT / "src" / "kvmexit" / "schema" / "report-v2.json"
 
 
 def run(capsys, *args):

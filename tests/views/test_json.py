@@ -11,7 +11,7 @@ from kvmexit.reasons import label
 from kvmexit.views import SCHEMA_VERSION, report_document
 from test_model import SNAP
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "src/kvmexit/schema/report-v1.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "src/kvmexit/schema/report-v2.json").read_text())
 SOURCE = {"kind": "live", "arch": "arm64", "layout": "arm64", "kernel": "6.1.0"}
 
 

@@ -11,8 +11,9 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 from ..errors import UsageError
-from ..model import GROUPINGS, SORT_KEYS, Report, Snapshot, build_report
+from ..model import GROUPINGS, SORT_KEYS, SUB_GROUPINGS, Report, Snapshot, build_report
 from ..reasons import is_reason_name, label, reason_names
+from ..reasons.subreasons import sub_label
 from ..streams import OutputError, stdout_is_closed
 from ..views import format_csv, format_health, format_hist, format_table, report_document
 
@@ -23,6 +24,7 @@ __all__ = [
     "check_reasons",
     "describe_filters",
     "make_report",
+    "wants_sub",
     "Emitter",
     "positive_float",
     "positive_int",
@@ -172,12 +174,22 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("output")
-    g.add_argument("--by", choices=sorted(GROUPINGS), default="thread", help="group rows (default: thread)")
+    g.add_argument(
+        "--by",
+        choices=sorted(GROUPINGS),
+        default="thread",
+        help="group rows (default: thread); sub: per reason and sub-reason",
+    )
+    g.add_argument(
+        "--sub",
+        action="store_true",
+        help="split rows by sub-reason (a SUB column: WFI, PSCI_CPU_ON64, ICC_SGI1R_EL1 write, mmio-vmm 0x9000000)",
+    )
     g.add_argument("--sort", choices=sorted(SORT_KEYS), default="count", help="sort rows (default: count)")
     g.add_argument("--top", type=positive_int, metavar="N", help="show only the first N rows")
     g.add_argument("--hist", action="store_true", help="print a latency histogram per row (4 buckets per power of two)")
     fmt = g.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="one JSON document per report (schema kvmexit/1)")
+    fmt.add_argument("--json", action="store_true", help="one JSON document per report (schema kvmexit/2)")
     fmt.add_argument("--csv", action="store_true", help="CSV, one line per row")
     g.add_argument(
         "--html",
@@ -218,8 +230,26 @@ def describe_filters(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def wants_sub(args: argparse.Namespace) -> bool:
+    """Sub-reasons asked for (``--sub`` or ``--by sub``); refused with a grouping without REASON."""
+    by = getattr(args, "by", "thread")
+    wanted = bool(getattr(args, "sub", False)) or by == "sub"
+    if wanted and by not in SUB_GROUPINGS:
+        raise UsageError(
+            "argument --sub: rows grouped by %s have no REASON to split" % by,
+            hint="use --by thread, --by reason or --by sub",
+        )
+    return wanted
+
+
 def make_report(snapshot: Snapshot, args: argparse.Namespace) -> Report:
     check_reasons(snapshot.arch, args.reasons)
+    by_sub = wants_sub(args)
+    if by_sub and not snapshot.subs_known:
+        raise UsageError(
+            "--sub: this source has no sub-reasons",
+            hint="a trace recorded by kvmexit record has them (the sub-reason events); a saved report does not",
+        )
     return build_report(
         snapshot,
         label,
@@ -228,6 +258,8 @@ def make_report(snapshot: Snapshot, args: argparse.Namespace) -> Report:
         top=args.top,
         reasons=args.reasons,
         vms=args.vms,
+        by_sub=by_sub,
+        sub_label=sub_label,
     )
 
 

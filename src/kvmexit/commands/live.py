@@ -26,6 +26,7 @@ from .common import (
     positive_float,
     positive_int,
     require_stdout,
+    wants_sub,
 )
 from .logfile import LogFile
 
@@ -43,7 +44,7 @@ examples:
   kvmexit --vm web01 --by reason   # one guest, totals per exit reason
   kvmexit -p 4242 --reason WFx --hist   # one QEMU process, WFx only, with latency histograms
   kvmexit --by vm --sort total --top 5  # the five VMs that spend most time exited
-  kvmexit --json 5 > exits.json # machine-readable (schema kvmexit/1)
+  kvmexit --json 5 > exits.json # machine-readable (schema kvmexit/2)
   kvmexit -i 10 --csv >> exits.csv      # a CSV log, like kvm_stat -l
   kvmexit -i 10 --csv --log /var/log/kvmexit.csv   # kept for days: SIGHUP reopens it (logrotate)
   kvmexit report trace.txt      # the same report from a recorded trace (no bcc needed)
@@ -132,6 +133,13 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="size of the (thread, reason) statistics map (default: 65536)",
     )
+    g.add_argument(
+        "--max-sub-keys",
+        type=bounded_int(1, MAX_KEYS_LIMIT, "the whole map is read into memory at every report"),
+        default=65536,
+        metavar="N",
+        help="with --sub: size of the (thread, reason, sub-reason) map (default: 65536)",
+    )
     g.add_argument("--tracefs", help="tracefs mount point (default: auto)")
     g.add_argument("--ebpf", action="store_true", help="print the BPF program and its defines, then exit")
     g.add_argument(
@@ -170,6 +178,8 @@ def open_live(
     vms: Sequence[str] = (),
     max_threads: int = 16384,
     max_keys: int = 65536,
+    subreasons: bool = False,
+    max_sub_keys: int = 65536,
 ) -> Any:
     """Check every prerequisite in the order a user can fix them, then compile and attach."""
     from ..sources import live
@@ -194,6 +204,8 @@ def open_live(
         max_keys=max_keys,
         resolver=resolver,
         wakeup_ns_off=wakeup_off,
+        subreasons=subreasons,
+        max_sub_keys=max_sub_keys,
     )
     return source.open()
 
@@ -240,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
             filter_tgids=bool(args.pids),
             filter_tids=bool(args.tids),
             learn_tgids=bool(args.vms),
+            subreasons=wants_sub(args),
+            max_sub_keys=args.max_sub_keys,
         )
         print("// cflags: " + " ".join(program.cflags))
         print(program.text)
@@ -260,7 +274,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             source = open_live(
-                NameResolver(), args.tracefs, args.pids, args.tids, args.vms, args.max_threads, args.max_keys
+                NameResolver(),
+                args.tracefs,
+                args.pids,
+                args.tids,
+                args.vms,
+                args.max_threads,
+                args.max_keys,
+                subreasons=wants_sub(args),
+                max_sub_keys=args.max_sub_keys,
             )
         except KvmexitError as e:
             if args.fallback_example:

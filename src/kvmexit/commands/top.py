@@ -33,7 +33,10 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-d", "--delay", type=positive_float, default=2.0, metavar="SECS", help="refresh every SECS (default: 2)"
     )
-    parser.add_argument("--by", choices=sorted(GROUPINGS), default="vm", help="first grouping (default: vm)")
+    # top has no sub-reason view (yet): its groupings are those without one
+    parser.add_argument(
+        "--by", choices=sorted(set(GROUPINGS) - {"sub"}), default="vm", help="first grouping (default: vm)"
+    )
     parser.add_argument("--sort", choices=sorted(SORT_KEYS), default="count", help="first sort order (default: count)")
     g = parser.add_argument_group("filters")
     g.add_argument("-p", "--pid", dest="pids", type=int, action="append", default=[], metavar="TGID")

@@ -2,7 +2,8 @@
 
 A saved file holds one document, or one document per interval (``-i --json``: JSON lines, whose
 counters are deltas that add up to the run's totals). Each document is validated against the JSON
-Schema it names (``"schema": "kvmexit/1"`` -> ``schema/report-v1.json``), then its rows become
+Schema it names (``"schema": "kvmexit/2"`` -> ``schema/report-v2.json``; ``kvmexit/1`` is read too),
+then its rows become
 :class:`~kvmexit.model.Row` objects again and, for reports grouped by thread (whose rows keep the
 whole key), a :class:`~kvmexit.model.Snapshot` that every grouping and view can use.
 
@@ -225,7 +226,9 @@ def _assemble(docs: List[Dict[str, Any]], path: str, schema: str) -> SavedReport
     intervals = [d["interval"] for d in docs if d["interval"] is not None]
     if len(docs) > 1 and len(intervals) != len(docs):
         raise ValueError("several documents without intervals cannot be added up")
-    group_by = first["group_by"]
+    # Rows split by sub-reason (kvmexit/2, by_sub) are folded back into their reason's row: the
+    # parts add up to it, and MIN/MAX are exact from the parts that have them.
+    group_by = "reason" if first["group_by"] == "sub" else first["group_by"]
     per_ident: Dict[Tuple[Any, ...], List[ExitStats]] = {}
     interval_rows: List[List[Row]] = []
     health = Health()
@@ -245,6 +248,7 @@ def _assemble(docs: List[Dict[str, Any]], path: str, schema: str) -> SavedReport
             health.start_map_full + t["start_map_full"],
             health.stats_map_full + t["stats_map_full"],
             health.abandoned + t["abandoned"],
+            health.sub_map_full + t.get("sub_map_full", 0),
         )
         totals.append(
             ExitStats(

@@ -1,4 +1,5 @@
-"""CSV output: one header, one line per row, times in ns."""
+"""CSV output: one header, one line per row, times in ns. ``sub`` is empty unless the report is
+split by sub-reason (``--sub``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ CSV_COLUMNS = (
     "vm",
     "vcpu",
     "reason",
+    "sub",
     "count",
     "pairs",
     "open",

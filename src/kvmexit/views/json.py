@@ -1,4 +1,5 @@
-"""JSON documents, schema ``kvmexit/1`` (see ``kvmexit/schema/report-v1.json``)."""
+"""JSON documents, schema ``kvmexit/2`` (see ``kvmexit/schema/report-v2.json``): ``kvmexit/1``
+with sub-reasons (rows' ``sub`` and ``sub_value``, the document's ``by_sub``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from ..model import Report, Row, bucket_bounds
 
 __all__ = ["SCHEMA_VERSION", "report_document", "row_dict"]
 
-SCHEMA_VERSION = "kvmexit/1"
+SCHEMA_VERSION = "kvmexit/2"
 
 
 def row_dict(row: Row, with_hist: bool = True, halt_known: bool = True) -> Dict[str, Any]:
@@ -22,6 +23,8 @@ def row_dict(row: Row, with_hist: bool = True, halt_known: bool = True) -> Dict[
         "reason": row.reason,
         "code": row.code,
         "detail": row.detail,
+        "sub": row.sub,
+        "sub_value": row.sub_value,
         "count": row.count,
         "pairs": st.pairs,
         "open": st.open,
@@ -62,6 +65,7 @@ def report_document(
         "interval": interval,
         "seconds": seconds,
         "group_by": report.group_by,
+        "by_sub": report.by_sub,
         "rows": [row_dict(r, with_hist, report.halt_known) for r in report.rows],
         "totals": {
             "exits": t.exits,
@@ -73,6 +77,7 @@ def report_document(
             "unpaired_entries": h.unpaired_entries,
             "start_map_full": h.start_map_full,
             "stats_map_full": h.stats_map_full,
+            "sub_map_full": h.sub_map_full,
             "abandoned": t.abandoned,
         },
     }

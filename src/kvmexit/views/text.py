@@ -47,6 +47,7 @@ _IDENT_COLUMNS = {
     "vm": ("VM", "<"),
     "vcpu": ("VCPU", ">"),
     "reason": ("REASON", "<"),
+    "sub": ("SUB", "<"),
 }
 
 _IDENT_BY_GROUP = {
@@ -54,7 +55,15 @@ _IDENT_BY_GROUP = {
     "vcpu": ("tgid", "tid", "vm", "vcpu"),
     "vm": ("tgid", "vm"),
     "reason": ("reason",),
+    "sub": ("reason", "sub"),
 }
+
+
+def _ident_columns(report: Report) -> tuple:
+    ident = _IDENT_BY_GROUP[report.group_by]
+    if report.by_sub and "sub" not in ident:
+        ident = (*ident, "sub")
+    return ident
 
 
 def _cells(row: Row, ident: Callable[[Row], tuple], halt_known: bool) -> List[str]:
@@ -78,7 +87,7 @@ def _cells(row: Row, ident: Callable[[Row], tuple], halt_known: bool) -> List[st
 def format_table(report: Report) -> str:
     """Aligned columns; HALT% is the share of exit->entry time the vCPU spent halted ("-" when
     halts were not traced)."""
-    ident = _IDENT_BY_GROUP[report.group_by]
+    ident = _ident_columns(report)
     headers = [_IDENT_COLUMNS[f][0] for f in ident] + ["COUNT", "AVG", "MIN", "MAX", "P99", "HALT%"]
     aligns = [_IDENT_COLUMNS[f][1] for f in ident] + [">"] * 6
     getter = operator.attrgetter(*ident)
@@ -94,7 +103,7 @@ def format_hist(row: Row, width: int = 40) -> str:
     kernel keeps (4 per power of two)."""
     hist = row.stats.hist
     used = [i for i, n in enumerate(hist) if n]
-    title = printable(" ".join(_dash(x) for x in (row.tgid, row.tid, row.vm, row.reason) if x is not None))
+    title = printable(" ".join(_dash(x) for x in (row.tgid, row.tid, row.vm, row.reason, row.sub) if x is not None))
     if not used:
         return "%s: no completed pairs" % title
     peak = max(hist)

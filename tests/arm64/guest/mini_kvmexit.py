@@ -3,7 +3,7 @@
 Enabled with KVMEXIT_E2E_TOOL=mini; the pytest tests refuse its results unless
 that variable is also set for pytest.  Implements the slice of the kvmexit CLI
 contract the scenarios use: ``[--json] [--by thread] [-i SECS] [DURATION]``,
-the ``kvmexit: tracing`` marker on stderr, and kvmexit/1-like rows.
+the ``kvmexit: tracing`` marker on stderr, and kvmexit/2-like rows.
 """
 
 from __future__ import annotations
@@ -107,11 +107,11 @@ def main():
         time.sleep(interval or 0.2)
         if interval and not stop:
             cur = snapshot(b)
-            print(json.dumps({"schema": "kvmexit/1", "interval": {} if interval else None, "rows": rows(cur, prev)}))
+            print(json.dumps({"schema": "kvmexit/2", "interval": {} if interval else None, "rows": rows(cur, prev)}))
             sys.stdout.flush()
             prev = cur
     cur = snapshot(b)
-    print(json.dumps({"schema": "kvmexit/1", "interval": {} if interval else None, "rows": rows(cur, prev)}))
+    print(json.dumps({"schema": "kvmexit/2", "interval": {} if interval else None, "rows": rows(cur, prev)}))
 
 
 if __name__ == "__main__":
