@@ -86,9 +86,9 @@ def test_man_pages_document_exit_status_and_are_installed():
     "words, want",
     [
         (["kvmexit", "re"], ["report", "record"]),
-        (["kvmexit", "--by", ""], ["reason", "thread", "vcpu", "vm"]),
+        (["kvmexit", "--by", ""], ["reason", "sub", "thread", "vcpu", "vm"]),
         (["kvmexit", "report", "--form"], ["--format"]),
-        (["kvmexit", "--max-"], ["--max-threads", "--max-keys"]),
+        (["kvmexit", "--max-"], ["--max-threads", "--max-keys", "--max-sub-keys"]),
     ],
 )
 def test_bash_completion(words, want):

@@ -248,7 +248,7 @@ def make_report(snapshot: Snapshot, args: argparse.Namespace) -> Report:
     if by_sub and not snapshot.subs_known:
         raise UsageError(
             "--sub: this source has no sub-reasons",
-            hint="a trace recorded by kvmexit record has them (the sub-reason events); a saved report does not",
+            hint="trace live with kvmexit --sub; a saved report keeps only its reason rows",
         )
     return build_report(
         snapshot,
