@@ -322,6 +322,60 @@ class SubFtrace:
                     out["wf" + m.group("k")] += 1
         return out
 
+    def meanings(self, tid: int, paired_only: bool = False) -> Counter:
+        """Per (class, what the kernel's events inside the exit say): how many exits, from the
+        events alone (the first event of a kind decides; "-" when none says anything):
+        ("wfi",) / ("wfe",); ("hvc", x0); ("sys", encoding, direction); ("memory",) /
+        ("kernel-mmio", gpa) / ("user-mmio", gpa) for aborts."""
+        out: Counter = Counter()
+        for e in self.by_tid(tid):
+            if paired_only and not e.paired:
+                continue
+            out[e.label, self._meaning(e)] += 1
+        return out
+
+    @staticmethod
+    def _meaning(e: Exit) -> tuple:
+        first = {}
+        for ev, body in e.events:
+            first.setdefault(ev, body)
+        if e.label == "WFx" and "kvm_wfx_arm64" in first:
+            m = _WFX.match(first["kvm_wfx_arm64"])
+            return ("wf" + m.group("k"),) if m else ("unparsed",)
+        if e.label in ("HVC64", "HVC32") and "kvm_hvc_arm64" in first:
+            m = _HVC.match(first["kvm_hvc_arm64"])
+            return ("hvc", int(m.group("r0"), 16)) if m else ("unparsed",)
+        if e.label == "SYS64" and "kvm_handle_sys_reg" in first:
+            m = _HSR.match(first["kvm_handle_sys_reg"])
+            return ("sys", *sysreg_of_esr(int(m.group("esr"), 16))) if m else ("unparsed",)
+        if e.label in ("DABT_LOW", "IABT_LOW") and "kvm_guest_fault" in first:
+            if "kvm_mmio" not in first:
+                return ("memory",)
+            m = _MMIO.match(first["kvm_mmio"])
+            user = any(ev == "kvm_userspace_exit" and "KVM_EXIT_MMIO" in b for ev, b in e.events)
+            return ("user-mmio" if user else "kernel-mmio", int(m.group("gpa"), 16)) if m else ("unparsed",)
+        return ("-",)
+
+
+def row_meaning(reason: str, sub_value: int) -> tuple:
+    """What a kvmexit row's ``sub_value`` says, decoded by its documented layout
+    (docs/subreasons.md), in the terms of :meth:`SubFtrace.meanings`."""
+    if sub_value == 0:
+        return ("-",)
+    if reason == "WFx":
+        return {1: ("wfi",), 2: ("wfe",)}.get(sub_value, ("bad", sub_value))
+    if reason in ("HVC64", "HVC32") and sub_value >> 63:
+        return ("hvc", sub_value & 0xFFFFFFFF)
+    if reason == "SYS64" and sub_value >> 32 == 1:
+        return ("sys", *sysreg_of_esr(sub_value & 0xFFFFFFFF))
+    if reason in ("DABT_LOW", "IABT_LOW"):
+        kind, addr = sub_value >> 56, sub_value & ((1 << 56) - 1)
+        if kind == 1 and addr == 0:
+            return ("memory",)
+        if kind in (2, 3):
+            return ("kernel-mmio" if kind == 2 else "user-mmio", addr)
+    return ("bad", sub_value)
+
 
 # --- preemption inside exits (the `hog` scenario) ----------------------------------------------
 

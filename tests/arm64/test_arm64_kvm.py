@@ -577,6 +577,37 @@ def test_kvmexit_counts_equal_ftrace(sub):
         assert dict(got.get(tid, {})) == sub.expected_by_tid()[tid], "vCPU %d (tid %d)" % (idx, tid)
 
 
+def test_kvmexit_live_counts_per_sub_reason_equal_ftrace(sub):
+    """kvmexit --sub, live in the same run: per thread, class and sub-reason, its exits and its
+    pairs equal what the kernel's own events inside each exit say (ftrace), exactly."""
+    assert sub.rc == 0, sub.err[-3000:]
+    docs = _rows(sub)
+    assert len(docs) == 1 and docs[0]["by_sub"], "the scenario runs kvmexit --sub"
+    for tid, idx in sorted(sub.tids().items()):
+        got: Counter = Counter()
+        got_pairs: Counter = Counter()
+        for row in docs[0]["rows"]:
+            if row["tid"] == tid:
+                meaning = er.row_meaning(row["reason"], row["sub_value"])
+                got[row["reason"], meaning] += row["count"]
+                got_pairs[row["reason"], meaning] += row["pairs"]
+        want = sub.sub.meanings(tid)
+        print("\nvCPU %d tid %d sub-reasons, kvmexit %s\nftrace %s" % (idx, tid, dict(got), dict(want)))
+        assert got == want, "vCPU %d (tid %d)" % (idx, tid)
+        assert +got_pairs == sub.sub.meanings(tid, paired_only=True), "vCPU %d pairs" % idx
+
+
+def test_kvmexit_live_sub_reason_names(sub):
+    """The SUB column's names of the guest's calls and registers (unknown ids as numbers)."""
+    rows = [r for r in _rows(sub)[0]["rows"] if r["tid"] in sub.tids()]
+    hvc = {r["sub_value"] & 0xFFFFFFFF: r["sub"] for r in rows if r["reason"] == "HVC64" and r["sub_value"]}
+    assert {fid: hvc.get(fid) for fid in CALLS} == CALLS
+    sys_names = {r["sub"] for r in rows if r["reason"] == "SYS64" and r["sub_value"]}
+    assert sys_names == {"ID_AA64PFR0_EL1 read", "OSLAR_EL1 write", "OSLSR_EL1 read"}
+    mmio = {r["sub"] for r in rows if r["reason"] == "DABT_LOW" and r["sub_value"] >> 56 == 3}
+    assert mmio == {"mmio-vmm %#x" % MMIO_ADDR, "mmio-vmm %#x" % DONE_ADDR}
+
+
 def test_kvmexit_decodes_the_real_lines(sub):
     """kvmexit's text decoder reads every sub-reason line of the capture, and names what it reads
     as the kernel does (kvm_sys_access prints KVM's own register names)."""

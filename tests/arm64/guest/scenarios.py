@@ -356,10 +356,13 @@ def scenario_ab(ftrace, specs_b):
 
 def scenario_subreasons():
     """Known sub-reasons (scenario.conf SUB_VCPU*: PSCI/SMCCC calls, sysreg reads and writes,
-    vGIC MMIO, fresh pages) under kvmexit and an ftrace instance with the sub-reason events."""
+    vGIC MMIO, fresh pages) under kvmexit --sub and an ftrace instance with the sub-reason events."""
     ftrace = Ftrace(INSTANCE + "-sub", SUB_EVENTS)
     traced_scenario(
-        "subreasons", ["--json", "--by", "thread"], ftrace=ftrace, specs=[CONF["SUB_VCPU0"], CONF["SUB_VCPU1"]]
+        "subreasons",
+        ["--json", "--by", "thread", "--sub"],
+        ftrace=ftrace,
+        specs=[CONF["SUB_VCPU0"], CONF["SUB_VCPU1"]],
     )
 
 
