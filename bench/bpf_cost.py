@@ -14,9 +14,14 @@ not the syscall. The variants run interleaved in one process so they share the m
   looked up or inserted; two lookups, a stats lookup and two deletes at entry), not the original;
 - floor: a timestamp and one per-thread map operation per event (update at exit, lookup at entry);
 - floor-slot: the same with kvmexit's trick, a lookup and an in-place write at exit instead of an
-  update, which is the least any per-thread pairing can do.
+  update, which is the least any per-thread pairing can do;
+- kvmexit-sub: kvmexit built with sub-reasons (--sub, KVMEXIT_SUB): each pair also runs one
+  sub-reason program (kvm_hvc_arm64, kvm_handle_sys_reg or kvm_wfx_arm64 by class) and, at entry,
+  records the pair again under its sub-reason: the opt-in path's whole cost per pair;
+- kvmexit@REV (``--baseline REV``): the default program of git revision REV (its kvmexit.bpf.c and
+  kvmexit.h, with today's defines), to show the default path did not grow.
 
-Usage: bench/bpf_cost.py [--pairs N] [--threads N] [--reasons N]
+Usage: bench/bpf_cost.py [--pairs N] [--threads N] [--reasons N] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -44,16 +49,70 @@ TRAP = 2
 ECS = (0x01, 0x16, 0x18, 0x24, 0x20, 0x07, 0x19, 0x15, 0x17, 0x00)
 
 
-def prog_stats(name: str) -> tuple:
-    out = subprocess.run(["bpftool", "prog", "show", "name", name, "--json"], capture_output=True, text=True)
+#: A sub-reason event per class, for kvmexit-sub: (program, raw tracepoint arguments).
+SUB_EVENT = {
+    0x01: ("kvmexit_sub_wfx", (0x1000, 0)),
+    0x16: ("kvmexit_sub_hvc", (0x1000, 0x84000000, 0)),
+    0x18: ("kvmexit_sub_sysreg", ((0x18 << 26) | (3 << 20) | (5 << 17) | (12 << 10) | (11 << 1),)),
+}
+
+
+def baseline_text(rev: str) -> str:
+    """kvmexit.bpf.c of git revision ``rev`` with its kvmexit.h inlined (as render_program does)."""
+
+    def show(path: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(HERE.parent), "show", "%s:src/kvmexit/bpf/%s" % (rev, path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    return show("kvmexit.bpf.c").replace('#include "kvmexit.h"', show("kvmexit.h"))
+
+
+def xlated_insns(bpf, fn: str) -> int:
+    """Instructions of a loaded program after the verifier (bpftool's bytes_xlated / 8)."""
+    fd = bpf.load_func(fn, bpf.RAW_TRACEPOINT).fd
+    out = subprocess.run(
+        ["bpftool", "prog", "show", "id", str(_prog_id(fd)), "--json"], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)["bytes_xlated"] // 8
+
+
+def _prog_id(fd: int) -> int:
+    with open("/proc/self/fdinfo/%d" % fd) as f:
+        for line in f:
+            if line.startswith("prog_id:"):
+                return int(line.split()[1])
+    raise RuntimeError("no prog_id for fd %d" % fd)
+
+
+def _copy_rows(src: LiveSource, dst) -> None:
+    """The baseline build gets the same reason_rows as kvmexit's (LiveSource fills its own)."""
+    table = dst["reason_rows"]
+    for k, v in src.bpf["reason_rows"].items():
+        table[table.Key(k.value)] = table.Leaf(v.value)
+
+
+def _stats_of(variant: str, programs: dict) -> list:
+    bpf, ex, en = programs[variant]
+    return [_fd_stats(bpf.load_func(fn, bpf.RAW_TRACEPOINT).fd) for fn in (ex, en)]
+
+
+def _fd_stats(fd: int) -> tuple:
+    out = subprocess.run(["bpftool", "prog", "show", "id", str(_prog_id(fd)), "--json"], capture_output=True, text=True)
     info = json.loads(out.stdout)
-    info = info[0] if isinstance(info, list) else info
     return info.get("run_time_ns", 0), info.get("run_cnt", 0)
 
 
-def cost_per_pair(pairs: int, reasons: int) -> None:
+def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     bcc = import_bcc()
     ours = LiveSource(ARM64, attach=False).open()
+    sub = LiveSource(ARM64, attach=False, subreasons=True).open()
+    before_build = None
+    if baseline:
+        before_build = bcc.BPF(text=baseline_text(baseline), cflags=list(ours.program.cflags))
     original = bcc.BPF(text=(HERE / "original_kvmexit_aarch64.bpf.c").read_text(), cflags=["-DORIG_RAW_TRACEPOINT"])
     naive = bcc.BPF(text=(HERE / "naive_pairing.bpf.c").read_text())
     floor = bcc.BPF(text=(HERE / "floor.bpf.c").read_text())
@@ -64,22 +123,34 @@ def cost_per_pair(pairs: int, reasons: int) -> None:
         "naive-pairing": (naive, "naive_exit", "naive_entry"),
         "floor": (floor, "floor_exit", "floor_entry"),
         "floor-slot": (floor, "floor2_exit", "floor2_entry"),
+        "kvmexit-sub": (sub.bpf, "kvmexit_exit", "kvmexit_entry"),
     }
+    if before_build is not None:
+        programs["kvmexit@" + baseline] = (before_build, "kvmexit_exit", "kvmexit_entry")
+        _copy_rows(ours, before_build)
     variants = {v: (b.load_func(ex, raw).fd, b.load_func(en, raw).fd) for v, (b, ex, en) in programs.items()}
+    sub_fds = {ec: (sub.bpf.load_func(fn, raw).fd, args) for ec, (fn, args) in SUB_EVENT.items()}
+    sub_only = [fd for fd, _ in sub_fds.values()]
     subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=True)
     try:
-        before = {v: [prog_stats(n) for n in programs[v][1:]] for v in variants}
+        before = {v: _stats_of(v, programs) for v in variants}
+        sub_before = [_fd_stats(fd) for fd in sub_only]
         batch = 200
-        order = list(variants.values())
+        order = list(variants.items())
         for start in range(0, pairs, batch):
             order = order[1:] + order[:1]  # rotate: no variant always runs first or after another
-            for ex, en in order:
+            for v, (ex, en) in order:
+                with_sub = v == "kvmexit-sub"
                 for i in range(start, start + batch):
                     ec = ECS[i % reasons]
                     ret = TRAP if ec else 0  # EC 0 stands for IRQ exits
                     test_run_raw(ex, ret, ec, 0x1000)
+                    if with_sub and ec in sub_fds:
+                        fd, args = sub_fds[ec]
+                        test_run_raw(fd, *args)
                     test_run_raw(en, 0x1000)
-        after = {v: [prog_stats(n) for n in programs[v][1:]] for v in variants}
+        after = {v: _stats_of(v, programs) for v in variants}
+        sub_after = [_fd_stats(fd) for fd in sub_only]
     finally:
         subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=True)
     per_pair = {}
@@ -88,17 +159,38 @@ def cost_per_pair(pairs: int, reasons: int) -> None:
         runs = sum(a[1] - b[1] for a, b in zip(after[v], before[v]))
         assert runs == 2 * pairs, (v, runs)
         per_pair[v] = ns / pairs
+    sub_ns = sum(a[0] - b[0] for a, b in zip(sub_after, sub_before))
+    sub_runs = sum(a[1] - b[1] for a, b in zip(sub_after, sub_before))
+    with_event = sum(1 for i in range(pairs) if ECS[i % reasons] in sub_fds)
+    assert sub_runs == with_event, (sub_runs, with_event)
+    per_pair["kvmexit-sub"] += sub_ns / pairs  # the sub-reason programs' share, per pair
     print("BPF cost per exit->entry pair (%d pairs, %d reasons, bpf_stats run time):" % (pairs, reasons))
     for v, ns in per_pair.items():
-        print("  %-13s %7.1f ns" % (v, ns))
+        print("  %-16s %7.1f ns" % (v, ns))
     print("  ratio kvmexit/original: %.2fx  (goal <= 1.0x)" % (per_pair["kvmexit"] / per_pair["original"]))
     print("  ratio kvmexit/floor:    %.2fx  (goal <= 1.5x)" % (per_pair["kvmexit"] / per_pair["floor"]))
     print(
         "  ratio kvmexit/floor-slot: %.2fx  (the floor of kvmexit's own slot-reuse scheme)"
         % (per_pair["kvmexit"] / per_pair["floor-slot"])
     )
+    print(
+        "  ratio kvmexit-sub/kvmexit: %.2fx  (sub-reasons, opt-in: %d of %d pairs had a sub-reason event)"
+        % (per_pair["kvmexit-sub"] / per_pair["kvmexit"], with_event, pairs)
+    )
+    insns = {
+        "kvmexit": (xlated_insns(ours.bpf, "kvmexit_exit"), xlated_insns(ours.bpf, "kvmexit_entry")),
+        "kvmexit-sub": (xlated_insns(sub.bpf, "kvmexit_exit"), xlated_insns(sub.bpf, "kvmexit_entry")),
+    }
+    if before_build is not None:
+        v = "kvmexit@" + baseline
+        print("  ratio kvmexit/%s: %.2fx  (the default path before and now)" % (v, per_pair["kvmexit"] / per_pair[v]))
+        insns[v] = (xlated_insns(before_build, "kvmexit_exit"), xlated_insns(before_build, "kvmexit_entry"))
+    for v, (ex, en) in insns.items():
+        print("  %-16s instructions after the verifier: kvm_exit %d, kvm_entry %d" % (v, ex, en))
     snap = ours.snapshot()
     assert sum(s.pairs for s in snap.stats.values()) == pairs  # the programs really paired
+    subs = sub.snapshot().subs
+    assert sum(s.pairs for s in subs.values()) == with_event  # and recorded under their sub-reason
     slot = ctypes.sizeof(ours.bpf["threads"].Leaf)
     row = ctypes.sizeof(ours.bpf["stats"].Leaf)
     print(
@@ -108,6 +200,9 @@ def cost_per_pair(pairs: int, reasons: int) -> None:
     )
     print("  original map memory: %d bytes per thread" % ctypes.sizeof(original["orig_threads"].Leaf))
     ours.close()
+    sub.close()
+    if before_build is not None:
+        before_build.cleanup()
     original.cleanup()
     naive.cleanup()
     floor.cleanup()
@@ -160,9 +255,10 @@ def main() -> int:
     p.add_argument("--pairs", type=int, default=100_000)
     p.add_argument("--reasons", type=int, default=5, choices=range(1, len(ECS) + 1))
     p.add_argument("--threads", type=int, default=10_000)
+    p.add_argument("--baseline", default="", metavar="REV", help="also run the default program of git revision REV")
     args = p.parse_args()
     ctypes.CDLL(None)
-    cost_per_pair(args.pairs, args.reasons)
+    cost_per_pair(args.pairs, args.reasons, args.baseline)
     read_and_report(args.threads, 10)
     return 0
 

@@ -144,3 +144,29 @@ def test_halted_seconds_absent_when_halts_are_not_traced():
     got = scrape(dataclasses.replace(SNAP, halt_known=False))
     assert not any(name == "kvmexit_halted_seconds_total" for name, _ in got)
     assert got["kvmexit_halt_traced", ()] == 0
+
+
+def test_sub_reason_label_only_when_asked():
+    from dataclasses import replace
+
+    from kvmexit.model import SubKey
+    from kvmexit.reasons.subreasons import hvc_sub, sub_label
+
+    psci = hvc_sub(0x84000000)
+    snap = replace(
+        SNAP,
+        subs={SubKey(100, 101, *HVC, psci): stats([700, 900]), SubKey(100, 103, *HVC, psci): stats([10])},
+        subs_known=True,
+    )
+    assert not any("sub_reason" in dict(labels) for _, labels in scrape(snap))
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(view.ExitCollector(lambda: snap, label, False, lambda: 0, {}, sub_label=sub_label))
+    text = prometheus_client.generate_latest(registry).decode()
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    assert got["kvmexit_exits_total", lbl("web01", "0", "HVC64", sub_reason="PSCI_VERSION")] == 3
+    assert got["kvmexit_exits_total", lbl("web01", "0", "HVC64", sub_reason="-")] == 2  # 5,000 ns + unfinished
+    assert got["kvmexit_exits_total", lbl("web01", "0", "WFx", sub_reason="-")] == 2

@@ -76,6 +76,11 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add tgid and tid labels (one series set per thread: grows with thread churn)",
     )
+    parser.add_argument(
+        "--sub",
+        action="store_true",
+        help="trace sub-reasons and add a sub_reason label (one series set per sub-reason seen: per MMIO address)",
+    )
     g = parser.add_argument_group("filters (applied in the kernel)")
     g.add_argument("-p", "--pid", dest="pids", type=int, action="append", default=[], metavar="TGID")
     g.add_argument("-t", "--tid", dest="tids", type=int, action="append", default=[], metavar="TID")
@@ -134,16 +139,32 @@ class SharedSource:
         return dict(vf.excluded) if vf is not None else {}
 
 
-def serve(source: Any, listen: Tuple[str, int], per_thread: bool = False, info: Optional[Dict[str, str]] = None) -> Any:
+def serve(
+    source: Any,
+    listen: Tuple[str, int],
+    per_thread: bool = False,
+    info: Optional[Dict[str, str]] = None,
+    sub_reasons: bool = False,
+) -> Any:
     """Start serving ``source`` (an opened live source, or anything with the same ``snapshot``
     and ``lost_events``) on a daemon thread; returns the registry."""
     client = require_prometheus_client()
     from ..reasons import label
+    from ..reasons.subreasons import sub_label
     from ..views.prometheus import ExitCollector
 
     shared = source if isinstance(source, SharedSource) else SharedSource(source)
     registry = client.CollectorRegistry(auto_describe=False)
-    registry.register(ExitCollector(shared.snapshot, label, per_thread, shared.lost_events, info, shared.excluded))
+    collector = ExitCollector(
+        shared.snapshot,
+        label,
+        per_thread,
+        shared.lost_events,
+        info,
+        shared.excluded,
+        sub_label=sub_label if sub_reasons else None,
+    )
+    registry.register(collector)
     client.ProcessCollector(registry=registry)  # process_resident_memory_bytes: watch a long run
     addr, port = listen
     try:
@@ -157,11 +178,20 @@ def serve(source: Any, listen: Tuple[str, int], per_thread: bool = False, info: 
 
 def run(args: argparse.Namespace) -> int:
     require_prometheus_client()  # before compiling anything
-    source = open_live(NameResolver(), args.tracefs, args.pids, args.tids, args.vms, args.max_threads, args.max_keys)
+    source = open_live(
+        NameResolver(),
+        args.tracefs,
+        args.pids,
+        args.tids,
+        args.vms,
+        args.max_threads,
+        args.max_keys,
+        subreasons=args.sub,
+    )
     try:
         shared = SharedSource(source)
         info = {"arch": source.layout.arch, "layout": source.layout.name, "kernel": platform.release()}
-        serve(shared, args.listen, args.per_thread, info)
+        serve(shared, args.listen, args.per_thread, info, sub_reasons=args.sub)
         addr, port = args.listen
         shown = "[%s]" % addr if ":" in addr else addr
         print(

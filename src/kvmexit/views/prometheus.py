@@ -9,6 +9,10 @@ Imported only by ``kvmexit exporter`` after checking that ``prometheus_client`` 
 Label cardinality: one label set per (vm, vcpu, reason) that has exited, so at most
 VMs x vCPUs x reasons; a restarted VM of the same name reuses its series. ``per_thread`` adds
 ``tgid`` and ``tid`` (one label set per thread, which grows with thread churn: off by default).
+``sub_reasons`` adds ``sub_reason`` (``kvmexit exporter --sub``: one label set per sub-reason
+seen, off by default): a few per reason for WFx, HVC and SYS64 (the functions and registers a
+guest uses, tens), but one per MMIO address a guest touches outside its memory (one per device
+register: hundreds on a busy VM), so up to VMs x vCPUs x (reasons + sub-reasons seen).
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from prometheus_client.utils import floatToGoString
 
 from ..model import HIST_SLOTS, ExitStats, Row, Snapshot, bucket_bounds, build_report, merge_all
 
-__all__ = ["LABELS", "THREAD_LABELS", "ExitCollector", "bucket_edges", "row_labels"]
+__all__ = ["LABELS", "THREAD_LABELS", "SUB_LABELS", "ExitCollector", "bucket_edges", "row_labels"]
 
-#: Labels of every per-exit metric. Sub-reasons (issue 11) become one more label here.
+#: Labels of every per-exit metric.
 LABELS: Tuple[str, ...] = ("vm", "vcpu", "reason")
 #: Added with ``per_thread``.
 THREAD_LABELS: Tuple[str, ...] = ("tgid", "tid")
+#: Added with ``sub_reasons`` (``-`` for the exits of a reason without one).
+SUB_LABELS: Tuple[str, ...] = ("sub_reason",)
 
 _NS = 1e9
 
@@ -48,7 +54,7 @@ def bucket_edges() -> List[Tuple[int, float]]:
     return edges
 
 
-def row_labels(row: Row, per_thread: bool = False) -> Tuple[str, ...]:
+def row_labels(row: Row, per_thread: bool = False, sub_reasons: bool = False) -> Tuple[str, ...]:
     """A row's label values. A VM without a name is ``tgid-N``; a thread that is no vCPU
     (no ``CPU n/KVM`` name) has an empty ``vcpu``."""
     values: Tuple[str, ...] = (
@@ -58,6 +64,8 @@ def row_labels(row: Row, per_thread: bool = False) -> Tuple[str, ...]:
     )
     if per_thread:
         values += (str(row.tgid), str(row.tid))
+    if sub_reasons:
+        values += (row.sub or "-",)
     return values
 
 
@@ -72,8 +80,11 @@ class ExitCollector:
         lost_events: Callable[[], int] = lambda: 0,
         info: Optional[Dict[str, str]] = None,
         excluded: Callable[[], Dict[str, int]] = dict,
+        sub_label: Optional[Callable[[str, int, int, int], str]] = None,
     ) -> None:
+        """``sub_label`` (``reasons.subreasons.sub_label``): split the series by sub-reason."""
         self._snapshot = snapshot
+        self._sub_label = sub_label
         self._label = label
         self.per_thread = per_thread
         self._lost_events = lost_events
@@ -87,11 +98,12 @@ class ExitCollector:
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
-        report = build_report(snap, self._label, group_by="thread")
-        names = LABELS + (THREAD_LABELS if self.per_thread else ())
+        split = self._sub_label is not None
+        report = build_report(snap, self._label, group_by="thread", by_sub=split, sub_label=self._sub_label)
+        names = LABELS + (THREAD_LABELS if self.per_thread else ()) + (SUB_LABELS if split else ())
         groups: Dict[Tuple[str, ...], List[ExitStats]] = {}
         for row in report.rows:
-            groups.setdefault(row_labels(row, self.per_thread), []).append(row.stats)
+            groups.setdefault(row_labels(row, self.per_thread, split), []).append(row.stats)
         series = sorted((labels, merge_all(stats)) for labels, stats in groups.items())
 
         exits = CounterMetricFamily(
