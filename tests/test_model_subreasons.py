@@ -169,9 +169,8 @@ def test_text_json_and_csv_show_the_sub_reason():
     by = {(r["reason"], r["sub"]): r["sub_value"] for r in doc["rows"]}
     assert by[("HVC64", "PSCI_CPU_ON64")] == HVC_ON and by[("HVC64", "-")] == 0
     csv_lines = format_csv(rep, time="t").splitlines()
-    header = csv_lines[0].split(",")
-    assert header[header.index("reason") + 1] == "sub"
-    assert any(",WFx,WFE," in line for line in csv_lines[1:])
+    assert csv_lines[0].split(",")[-1] == "sub"
+    assert any(",WFx," in line and line.endswith(",WFE") for line in csv_lines[1:])
 
 
 def test_saved_v2_report_split_by_sub_reads_back_as_its_reason_rows():

@@ -91,9 +91,10 @@ def test_several_reports_without_intervals_are_refused(example):
         (b"{", "not JSON"),
         (b"\xff\xfe", "not UTF-8"),
         (b"[1, 2]", 'no "schema" field'),
-        (b'{"schema": "kvmexit/2"}', "'kvmexit/2' is not one this kvmexit reads"),
+        (b'{"schema": "kvmexit/3"}', "'kvmexit/3' is not one this kvmexit reads"),
         (b'{"schema": "kvmexit/../x"}', "is not one this kvmexit reads"),
         (b'{"schema": "kvmexit/1"}', "not a valid kvmexit/1 report"),
+        (b'{"schema": "kvmexit/2"}', "not a valid kvmexit/2 report"),
         (b"[" * 100000 + b"]" * 100000, 'nested too deeply|not a|no "schema"'),
     ],
 )

@@ -1,5 +1,5 @@
-"""CSV output: one header, one line per row, times in ns. ``sub`` is empty unless the report is
-split by sub-reason (``--sub``)."""
+"""CSV output: one header, one line per row, times in ns. ``sub`` (the last column) is empty
+unless the report is split by sub-reason (``--sub``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ CSV_COLUMNS = (
     "vm",
     "vcpu",
     "reason",
-    "sub",
     "count",
     "pairs",
     "open",
@@ -35,6 +34,7 @@ CSV_COLUMNS = (
     "p90_ns",
     "p99_ns",
     "halt_ns",
+    "sub",  # last: the columns before it keep their places
 )
 
 
