@@ -419,3 +419,24 @@ def test_a_vmm_living_under_a_second_is_named(tmp_path):
     names = json.loads((tmp_path / "brief.trace.names.json").read_text())
     assert names["vms"].get(pid) == "brief-vm", names["vms"]
     assert "sched:sched_process_exec" in out.read_text().splitlines()[0]
+
+
+@needs_tracefs
+def test_sub_records_the_sub_reason_events_this_kernel_has(tmp_path):
+    from kvmexit.commands.live import detect_layout
+    from kvmexit.sources.live import SUB_PROGRAMS
+
+    out = tmp_path / "sub.trace"
+    p = record("-o", str(out), "-d", "0.3", "--sub", "--buffer-size", "1024")
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    events = out.read_text().splitlines()[0].split("events=")[1].split()[0].split(",")
+    arch = detect_layout(None).arch
+    from kvmexit.layouts import find_tracefs
+
+    have = [e for e, _ in SUB_PROGRAMS[arch] if os.path.isdir(os.path.join(find_tracefs(), "events", "kvm", e))]
+    assert have and [e for e in events if e in dict(SUB_PROGRAMS[arch])] == have
+    for e, _ in SUB_PROGRAMS[arch]:
+        if e not in have:
+            assert ("this kernel has no kvm:%s" % e).encode() in err
+    assert ours(p.pid) == []

@@ -27,11 +27,12 @@ import signal
 import stat
 import sys
 import time
-from typing import IO, Any, Callable, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import KvmexitError, NotRoot
 from ..layouts import detect, find_tracefs, read_formats
 from ..names import NameResolver, vcpu_from_comm
+from ..sources.live import SUB_PROGRAMS
 from ..sources.trace.reader import NAMES_SUFFIX
 from ..tracefs import Instance, remove_stale_instances
 from .common import positive_float, positive_int
@@ -118,6 +119,11 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     parser.add_argument("--no-names", action="store_true", help="do not write FILE.names.json")
+    parser.add_argument(
+        "--sub",
+        action="store_true",
+        help="also record the sub-reason events (kvm_hvc_arm64, kvm_mmio, ...: report --sub)",
+    )
     parser.add_argument(
         "--event",
         action="append",
@@ -314,7 +320,9 @@ def _write_error(what: str, e: OSError, kept: Optional[str]) -> KvmexitError:
     return KvmexitError(msg, hint="free some space, or -o a file elsewhere")
 
 
-def _setup(inst: Instance, buffer_kb: int, extra: List[Tuple[str, str]], notes: List[str]) -> List[str]:
+def _setup(
+    inst: Instance, buffer_kb: int, extra: List[Tuple[str, str]], notes: List[str], sub_events: Sequence[str] = ()
+) -> List[str]:
     """Configure the instance; a refusal (no memory for the buffer, no such event) is one line."""
     try:
         inst.write("buffer_size_kb", str(buffer_kb))
@@ -327,6 +335,11 @@ def _setup(inst: Instance, buffer_kb: int, extra: List[Tuple[str, str]], notes: 
         if not inst.set_option("record-tgid", True):
             notes.append("tgids not in the trace (record-tgid is global on this kernel); the names file maps them")
         enabled = [e for e in KVM_EVENTS if inst.enable_event("kvm", e)]
+        for event in sub_events:  # --sub: those this kernel has (the others' exits show -)
+            if inst.enable_event("kvm", event):
+                enabled.append(event)
+            else:
+                notes.append("sub-reasons: this kernel has no kvm:%s (those exits show -)" % event)
         for system, name in (THREAD_EXIT, PROCESS_EXEC):
             if inst.enable_event(system, name):
                 enabled.append("%s:%s" % (system, name))
@@ -377,7 +390,8 @@ def run(args: argparse.Namespace, tracefs: Optional[str] = None, procfs: str = "
     names: Dict[str, Any] = names_document(resolver, sorted(vm_tgids), procfs)
     try:
         inst = Instance.create(root)
-        events = _setup(inst, args.buffer_size, extra, notes)
+        sub_events = [e for e, _fn in SUB_PROGRAMS[layout.arch]] if getattr(args, "sub", False) else []
+        events = _setup(inst, args.buffer_size, extra, notes, sub_events)
         # Only now, with the instance ready, is the output created: a refused set-up leaves none.
         out = _Output(args.output, args.force)
         header = "# kvmexit record: layout=%s kernel=%s events=%s instance=%s\n" % (

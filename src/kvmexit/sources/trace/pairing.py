@@ -42,7 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
-from ...model import HIST_SLOTS, KERNEL_FIELDS, ExitKey, ExitStats, Health, Snapshot, ThreadInfo, hist_slot
+from ...model import HIST_SLOTS, KERNEL_FIELDS, ExitKey, ExitStats, Health, Snapshot, SubKey, ThreadInfo, hist_slot
 from ...reasons import ARCH_X86, arm64, label
 from .decode import Decoder, detect_layout
 from .subdecode import SUB_EVENTS, SubEvent, decode_sub, exit_sub_arm64, exit_sub_x86
@@ -208,6 +208,9 @@ class Pairer:
         self.unpaired_entries = 0
         #: (tid, code, detail) -> open exits of threads that exited before their entry
         self.abandoned: Dict[Tuple[int, int, int], int] = {}
+        #: (tid, code, detail, sub) -> the same, per sub-reason
+        self.abandoned_subs: Dict[Tuple[int, int, int, int], int] = {}
+        self.sub_events = 0  # sub-reason events seen: without any, sub-reasons are unknown
         self.wakeups = 0  # kvm_vcpu_wakeup events seen: without any, halt time is unknown
         self.health = TraceHealth()
         self.first_ns: Optional[int] = None
@@ -254,7 +257,7 @@ class Pairer:
             self.tgid[tid] = thread[1]
         prev = self.starts.get(tid)
         if prev is not None:
-            self._acc(prev[S_KEY])[A_UNFIN] += 1
+            self._unfinished(prev)
         self.starts[tid] = [ts, (tid, value[0], value[1]), 0, thread[2], None]
 
     def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
@@ -305,9 +308,13 @@ class Pairer:
         s = self.starts.pop(thread[0], None)
         if s is not None:
             self.abandoned[s[S_KEY]] = self.abandoned.get(s[S_KEY], 0) + 1
+            skey = self._sub_key(s)
+            if skey is not None:
+                self.abandoned_subs[skey] = self.abandoned_subs.get(skey, 0) + 1
 
     def sub_event(self, ts: int, thread: Thread, record: SubEvent) -> None:
         """A sub-reason event inside the thread's open exit (outside one it says nothing)."""
+        self.sub_events += 1
         s = self.starts.get(thread[0])
         if s is not None:
             if s[S_SUBS] is None:
@@ -320,7 +327,7 @@ class Pairer:
         self.health.add_lost(cpu, n)
         for tid in [t for t, s in self.starts.items() if s[S_CPU] == cpu]:
             s = self.starts.pop(tid)
-            self._acc(s[S_KEY])[A_UNFIN] += 1
+            self._unfinished(s)
             self.health.reset_by_loss += 1
             self.health.reset_threads[tid] = self.health.reset_threads.get(tid, 0) + 1
 
@@ -329,6 +336,23 @@ class Pairer:
         if acc is None:
             acc = self.stats[key] = new_acc()
         return acc
+
+    def _sub_key(self, s: list) -> Optional[Tuple[int, int, int, int]]:
+        """(tid, code, detail, sub) of an open exit whose events give it a sub-reason, else None."""
+        if s[S_SUBS] is None:
+            return None
+        sub = self._sub(s[S_KEY], s[S_SUBS])
+        return (*s[S_KEY], sub) if sub else None
+
+    def _unfinished(self, s: list) -> None:
+        """An open exit followed by another exit (or a gap): unfinished, under its sub-reason too."""
+        self._acc(s[S_KEY])[A_UNFIN] += 1
+        skey = self._sub_key(s)
+        if skey is not None:
+            acc = self.sub_stats.get(skey)
+            if acc is None:
+                acc = self.sub_stats[skey] = new_acc()
+            acc[A_UNFIN] += 1
 
     def _sub(self, key: Tuple[int, int, int], records: List[SubEvent]) -> int:
         """The sub-reason of a closed exit from the sub-reason events inside it (0: none)."""
@@ -364,6 +388,18 @@ class Pairer:
             ek = ExitKey(tgid, tid, code, detail)
             st = acc_stats(acc, opens.get(key, 0), self.abandoned.get(key, 0))
             stats[ek] = stats[ek].merge(st) if ek in stats else st
+        sub_opens: Dict[Tuple[int, int, int, int], int] = {}
+        for s in self.starts.values():
+            skey = self._sub_key(s)
+            if skey is not None:
+                sub_opens[skey] = sub_opens.get(skey, 0) + 1
+        subs: Dict[SubKey, ExitStats] = {}
+        for skey in set(self.sub_stats) | set(sub_opens) | set(self.abandoned_subs):
+            tid, code, detail, sub = skey
+            acc = self.sub_stats.get(skey) or new_acc()
+            sk = SubKey(self.tgid.get(tid, tgids.get(tid)), tid, code, detail, sub)
+            st = acc_stats(acc, sub_opens.get(skey, 0), self.abandoned_subs.get(skey, 0))
+            subs[sk] = subs[sk].merge(st) if sk in subs else st
         threads: Dict[int, ThreadInfo] = {}
         for tid in {k.tid for k in stats}:
             side = names.get(tid)
@@ -382,6 +418,8 @@ class Pairer:
             threads=threads,
             time_ns=span,
             halt_known=self.wakeups > 0,  # without kvm_vcpu_wakeup events, halt time is unknown
+            subs=subs,
+            subs_known=self.sub_events > 0,  # a trace without sub-reason events: unknown
         )
 
 
