@@ -248,7 +248,7 @@ def make_report(snapshot: Snapshot, args: argparse.Namespace) -> Report:
     if by_sub and not snapshot.subs_known:
         raise UsageError(
             "--sub: this source has no sub-reasons",
-            hint="trace live with kvmexit --sub, or record with kvmexit record --sub; a saved report keeps its reason rows",
+            hint="trace live with kvmexit --sub, or kvmexit record --sub; a saved report keeps its reason rows",
         )
     return build_report(
         snapshot,
