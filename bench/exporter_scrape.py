@@ -7,6 +7,8 @@ threads (each named ``CPU n/KVM``, so each is its own label set), one exit of ea
 thread; the exporter then serves them on loopback with the same code as ``kvmexit exporter``,
 and /metrics is fetched over HTTP. A scrape's time covers the kernel map read, the report,
 the metric families and their text. Series are counted in the answer (one per sample line).
+The defaults, 6 and 60 threads of 11 reasons, make about 10,000 and 100,000 series (161 per
+label set: 3 counters and the histogram's 156 buckets, _sum and _count).
 
 Usage: bench/exporter_scrape.py [--threads N] [--reasons N] [--scrapes N]
 """
@@ -56,7 +58,7 @@ def fill(fds: dict, threads: int, reasons: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[20, 200])
+    parser.add_argument("--threads", type=int, nargs="+", default=[6, 60])
     parser.add_argument("--reasons", type=int, default=11)
     parser.add_argument("--scrapes", type=int, default=20)
     args = parser.parse_args()

@@ -158,3 +158,22 @@ def test_name_caches_hold_only_what_runs_and_exited_threads_keep_their_names():
         assert len(snap.retired_threads) == 9
     finally:
         source.close()
+
+
+def test_a_vm_that_lives_a_fifth_of_a_second_is_named_and_kept(learning):
+    """A VMM that exits by itself 0.2 s after its exits, while the live loop waits as it does
+    (50 ms at a time, handling notifications): named from its first exit's notification, so
+    --vm keeps its exits and the report names them after it is gone."""
+    ex, en = learning.fds["kvmexit_exit"], learning.fds["kvmexit_entry"]
+    code = (
+        "import sys, time; sys.path.insert(0, %r); from bpf_testrun import test_run_raw\n"
+        "for _ in range(5):\n    test_run_raw(%d, 2, 0x16, 0); test_run_raw(%d, 0)\n"
+        "time.sleep(0.2)\n"
+    ) % (str(Path(__file__).resolve().parent.parent), ex, en)
+    brief = subprocess.Popen([sys.executable, "-c", code, "-name", "guest=later-vm"], pass_fds=(ex, en))
+    while brief.poll() is None:
+        learning.source.wait(0.05)
+    snap = learning.source.snapshot()
+    assert {snap.thread_of(k).vm for k in snap.stats} == {"later-vm"}
+    assert sum(s.exits for k, s in snap.stats.items() if k.tgid == brief.pid) == 5
+    assert learning.source.vm_filter.excluded == {"other": 0, "unnamed": 0}

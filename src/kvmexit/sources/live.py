@@ -454,12 +454,13 @@ class LiveSource:
         opened: Dict[ExitKey, int] = {}
         opened_subs: Dict[SubKey, int] = {}
         comms: Dict[int, bytes] = {}
+        judged: Dict[int, Verdict] = {}  # once per process per read: a judgement reads /proc
         rows = self.rows
         for kb, vb in self._read("threads", _ROWS_SIZE * len(rows) + _THREAD_TAIL.size):
             (tid,) = _TID.unpack(kb)
             comm, ts, _halt, sub, _addr, tgid, code, detail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))[:8]
             if self.vm_filter is not None:
-                verdict = self._admit(tgid)
+                verdict = judged.get(tgid) or judged.setdefault(tgid, self._admit(tgid))
                 if not verdict.allowed:  # traced before its verdict: removed, and counted
                     exits = sum(sum(_PAIRS_UNFINISHED.unpack_from(vb, i * _ROWS_SIZE)) for i in range(len(rows)))
                     self._remove("threads", threads.Key(tid), verdict, exits + (1 if ts else 0))
@@ -504,8 +505,10 @@ class LiveSource:
             return items
         kept = []
         stats = self.bpf["stats"]
+        judged: Dict[int, Verdict] = {}  # once per process per read: a judgement reads /proc
         for key, st in items:
-            verdict = self._admit(key.tgid or 0)
+            tgid = key.tgid or 0
+            verdict = judged.get(tgid) or judged.setdefault(tgid, self._admit(tgid))
             if verdict.allowed:
                 kept.append((key, st))
             else:
