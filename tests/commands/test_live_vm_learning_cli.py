@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,5 +53,8 @@ def test_vm_started_after_kvmexit_is_reported_and_another_is_left_out(tmp_path):
         got[r["vm"], r["vcpu"], r["reason"]] = got.get((r["vm"], r["vcpu"], r["reason"]), 0) + r["count"]
     assert got == {(WEB, 0, "HVC64"): 14, (WEB, 1, "SYS64"): 6}
     assert {r["tgid"] for r in rows} == {web.pid}
-    # The other's first round came before its verdict (traced, then removed); its second, after (never traced).
-    assert "kvmexit: --vm: left out 4 exits of other VMs and 0 of processes that ended before" in err
+    # The other's first exit always comes before its verdict (traced, then removed and counted); the
+    # rest of its first round may too, depending on when the loop handled the notification; its
+    # second round comes after (never traced).
+    m = re.search(r"kvmexit: --vm: left out (\d+) exits of other VMs and 0 of processes that ended before", err)
+    assert m and 1 <= int(m.group(1)) <= 4, err
