@@ -597,6 +597,41 @@ def test_kvmexit_live_counts_per_sub_reason_equal_ftrace(sub):
         assert +got_pairs == sub.sub.meanings(tid, paired_only=True), "vCPU %d pairs" % idx
 
 
+def test_kvmexit_live_and_offline_sub_reasons_agree(sub):
+    """`kvmexit report --sub` on the ftrace capture of the same run gives, per thread, class and
+    sub-reason, the live run's exits, pairs, unfinished, open and abandoned counts."""
+    from kvmexit.model import build_report
+    from kvmexit.reasons import label
+    from kvmexit.reasons.subreasons import sub_label
+    from kvmexit.sources.trace import read_trace
+
+    def accounts(rows):
+        out: Counter = Counter()
+        for r in rows:
+            if r["tid"] in sub.tids():
+                for f in ("count", "pairs", "unfinished", "open", "abandoned"):
+                    out[r["tid"], r["reason"], r["sub_value"], f] += r[f]
+        return +out
+
+    live = accounts(_rows(sub)[0]["rows"])
+    snap = read_trace(os.path.join(sub.dir, "trace")).snapshot
+    report = build_report(snap, label, by_sub=True, sub_label=sub_label)
+    offline = accounts(
+        {
+            "tid": r.tid,
+            "reason": r.reason,
+            "sub_value": r.sub_value,
+            "count": r.count,
+            "pairs": r.stats.pairs,
+            "unfinished": r.stats.unfinished,
+            "open": r.stats.open,
+            "abandoned": r.stats.abandoned,
+        }
+        for r in report.rows
+    )
+    assert live and live == offline
+
+
 def test_kvmexit_live_sub_reason_names(sub):
     """The SUB column's names of the guest's calls and registers (unknown ids as numbers)."""
     rows = [r for r in _rows(sub)[0]["rows"] if r["tid"] in sub.tids()]
