@@ -89,6 +89,7 @@ cmd_deps() {
         arches="$arches$ARCH "
     done
     command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+    /usr/bin/python3 -c 'import prometheus_client, decorator' 2>/dev/null || need+=(python3-prometheus-client)
     command -v mke2fs >/dev/null || need+=(e2fsprogs)
     command -v debugfs >/dev/null || need+=(e2fsprogs)
     command -v cpio >/dev/null || need+=(cpio)
@@ -247,6 +248,19 @@ cmd_run() {
     if [ -d "$src" ]; then
         cp -a "$src" "$stage/work/py/kvmexit"
         find "$stage/work/py" -name __pycache__ -prune -exec rm -rf {} +
+    fi
+    # The exporter scenario's prometheus_client: this machine's copy (pure Python; Debian's
+    # python3-prometheus-client, which imports python3-decorator's decorator.py), on the work
+    # disk rather than in the image (no rootfs rebuild).
+    local promc
+    promc=$(/usr/bin/python3 -c 'import os, prometheus_client, decorator
+print(os.path.dirname(prometheus_client.__file__), decorator.__file__)' 2>/dev/null || true)
+    if [ -n "$promc" ]; then
+        cp -a "${promc% *}" "$stage/work/py/prometheus_client"
+        cp "${promc#* }" "$stage/work/py/"
+        find "$stage/work/py/prometheus_client" -name __pycache__ -prune -exec rm -rf {} +
+    else
+        log "no prometheus_client on this machine (apt-get install python3-prometheus-client): the exporter scenario will fail"
     fi
     case "$ARCH" in
         arm64)

@@ -351,7 +351,7 @@ def test_compat_front_end_counts(results, arch):
     assert set(got) == set(want)
 
 
-@pytest.mark.parametrize("name", ["live", "interval", "compat", "abandon", "cost", "subreasons", "hog"])
+@pytest.mark.parametrize("name", ["live", "interval", "compat", "abandon", "cost", "subreasons", "hog", "exporter"])
 def test_clean_detach(results, arch, name):
     if arch.x86 and name in ("compat", "abandon", "subreasons", "hog"):
         pytest.skip("scenario %s runs on arm64 hosts only" % name)
@@ -697,3 +697,73 @@ def test_hog_kvmexit_counts_equal_ftrace(hog):
     got = er.rows_by_thread(_rows(hog))
     for tid, idx in hog.tids().items():
         assert dict(got.get(tid, {})) == hog.expected_by_tid()[tid], "vCPU %d (tid %d)" % (idx, tid)
+
+
+# --- the `exporter` scenario: `kvmexit exporter --vm e2e-vm` started before any VM runs -------
+#
+# other-vm (the same workload, another name) runs first, then e2e-vm, both under ftrace; the guest
+# scrapes /metrics on loopback after each (prometheus_client from this machine, on the work disk).
+
+
+def _samples(text: str) -> dict:
+    """{sample name: [(labels, value)]} of a /metrics answer, read with prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+@pytest.fixture(scope="session")
+def exporter(results):
+    sc = Scenario(results, "exporter")
+    for tag in ("other", "final"):
+        if _exists(sc.dir, "scrape-%s.failed" % tag):
+            pytest.fail("scrape %s failed: %s\n%s" % (tag, _read(sc.dir, "scrape-%s.failed" % tag), sc.err[-3000:]))
+    return sc
+
+
+def test_exporter_counts_equal_ftrace_for_a_vm_started_after_it(exporter):
+    """kvmexit_exits_total per (vm, vcpu, reason) and the histogram's _count (pairs) equal ftrace
+    exactly for e2e-vm, which started after the exporter (--vm learned it from its first exit)."""
+    assert exporter.rc == 0, exporter.err[-3000:]
+    exporter.check_ftrace_complete()
+    final = _samples(_read(exporter.dir, "metrics-final.txt"))
+    exits = {(lb["vm"], lb["vcpu"], lb["reason"]): v for lb, v in final["kvmexit_exits_total"]}
+    pairs = {(lb["vm"], lb["vcpu"], lb["reason"]): v for lb, v in final["kvmexit_exit_duration_seconds_count"]}
+    assert {k[0] for k in exits} == {VM_NAME}, sorted(exits)
+    for tid, idx in sorted(exporter.tids().items()):
+        got = {reason: int(v) for (_vm, vcpu, reason), v in exits.items() if vcpu == str(idx)}
+        got_pairs = {reason: int(v) for (_vm, vcpu, reason), v in pairs.items() if vcpu == str(idx) and v}
+        want = exporter.expected_by_tid()[tid]
+        print(
+            "\nvCPU %d tid %d  exporter %s\n%s  ftrace   %s"
+            % (idx, tid, dict(sorted(got.items())), " " * len(str(tid)), dict(sorted(want.items())))
+        )
+        assert got == want, "vCPU %d (tid %d)" % (idx, tid)
+        assert got_pairs == {r: n for r, n in exporter.ftrace.pairs[tid].items() if n}, "vCPU %d pairs" % idx
+    assert {k[1] for k in exits} == {str(i) for i in exporter.tids().values()}
+
+
+def test_exporter_counts_nothing_of_another_vm(exporter):
+    """other-vm made exits (ftrace saw them) while the exporter ran with --vm e2e-vm: none is in
+    any scrape; those traced before its name was read are counted as left out, no more."""
+    other_vcpus, _ = er.parse_vmm(_read(exporter.dir, "other.out"))
+    other_tids = [v["tid"] for v in other_vcpus.values()]
+    other_exits = sum(sum(exporter.ftrace.counts(t).values()) for t in other_tids)
+    assert len(other_tids) == 2 and other_exits > 0, "other-vm made no exits"
+    for tag in ("other", "final"):
+        samples = _samples(_read(exporter.dir, "metrics-%s.txt" % tag))
+        vms = {lb["vm"] for lb, _ in samples.get("kvmexit_exits_total", [])}
+        assert vms <= {VM_NAME}, (tag, vms)
+    left_out = {
+        lb["why"]: v
+        for lb, v in _samples(_read(exporter.dir, "metrics-final.txt"))["kvmexit_vm_filter_excluded_exits_total"]
+    }
+    print(
+        "\nother-vm: %d exits in ftrace, %s left out by the exporter (traced before its name was read)"
+        % (other_exits, left_out)
+    )
+    assert 0 < left_out["other"] <= other_exits and left_out["unnamed"] == 0, left_out

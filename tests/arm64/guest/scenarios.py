@@ -129,9 +129,9 @@ class Ftrace:
         return text
 
 
-def vmm_args(specs=None):
+def vmm_args(specs=None, name="e2e-vm"):
     specs = specs or [CONF["VCPU0"], CONF["VCPU1"]]
-    return [VMM, "-name", "guest=e2e-vm,debug-threads=on", *specs]
+    return [VMM, "-name", "guest=%s,debug-threads=on" % name, *specs]
 
 
 def perf_exe():
@@ -142,9 +142,9 @@ def perf_exe():
     return None
 
 
-def run_vmm(outdir, tag="vmm", specs=None, cpus=None, perf=False):
+def run_vmm(outdir, tag="vmm", specs=None, cpus=None, perf=False, name="e2e-vm"):
     """Run the VMM; with perf, under `perf stat` counting kvm_exit/kvm_entry (to perf.csv)."""
-    cmd = vmm_args(specs)
+    cmd = vmm_args(specs, name)
     exe = perf_exe() if perf else None
     if exe:
         csv = os.path.join(outdir, "perf.csv")
@@ -161,9 +161,10 @@ def run_vmm(outdir, tag="vmm", specs=None, cpus=None, perf=False):
 class Kvmexit:
     """A kvmexit process; start() waits for the 'kvmexit: tracing' marker."""
 
-    def __init__(self, outdir, args, module="kvmexit"):
+    def __init__(self, outdir, args, module="kvmexit", ready=READY):
         self.outdir = outdir
         self.args = args
+        self.ready_marker = ready
         if module == "kvmexit" and ENV.get("KVMEXIT_E2E_TOOL") == "mini":
             module = "mini_kvmexit"  # harness development only
         self.module = module
@@ -203,7 +204,7 @@ class Kvmexit:
     def _stderr_reader(self):
         for line in self.proc.stderr:
             self.err_lines.append(line)
-            if line.startswith(READY):
+            if line.startswith(self.ready_marker):
                 self.ready.set()
 
     def stop(self, sig=signal.SIGINT):
@@ -393,6 +394,50 @@ def scenario_hog():
     traced_scenario("hog", ["--json", "--by", "thread"], ftrace=ftrace, cpus={0}, around=lambda d: Hog(0, d))
 
 
+EXPORTER_LISTEN = "127.0.0.1:9479"
+
+
+def scrape(outdir, tag):
+    """GET /metrics of the exporter on loopback, kept as metrics-<tag>.txt."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen("http://%s/metrics" % EXPORTER_LISTEN, timeout=120) as r:
+            write(os.path.join(outdir, "metrics-%s.txt" % tag), r.read().decode())
+        say("exporter: scraped (%s)" % tag)
+    except OSError as e:
+        write(os.path.join(outdir, "scrape-%s.failed" % tag), "%r\n" % e)
+        say("exporter: scrape %s failed: %r" % (tag, e))
+
+
+def scenario_exporter(ftrace):
+    """`kvmexit exporter --vm e2e-vm`, started while no VM runs: another VM (other-vm) runs
+    first, then e2e-vm, both under ftrace; /metrics is scraped after each. The exporter must
+    learn e2e-vm as it starts, count every one of its exits, and none of other-vm's."""
+    outdir = os.path.join(RESULTS, "exporter")
+    os.makedirs(outdir)
+    args = ["exporter", "--listen", EXPORTER_LISTEN, "--vm", "e2e-vm"]
+    say("scenario exporter: kvmexit %s" % " ".join(args))
+    write(os.path.join(outdir, "bpftool_before.json"), bpftool_progs())
+    k = Kvmexit(outdir, args, ready="kvmexit exporter: tracing")
+    if not k.start():
+        write(os.path.join(outdir, "attach_failed"), "1\n")
+        write(os.path.join(outdir, "bpftool_after.json"), bpftool_progs())
+        return
+    write(os.path.join(outdir, "bpftool_attached.json"), bpftool_progs())
+    ftrace.start()
+    run_vmm(outdir, tag="other", name="other-vm")
+    time.sleep(1)
+    scrape(outdir, "other")
+    run_vmm(outdir)
+    ftrace.stop(outdir)
+    time.sleep(1)
+    scrape(outdir, "final")
+    k.stop(signal.SIGTERM)
+    time.sleep(1)
+    write(os.path.join(outdir, "bpftool_after.json"), bpftool_progs())
+
+
 def main():
     if os.path.isdir(RESULTS):
         shutil.rmtree(RESULTS)
@@ -423,6 +468,7 @@ def main():
                 ("cost", scenario_cost),
                 ("subreasons", scenario_subreasons),
                 ("hog", scenario_hog),
+                ("exporter", lambda: scenario_exporter(ftrace)),
             ]
     if ENV.get("ARCH") == "amd64":  # kvmexit-aarch64 is for arm64 hosts only
         steps = [s for s in steps if s[0] != "compat"]
