@@ -397,6 +397,18 @@ def scenario_hog():
 EXPORTER_LISTEN = "127.0.0.1:9479"
 
 
+def loopback_up():
+    """Bring up lo (init.sh does not; the rootfs has no ip(8)): SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = fcntl.ioctl(s, 0x8913, struct.pack("16sH22x", b"lo", 0))
+        flags = struct.unpack("16sH22x", ifr)[1]
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 0x1))
+
+
 def scrape(outdir, tag):
     """GET /metrics of the exporter on loopback, kept as metrics-<tag>.txt."""
     import urllib.request
@@ -416,6 +428,7 @@ def scenario_exporter(ftrace):
     learn e2e-vm as it starts, count every one of its exits, and none of other-vm's."""
     outdir = os.path.join(RESULTS, "exporter")
     os.makedirs(outdir)
+    loopback_up()
     args = ["exporter", "--listen", EXPORTER_LISTEN, "--vm", "e2e-vm"]
     say("scenario exporter: kvmexit %s" % " ".join(args))
     write(os.path.join(outdir, "bpftool_before.json"), bpftool_progs())
