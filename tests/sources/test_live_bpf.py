@@ -170,10 +170,11 @@ def test_production_program_attaches_here_and_detaches_cleanly():
 @pytest.mark.parametrize("name", sorted(FORMATS))
 @pytest.mark.parametrize("filters", [False, True])
 def test_every_arm64_variant_compiles_and_passes_the_verifier(name, filters):
-    opts = {"tgids": [1], "tids": [1]} if filters else {}
+    opts = {"tgids": [1], "tids": [1], "vms": ["vm"]} if filters else {}  # --vm: FILTER_LEARN
     d = Driver(detect(FORMATS[name]), **opts)
     try:
         assert set(d.fds) >= {"kvmexit_exit", "kvmexit_entry", "kvmexit_wakeup"}
+        assert ("kvmexit_proc_exit" in d.fds) == filters
         if name == "arm64-openeuler-5.10":
             assert "kvmexit_trap" in d.fds
     finally:
