@@ -355,3 +355,17 @@ def test_real_prometheus_scrapes_exactly_the_json_report_of_the_same_maps(tmp_pa
         if prom is not None:
             prom.close()
         source.close()
+
+
+def test_any_source_can_be_served_a_trace_too():
+    """serve() takes any Source: the shipped example trace, scraped, counts its 843 exits."""
+    pytest.importorskip("prometheus_client", reason="prometheus_client not installed")
+    from kvmexit.commands.exporter import serve
+    from kvmexit.commands.report import EXAMPLE_NAMES, EXAMPLE_TRACE
+    from kvmexit.sources.trace import TraceSource
+
+    port = free_port()
+    serve(TraceSource(EXAMPLE_TRACE, names_path=EXAMPLE_NAMES), ("127.0.0.1", port), info={"arch": "arm64"})
+    text = http_get("http://127.0.0.1:%d/metrics" % port)
+    exits = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("kvmexit_exits_total{")]
+    assert sum(exits) == 843

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import math
 import sys
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 from ..errors import UsageError
@@ -15,7 +13,8 @@ from ..model import GROUPINGS, SORT_KEYS, SUB_GROUPINGS, Report, Snapshot, build
 from ..reasons import is_reason_name, label, reason_names
 from ..reasons.subreasons import sub_label
 from ..streams import OutputError, stdout_is_closed
-from ..views import format_csv, format_health, format_hist, format_table, report_document
+from ..views import format_health
+from ..views.registry import View, ViewOptions, make_view
 
 __all__ = [
     "add_filter_options",
@@ -264,7 +263,8 @@ def make_report(snapshot: Snapshot, args: argparse.Namespace) -> Report:
 
 
 class Emitter:
-    """Writes reports in the chosen format; keeps the CSV header to one per stream."""
+    """Writes each report through the views chosen by the options (:mod:`kvmexit.views.registry`:
+    text, JSON or CSV on ``out``, plus an HTML page with ``--html``), then the self-check line."""
 
     def __init__(
         self,
@@ -275,48 +275,26 @@ class Emitter:
     ) -> None:
         """``stamp``: CSV's time column when there is no interval (a trace's own time); default now."""
         self.args = args
-        self.stamp = stamp
         self.source = source
         self.out = out if out is not None else sys.stdout
-        self._csv_header = True
         self._last_empty: Optional[str] = None
-        self.html: Optional[Any] = None
-        if getattr(args, "html", None):
-            from ..views.html import HtmlReport
-
-            self.html = HtmlReport(args.html, args.force, command=getattr(args, "command_line", None))
-
-    def _tty(self) -> bool:
-        try:
-            return self.out.isatty()
-        except (AttributeError, ValueError):  # no such method, or a closed stream
-            return False
+        options = ViewOptions(
+            source=source,
+            hist=bool(getattr(args, "hist", False)),
+            stamp=stamp,
+            path=getattr(args, "html", None),
+            force=bool(getattr(args, "force", False)),
+            command=getattr(args, "command_line", None),
+            sort=getattr(args, "sort", "count"),
+        )
+        #: Files of their own, before the stream's view (a page that fails is known first).
+        self.views: List[View] = [make_view("html", self.out, options)] if options.path else []
+        self.stream = make_view("json" if args.json else "csv" if args.csv else "text", self.out, options)
+        self.views.append(self.stream)
 
     def emit(self, report: Report, interval: Optional[Dict[str, Any]] = None, why_empty: Optional[str] = None) -> None:
-        a = self.args
-        if self.html is not None:
-            self.html.add(report, report_document(report, self.source, interval, with_hist=True), interval)
-        if a.json:
-            doc = report_document(report, self.source, interval, with_hist=True)
-            self.out.write(json.dumps(doc, sort_keys=False) + "\n")
-        elif a.csv:
-            if interval:
-                stamp = interval["end"]
-            else:
-                stamp = self.stamp if self.stamp is not None else time.strftime("%Y-%m-%dT%H:%M:%S")
-            # A log file knows whether it is new (appending to a log adds no second header).
-            at_start = getattr(self.out, "at_start", None)
-            header = self._csv_header if at_start is None else at_start
-            self.out.write(format_csv(report, time=stamp, header=header, escape=self._tty()))
-            self._csv_header = False
-        else:
-            if interval:
-                self.out.write("%s (%.1fs)\n" % (interval["end"], interval["seconds"]))
-            self.out.write(format_table(report) + "\n")
-            if a.hist:
-                for row in report.rows:
-                    self.out.write("\n" + format_hist(row) + "\n")
-            self.out.write("\n")
+        for view in self.views:
+            view.emit(report, interval)
         self.out.flush()
         # The self-check goes to stderr in machine formats so stdout stays parseable.
         health = format_health(report, why_empty)
@@ -325,7 +303,7 @@ class Emitter:
         self._last_empty = health if report.totals.exits == 0 and report.health.unpaired_entries == 0 else None
         if repeated:
             return
-        if a.json or a.csv:
+        if self.stream.machine:
             print(health, file=sys.stderr)
         else:
             self.out.write(health + "\n")
@@ -333,5 +311,5 @@ class Emitter:
 
     def close(self, timeline: Optional[Any] = None, notes: Sequence[str] = ()) -> None:
         """Write what is written once at the end (the --html page)."""
-        if self.html is not None:
-            self.html.write(self.source, timeline, notes, sort=self.args.sort)
+        for view in self.views:
+            view.close(timeline, notes)

@@ -18,6 +18,8 @@ from typing import Any, Dict, Optional, Tuple
 from ..errors import KvmexitError
 from ..model import Snapshot
 from ..names import NameResolver
+from ..sources import Source
+from ..sources.live import LiveSource
 from .live import StopRequest, open_live
 
 __all__ = ["DESCRIPTION", "EPILOG", "DEFAULT_LISTEN", "SharedSource", "parse_listen", "prepare_parser", "run", "serve"]
@@ -110,17 +112,20 @@ def require_prometheus_client() -> Any:
     return prometheus_client
 
 
-class SharedSource:
+class SharedSource(Source):
     """The live source shared by the scrape threads and the main loop (bcc is not thread-safe)."""
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: LiveSource) -> None:
         self.source = source
         self._lock = threading.Lock()
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            snap: Snapshot = self.source.snapshot()
-            return snap
+            return self.source.snapshot()
+
+    def close(self) -> None:
+        with self._lock:
+            self.source.close()
 
     def wait(self, seconds: float) -> None:
         with self._lock:
@@ -140,28 +145,34 @@ class SharedSource:
 
 
 def serve(
-    source: Any,
+    source: Source,
     listen: Tuple[str, int],
     per_thread: bool = False,
     info: Optional[Dict[str, str]] = None,
     sub_reasons: bool = False,
 ) -> Any:
-    """Start serving ``source`` (an opened live source, or anything with the same ``snapshot``
-    and ``lost_events``) on a daemon thread; returns the registry."""
+    """Start serving ``source`` (an opened live source, shared with the caller's loop through
+    :class:`SharedSource`, or any other :class:`~kvmexit.sources.Source`, such as a trace) on a
+    daemon thread; returns the registry."""
     client = require_prometheus_client()
     from ..reasons import label
     from ..reasons.subreasons import sub_label
     from ..views.prometheus import ExitCollector
 
-    shared = source if isinstance(source, SharedSource) else SharedSource(source)
     registry = client.CollectorRegistry(auto_describe=False)
+    if isinstance(source, LiveSource):
+        source = SharedSource(source)
+    if isinstance(source, SharedSource):
+        lost, excluded = source.lost_events, source.excluded
+    else:
+        lost, excluded = (lambda: 0), (lambda: {})
     collector = ExitCollector(
-        shared.snapshot,
+        source.snapshot,
         label,
         per_thread,
-        shared.lost_events,
+        lost,
         info,
-        shared.excluded,
+        excluded,
         sub_label=sub_label if sub_reasons else None,
     )
     registry.register(collector)

@@ -10,6 +10,7 @@ from typing import Any, Dict, List
 
 from ..model import GROUPINGS, SORT_KEYS, paused_gc
 from ..names import NameResolver
+from ..sources.live import LiveSource
 from .common import positive_float
 from .live import SWEEP_SECONDS, open_live
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loop(screen: Any, source: Any, view: Any, delay: float, stop: List[int]) -> None:
+def _loop(screen: Any, source: LiveSource, view: Any, delay: float, stop: List[int]) -> None:
     import curses
 
     curses.curs_set(0)

@@ -35,6 +35,7 @@ from ..model import (
 from ..names import NameResolver
 from ..reasons import ROW_KEY_SPACE, ROW_REASONS
 from ..reasons.subreasons import bpf_defines as sub_defines
+from . import Source
 from .vmfilter import Verdict, VmFilter
 
 __all__ = ["BpfProgram", "render_program", "LiveSource", "import_bcc", "PROGRAM_PREFIX"]
@@ -180,7 +181,7 @@ def check_headers(release: Optional[str] = None) -> None:
     )
 
 
-class LiveSource:
+class LiveSource(Source):
     """Attach on :meth:`open`, read cumulative :meth:`snapshot` objects, detach on :meth:`close`."""
 
     def __init__(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .decode import LAYOUTS, Decoder, detect_layout
 from .formats import FORMATS, detect_format, open_input
 from .pairing import EVENTS, Event, Pairer, Thread, TraceHealth, hist_slot
-from .reader import NAMES_SUFFIX, TraceInfo, TraceResult, load_names, read_stream, read_trace
+from .reader import NAMES_SUFFIX, TraceInfo, TraceResult, TraceSource, load_names, read_stream, read_trace
 
 __all__ = [
     "EVENTS",
@@ -23,6 +23,7 @@ __all__ = [
     "TraceHealth",
     "TraceInfo",
     "TraceResult",
+    "TraceSource",
     "detect_format",
     "detect_layout",
     "hist_slot",

@@ -22,6 +22,7 @@ from ...errors import BadTrace, KvmexitError
 from ...layouts import detect as detect_layout_from_formats
 from ...model import Snapshot, ThreadInfo
 from ...names import vcpu_from_comm
+from .. import Source
 from .decode import LAYOUTS, Decoder, arch_of, detect_layout
 from .formats import (
     FORMATS,
@@ -40,7 +41,7 @@ from .formats import (
 from .pairing import Pairer, Thread, TraceHealth
 from .timebins import TimeBins
 
-__all__ = ["TraceInfo", "TraceResult", "read_trace", "read_stream", "load_names", "NAMES_SUFFIX"]
+__all__ = ["TraceInfo", "TraceResult", "TraceSource", "read_trace", "read_stream", "load_names", "NAMES_SUFFIX"]
 
 NAMES_SUFFIX = ".names.json"
 _RECORD_HEADER = re.compile(rb"^# kvmexit record: layout=(\S+)")
@@ -262,6 +263,29 @@ def read_trace(
     result.info.names_file = names_path
     result.info.ended = names.ended if names is not None and names.ended is not None else _mtime(path)
     return result
+
+
+class TraceSource(Source):
+    """A trace file as a :class:`~kvmexit.sources.Source`: read and paired once, at the first
+    :meth:`snapshot` (``options`` as :func:`read_trace`'s); :attr:`result` has what only a trace
+    tells (its format, layout and health)."""
+
+    def __init__(self, path: str, **options: Any) -> None:
+        self.path = path
+        self.options = options
+        self._result: Optional[TraceResult] = None
+
+    @property
+    def result(self) -> TraceResult:
+        if self._result is None:
+            self._result = read_trace(self.path, **self.options)
+        return self._result
+
+    def snapshot(self) -> Snapshot:
+        return self.result.snapshot
+
+    def close(self) -> None:
+        """Nothing stays open: the file is closed once it has been read."""
 
 
 def _mtime(path: str) -> Optional[float]:
