@@ -16,7 +16,8 @@
  *   CPUID x  xor eax,eax; cpuid   SVM cpuid, handled in the kernel
  *   then     out to port 0x511    the "done" doorbell: one more io exit, thread ends.
  *
- * Counters live in si, di, bx, bp (cpuid clobbers eax-edx; it runs last).
+ * Counters live in esi, edi (32 bits: the `abandon` scenario's long runs), bx, bp (cpuid clobbers
+ * eax-edx; it runs last).
  * A count of zero skips its loop. Each thread prints one line:
  *   E2EVMM vcpu=I tid=T out=N mmio=M cpuid=K hlt=H io_exits=E mmio_exits=F kicks=S eintr=R run_ns=D
  * and the process finally prints  E2EVMM done pid=P wall_ns=D
@@ -52,15 +53,15 @@ __asm__(
     ".global guest_code\n"
     "guest_code:\n"
     ".code16\n"
-    "    test %si, %si\n"
+    "    test %esi, %esi\n"
     "    jz 2f\n"
     "1:  out %al, %dx\n"
-    "    dec %si\n"
+    "    dec %esi\n"
     "    jnz 1b\n"
-    "2:  test %di, %di\n"
+    "2:  test %edi, %edi\n"
     "    jz 4f\n"
     "3:  mov %al, %es:0\n"
-    "    dec %di\n"
+    "    dec %edi\n"
     "    jnz 3b\n"
     "4:  test %bx, %bx\n"
     "    jz 6f\n"
@@ -255,9 +256,9 @@ int main(int argc, char **argv)
         }
         if (sscanf(argv[i], "%lu:%lu:%lu:%lu", &vcpus[n].counts[0], &vcpus[n].counts[1],
                    &vcpus[n].counts[2], &vcpus[n].counts[3]) != 4
-            || vcpus[n].counts[0] > 0xffff || vcpus[n].counts[1] > 0xffff
+            || vcpus[n].counts[0] > 0xffffffffUL || vcpus[n].counts[1] > 0xffffffffUL
             || vcpus[n].counts[2] > 0xffff || vcpus[n].counts[3] > 0xffff) {
-            fprintf(stderr, "usage: e2evmm_x86 [-name NAME] OUT:MMIO:CPUID:HLT ... (each <= 65535)\n");
+            fprintf(stderr, "usage: e2evmm_x86 [-name NAME] OUT:MMIO:CPUID:HLT ... (OUT, MMIO <= 2^32-1; CPUID, HLT <= 65535)\n");
             return 2;
         }
         vcpus[n].idx = n;
