@@ -21,6 +21,14 @@ _WAKEUP = re.compile(r"^(?:wait|poll) time (?P<ns>\d+) ns")
 _EXIT = re.compile(r"^(?P<type>[A-Za-z_0-9]+): HSR_EC: 0x(?P<ec>[0-9a-f]+) \((?P<ecname>[^)]*)\)")
 # x86 (5.10: "reason hlt rip 0x..."; 6.1: "vcpu 0 reason hlt rip 0x..."): SVM names as kvmexit's.
 _X86_EXIT = re.compile(r"^(?:vcpu \d+ )?reason (?P<reason>.+?) rip 0x")
+# SVM's npf: info2 (EXITINFO2) is the faulting guest-physical address.
+_X86_NPF_GPA = re.compile(r"reason npf rip 0x[0-9a-f]+ info1 0x[0-9a-f]+ info2 0x(?P<gpa>[0-9a-f]+)")
+#: e2evmm_x86.c: the MMIO stores' address (no memslot), and vCPU i's code page.
+X86_MMIO_GPA = 0xE0000
+
+
+def x86_code_gpa(vcpu: int) -> int:
+    return 0x10000 * (vcpu + 1)
 
 
 def exit_label(body: str) -> str:
@@ -45,6 +53,8 @@ class Ftrace:
         #: tid -> reason -> ns halted (kvm_vcpu_wakeup) inside exits that got their entry.
         self.halt_ns: Dict[int, Counter] = defaultdict(Counter)
         self.entries: Counter = Counter()
+        #: x86: tid -> guest-physical address -> npf exits there.
+        self.npf_gpa: Dict[int, Counter] = defaultdict(Counter)
         self.comms: Dict[int, str] = {}
         self.lines = 0
         self.entries_written: Optional[Tuple[int, int]] = None
@@ -66,6 +76,11 @@ class Ftrace:
             if event == "kvm_exit":
                 label = exit_label(m.group("body"))
                 self.exits[tid][label] += 1
+                if label == "npf":
+                    g = _X86_NPF_GPA.search(m.group("body"))
+                    if not g:
+                        raise ValueError("npf exit without its address: %r" % m.group("body"))
+                    self.npf_gpa[tid][int(g.group("gpa"), 16)] += 1
                 open_exit[tid] = label
                 open_halt[tid] = 0
             elif event == "kvm_vcpu_wakeup":
@@ -112,10 +127,27 @@ def parse_vmm(text: str) -> Tuple[Dict[int, Dict[str, int]], Dict[str, int]]:
 
 
 def expected_traps(v: Dict[str, int]) -> Dict[str, int]:
-    """Exits the guest code of e2evmm.c (arm64) or e2evmm_x86.c makes, exactly (WFx/hlt apart)."""
-    if "out" in v:  # x86 SVM: io = OUT + the done doorbell; npf = MMIO + the code page's first fetch
-        return {"io": v["out"] + 1, "npf": v["mmio"] + 1, "cpuid": v["cpuid"]}
+    """Exits the guest code of e2evmm.c (arm64) or e2evmm_x86.c makes, exactly (WFx/hlt apart; x86's
+    npf: see x86_npf_problems)."""
+    if "out" in v:  # x86 SVM: io = OUT + the done doorbell
+        return {"io": v["out"] + 1, "cpuid": v["cpuid"]}
     return {"DABT_LOW": v["mmio"] + 1, "HVC64": v["hvc"], "SYS64": v["sys"], "IABT_LOW": 1}
+
+
+def x86_npf_problems(npf_gpa: Counter, v: Dict[str, int]) -> List[str]:
+    """x86 npf exits of one vCPU against e2evmm_x86.c's guest code: one per MMIO store at
+    X86_MMIO_GPA, exactly; the first fetch from the vCPU's code page faults once, or a few times
+    when KVM retries the fault (seen under load: twice at rip 0, 27 ms apart); nothing else."""
+    code = x86_code_gpa(v["vcpu"])
+    problems = []
+    if npf_gpa[X86_MMIO_GPA] != v["mmio"]:
+        problems.append("%d npf at the MMIO address, guest code %d" % (npf_gpa[X86_MMIO_GPA], v["mmio"]))
+    if npf_gpa[code] < 1:
+        problems.append("no npf on the code page %#x" % code)
+    other = {hex(g): n for g, n in npf_gpa.items() if g not in (X86_MMIO_GPA, code)}
+    if other:
+        problems.append("npf elsewhere: %r" % other)
+    return problems
 
 
 class Arch:

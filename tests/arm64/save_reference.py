@@ -76,6 +76,10 @@ def main(run_dir: str, scenario: str = "live") -> int:
                 why = "guest code: exactly %d" % exp[reason]
             elif reason == "WFx":
                 why = "guest code: at most %d (%d wfi)" % (v["wfi"], v["wfi"])
+            elif reason == "hlt":
+                why = "guest code: exactly %d" % v["hlt"]
+            elif reason == "npf":
+                why = "guest code: %d MMIO stores + the code page's first fetch (retried under load)" % v["mmio"]
             else:
                 why = "host interrupts, varies per run"
             rows.append(
