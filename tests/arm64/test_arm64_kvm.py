@@ -166,6 +166,22 @@ class Scenario:
         return {tid: self.ftrace.counts(tid) for tid in self.tids()}
 
 
+#: Scenarios the guest runs on arm64 hosts only, and why.
+ARM64_ONLY = {
+    "compat": "kvmexit-aarch64 (the original script's front end) is for arm64 hosts only",
+    "subreasons": "the sub-reason workload (PSCI/SMCCC calls, trapped system registers, the vGIC) is arm64 guest code",
+}
+
+
+def _skip_arm64_only(arch: er.Arch, name: str, results: str = "") -> None:
+    """Skip (with the reason) a scenario this host does not run: arm64-only ones on x86, and the
+    ones the guest skipped (results/NAME/skipped says why: e.g. no QEMU in the rootfs)."""
+    if arch.x86 and name in ARM64_ONLY:
+        pytest.skip("scenario %s: %s" % (name, ARM64_ONLY[name]))
+    if results and _exists(results, name, "skipped"):
+        pytest.skip("scenario %s: %s" % (name, _read(results, name, "skipped").strip()))
+
+
 def _host_of(res: str) -> str:
     path = os.path.join(os.path.dirname(res), "host")
     return _read(path).strip() if os.path.exists(path) else "arm64-6.1"
@@ -205,6 +221,7 @@ def test_workload_matches_guest_code(results, arch):
             assert got.get(reason, 0) == n, "vCPU %d %s: ftrace %r, guest code %d" % (idx, reason, got, n)
         if arch.x86:  # every hlt is intercepted
             assert got.get(arch.halt, 0) == v[arch.halt_field]
+            assert not er.x86_npf_problems(sc.ftrace.npf_gpa[tid], v), "vCPU %d: %s" % (idx, sc.ftrace.npf_gpa[tid])
         else:
             # A trapped WFI needs the emulated CPU to have no pending interrupt
             # (QEMU's HELPER(wfi) returns early when cpu_has_work()), so <= W.
@@ -267,6 +284,8 @@ def test_live_trap_counts_equal_guest_code(live, arch):
         v = live.vcpus[idx]
         for reason, n in er.expected_traps(v).items():
             assert got[tid][reason] == n, "vCPU %d %s" % (idx, reason)
+        if arch.x86:  # one per MMIO store, and the code page's first fetch at least once (x86_npf_problems)
+            assert got[tid]["npf"] >= v["mmio"] + 1, "vCPU %d npf" % idx
         assert 0 < got[tid][arch.halt] <= v[arch.halt_field]
 
 
@@ -332,8 +351,7 @@ def test_interval_deltas_sum_to_totals(interval):
 
 
 def test_compat_front_end_counts(results, arch):
-    if arch.x86:
-        pytest.skip("kvmexit-aarch64 (the original script's front end) is for arm64 hosts only")
+    _skip_arm64_only(arch, "compat")
     compat = Scenario(results, "compat")
     assert compat.rc == 0, compat.err[-3000:]
     compat.check_ftrace_complete()
@@ -351,10 +369,11 @@ def test_compat_front_end_counts(results, arch):
     assert set(got) == set(want)
 
 
-@pytest.mark.parametrize("name", ["live", "interval", "compat", "abandon", "cost", "subreasons", "hog", "exporter"])
+@pytest.mark.parametrize(
+    "name", ["live", "interval", "compat", "abandon", "cost", "subreasons", "hog", "exporter", "qemu"]
+)
 def test_clean_detach(results, arch, name):
-    if arch.x86 and name in ("compat", "abandon", "subreasons", "hog"):
-        pytest.skip("scenario %s runs on arm64 hosts only" % name)
+    _skip_arm64_only(arch, name, results)
     d = os.path.join(results, name)
     if _exists(d, "attach_failed") or (_exists(d, "cost.json") and not _exists(d, "bpftool_attached.json")):
         pytest.fail("kvmexit never attached in scenario %s, so detaching was not tested" % name)
@@ -440,12 +459,13 @@ def _offline_accounts(trace: str) -> dict:
     return {k: totals[k] for k in ACCOUNTS}
 
 
-@pytest.mark.parametrize("name", ["live", "interval", "compat", "abandon", "subreasons", "hog"])
-def test_live_and_offline_accounting_agree(results, name):
+@pytest.mark.parametrize("name", ["live", "interval", "compat", "abandon", "subreasons", "hog", "qemu"])
+def test_live_and_offline_accounting_agree(results, arch, name):
     """kvmexit live and `kvmexit report` on the ftrace capture of the same run (with
     sched:sched_process_exit, as `kvmexit record` records it) account for every exit alike.
     Every vCPU thread ends with an exit open: the VMM's "done" MMIO exit, or, in `abandon`, the
     exit the kill interrupted. Both threads died, so both exits are abandoned, none open."""
+    _skip_arm64_only(arch, name, results)
     d = os.path.join(results, name)
     if not os.path.isdir(d) or _exists(d, "attach_failed"):
         pytest.fail("scenario %s did not run kvmexit (crash: %s)" % (name, Scenario._crash(results, name)))
@@ -492,7 +512,8 @@ class Sub(Scenario):
 
 
 @pytest.fixture(scope="session")
-def sub(results):
+def sub(results, arch):
+    _skip_arm64_only(arch, "subreasons")
     return Sub(results)
 
 
@@ -767,3 +788,102 @@ def test_exporter_counts_nothing_of_another_vm(exporter):
         % (other_exits, left_out)
     )
     assert 0 < left_out["other"] <= other_exits and left_out["unnamed"] == 0, left_out
+
+
+# --- the `qemu` scenario: Debian's QEMU booting Debian's kernel as a real guest -----------------
+#
+# `qemu-system-* -accel kvm -cpu host -smp 2 -name guest=qemu-vm,debug-threads=on` boots the
+# emulated host's own kernel to an initramfs whose init prints a marker and powers off
+# (guest/scenarios.py qemu_cmd, vmm/nested_init.c). No known counts: ftrace is the reference.
+
+QEMU_VM = "qemu-vm"
+QEMU_MARKER = "KVMEXIT-NESTED-INIT: powering off"
+
+
+class QemuRun:
+    def __init__(self, res: str) -> None:
+        self.dir = os.path.join(res, "qemu")
+        if not os.path.isdir(self.dir):
+            pytest.fail("scenario qemu produced nothing (crash: %s)" % Scenario._crash(res, "qemu"))
+        if _exists(self.dir, "skipped"):
+            pytest.skip("scenario qemu: " + _read(self.dir, "skipped").strip())
+        if _exists(self.dir, "attach_failed"):
+            pytest.fail("kvmexit never printed its ready marker in scenario qemu:\n%s" % _read(self.dir, "kvmexit.err"))
+        self.pid = int(_read(self.dir, "vmm.pid"))
+        self.vmm_err = _read(self.dir, "vmm.err")
+        self.console = _read(self.dir, "console.log") if _exists(self.dir, "console.log") else ""
+        self.ftrace = er.Ftrace(_read(self.dir, "trace"))
+        self.stats = _read(self.dir, "ftrace_stats")
+        self.out = _read(self.dir, "kvmexit.out")
+        self.err = _read(self.dir, "kvmexit.err")
+        self.rc = int(_read(self.dir, "rc").strip())
+
+    def vcpu_tids(self) -> dict:
+        """tid -> vCPU index of the threads that made exits (QEMU names them "CPU i/KVM")."""
+        out = {}
+        for tid in self.ftrace.exits:
+            m = re.match(r"CPU (\d+)/KVM$", self.ftrace.comms[tid])
+            assert m, "an exit on thread %d %r, not a vCPU thread" % (tid, self.ftrace.comms[tid])
+            out[tid] = int(m.group(1))
+        return out
+
+
+@pytest.fixture(scope="session")
+def qemu(results):
+    return QemuRun(results)
+
+
+def test_qemu_booted_the_guest_to_its_power_off(qemu):
+    """Harness self-check: the guest kernel reached its init, which powered off (QEMU exited 0),
+    with exits on both vCPU threads and nothing lost from the ftrace buffer."""
+    print("\nqemu: %s" % qemu.vmm_err.strip().replace("\n", "; ")[-300:])
+    assert "rc=0" in qemu.vmm_err, qemu.vmm_err[-3000:]
+    assert QEMU_MARKER in qemu.console, qemu.console[-3000:]
+    assert sorted(qemu.vcpu_tids().values()) == [0, 1]
+    assert er.overruns(qemu.stats) == 0, "ftrace lost events:\n" + qemu.stats
+    ew = qemu.ftrace.entries_written
+    assert ew is not None and ew[0] == ew[1], "ftrace buffer dropped entries: %r" % (ew,)
+
+
+def _check_rows_equal_ftrace(rows: list, ftrace: er.Ftrace, tids: dict) -> None:
+    got = er.rows_by_thread([{"rows": rows}])
+    for tid, idx in sorted(tids.items()):
+        want = ftrace.counts(tid)
+        print("\nvCPU %d tid %d: %d exits, %d reasons" % (idx, tid, sum(want.values()), len(want)))
+        assert dict(got.get(tid, {})) == want, "vCPU %d (tid %d)" % (idx, tid)
+    assert set(got) == set(tids), "rows for threads that made no exit: %r" % (set(got) - set(tids))
+    for row in rows:
+        assert row["pairs"] == ftrace.pairs[row["tid"]][row["reason"]], row
+    for tid in tids:
+        assert _halt_by_reason(rows, tid) == {k: v for k, v in ftrace.halt_ns[tid].items() if v}, tid
+
+
+def test_qemu_live_counts_equal_ftrace(qemu):
+    """Per vCPU thread and reason, kvmexit live equals ftrace: counts, pairs and halt time; the rows
+    carry QEMU's pid, the VM's -name and the vCPU index."""
+    assert qemu.rc == 0, qemu.err[-3000:]
+    docs = er.json_docs(qemu.out)
+    assert len(docs) == 1, "kvmexit printed %d documents (rc=%d):\n%s" % (len(docs), qemu.rc, qemu.err[-3000:])
+    tids = qemu.vcpu_tids()
+    _check_rows_equal_ftrace(docs[0]["rows"], qemu.ftrace, tids)
+    assert docs[0]["totals"]["exits"] == sum(sum(c.values()) for c in qemu.ftrace.exits.values())
+    for row in docs[0]["rows"]:
+        idx = tids[row["tid"]]
+        want = {"tgid": qemu.pid, "vm": QEMU_VM, "vcpu": idx, "comm": "CPU %d/KVM" % idx}
+        assert {k: row.get(k) for k in want} == want, row
+
+
+def test_qemu_offline_report_equals_ftrace(qemu):
+    """`kvmexit report` on the same run's capture: counts, pairs and halt time equal ftrace."""
+    docs = _report("--json", "--by", "thread", os.path.join(qemu.dir, "trace"))
+    _check_rows_equal_ftrace(docs[0]["rows"], qemu.ftrace, qemu.vcpu_tids())
+
+
+def _report(*args: str) -> list:
+    """`kvmexit report ARGS` on the host side (the code under test, no bcc): its JSON documents."""
+    src = os.environ.get("KVMEXIT_ARM64_SRC") or os.path.join(os.path.dirname(os.path.dirname(HERE)), "src", "kvmexit")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(src))
+    cmd = [sys.executable, "-m", "kvmexit", "report", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return er.json_docs(p.stdout)
