@@ -173,7 +173,7 @@ ARM64_ONLY = {
 }
 
 
-def _skip_arm64_only(arch: er.Arch, name: str, results: str = "") -> None:
+def _skip_not_run(arch: er.Arch, name: str, results: str = "") -> None:
     """Skip (with the reason) a scenario this host does not run: arm64-only ones on x86, and the
     ones the guest skipped (results/NAME/skipped says why: e.g. no QEMU in the rootfs)."""
     if arch.x86 and name in ARM64_ONLY:
@@ -351,7 +351,7 @@ def test_interval_deltas_sum_to_totals(interval):
 
 
 def test_compat_front_end_counts(results, arch):
-    _skip_arm64_only(arch, "compat")
+    _skip_not_run(arch, "compat")
     compat = Scenario(results, "compat")
     assert compat.rc == 0, compat.err[-3000:]
     compat.check_ftrace_complete()
@@ -373,7 +373,7 @@ def test_compat_front_end_counts(results, arch):
     "name", ["live", "interval", "compat", "abandon", "cost", "subreasons", "hog", "exporter", "qemu"]
 )
 def test_clean_detach(results, arch, name):
-    _skip_arm64_only(arch, name, results)
+    _skip_not_run(arch, name, results)
     d = os.path.join(results, name)
     if _exists(d, "attach_failed") or (_exists(d, "cost.json") and not _exists(d, "bpftool_attached.json")):
         pytest.fail("kvmexit never attached in scenario %s, so detaching was not tested" % name)
@@ -391,8 +391,9 @@ def test_clean_detach(results, arch, name):
         assert len(after) == len(before), "BPF program count %d before, %d after" % (len(before), len(after))
 
 
-def test_cost_ratio(results):
+def test_cost_ratio(results, arch):
     """Workload wall time with and without kvmexit attached (reported, not asserted)."""
+    _skip_not_run(arch, "cost", results)
     d = os.path.join(results, "cost")
     if not _exists(d, "cost.json"):
         pytest.fail("cost scenario produced nothing")
@@ -465,7 +466,7 @@ def test_live_and_offline_accounting_agree(results, arch, name):
     sched:sched_process_exit, as `kvmexit record` records it) account for every exit alike.
     Every vCPU thread ends with an exit open: the VMM's "done" MMIO exit, or, in `abandon`, the
     exit the kill interrupted. Both threads died, so both exits are abandoned, none open."""
-    _skip_arm64_only(arch, name, results)
+    _skip_not_run(arch, name, results)
     d = os.path.join(results, name)
     if not os.path.isdir(d) or _exists(d, "attach_failed"):
         pytest.fail("scenario %s did not run kvmexit (crash: %s)" % (name, Scenario._crash(results, name)))
@@ -513,7 +514,7 @@ class Sub(Scenario):
 
 @pytest.fixture(scope="session")
 def sub(results, arch):
-    _skip_arm64_only(arch, "subreasons")
+    _skip_not_run(arch, "subreasons")
     return Sub(results)
 
 
