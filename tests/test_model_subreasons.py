@@ -188,3 +188,14 @@ def test_unknown_sub_reasons_are_numbers():
     snap = snapshot_of([(HVC64, (1 << 63) | 0x12345678, 10), (SYS64, (1 << 32) | 0x3FFC1F, 10), (WFX, 7, 10)])
     names = {r.sub for r in report(snap, by_sub=True).rows}
     assert names == {"FN_0x12345678", "S3_7_C15_C15_7 read", "SUB_0x7"}  # ISS direction 1: read
+
+
+def test_a_full_sub_reason_map_is_said_in_the_closing_line():
+    from dataclasses import replace
+
+    from kvmexit.model import Health
+    from kvmexit.views import format_health
+
+    assert "sub-reason" not in format_health(report(by_sub=True))
+    full = report(replace(SNAP, health=Health(sub_map_full=3)), by_sub=True)
+    assert format_health(full).endswith("map full: 0 start, 0 stats, 3 sub-reason (in their reason's - row)")

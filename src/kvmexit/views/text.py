@@ -124,7 +124,7 @@ def accounting(report: Report) -> str:
     not be paired or recorded: the closing line's text, shared by every view."""
     t: ExitStats = report.totals
     h: Health = report.health
-    return (
+    text = (
         "%d exits: %d paired, %d open, %d unfinished, %d abandoned by exited threads; "
         "%d unpaired entries; map full: %d start, %d stats"
         % (
@@ -138,6 +138,9 @@ def accounting(report: Report) -> str:
             h.stats_map_full,
         )
     )
+    if h.sub_map_full:  # only with --sub: those pairs are in their reason's "-" row
+        text += ", %d sub-reason (in their reason's - row)" % h.sub_map_full
+    return text
 
 
 def format_health(report: Report, why_empty: Optional[str] = None) -> str:
