@@ -9,26 +9,23 @@ lines), then times, in a fresh process pinned to one CPU:
 - ``kvmexit report --json FILE`` (the whole command: read, pair, build the report), and
 - the floor: one ``awk`` pass counting lines by event name.
 
-It prints lines/s for both and the peak RSS of the report process; peak RSS is also measured on a
-trace of ``--small`` lines (default 1,000,000) to show that memory does not grow with length.
+It prints, for both, lines per CPU-second of the process (user + system time: the per-core
+figure, which a loaded machine changes less than the wall clock) and lines per wall-clock second,
+the load average, and the peak RSS of the report process; peak RSS is also measured on a trace of
+``--small`` lines (default 1,000,000) to show that memory does not grow with length.
 
     python3 bench/report_bench.py [--lines N] [--small N] [--formats ftrace,perf] [--keep DIR]
 
-Figures on the development machine (x86_64 VM, 2 vCPUs, Python 3.11.2, mawk 1.3.4), 5M lines:
-
-    format     report l/s   awk l/s   ratio   peak RSS at 1M / 5M lines
-    ftrace      1,104,675  8,206,872   7.4x   23.4 MB / 23.4 MB
-    trace-cmd   1,099,208  7,870,203   7.2x   23.4 MB / 23.4 MB
-    perf        1,057,829  7,157,083   6.8x   23.4 MB / 23.4 MB
-
-Where the time goes (ftrace): about 45% in parsing (``split``, the cached-prefix lookup, the
-timestamp ``int``), 55% in pairing and accounting (dict lookups, list updates per pair).
+The README quotes its last run (machine and load stated there). Where the time goes: parsing (one
+``split``, a cached-prefix lookup, the timestamp's ``int``) and one call of the pairing engine's
+rule per event; the pairs' statistics are added up in bulk per batch of lines (C loops).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -113,6 +110,13 @@ def write_trace(path: str, fmt: str, n_lines: int) -> int:
     return written
 
 
+def _load() -> str:
+    try:
+        return " ".join("%.2f" % x for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def _ts(t: int, digits: int, div: int) -> str:
     sec, ns = divmod(t, 1_000_000_000)
     return "%5d.%0*d" % (sec, digits, ns // div)
@@ -126,36 +130,42 @@ try:
 except (AttributeError, OSError):
     pass
 from kvmexit.cli import main
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 with open(os.devnull, "w") as null:
     old = sys.stdout
     sys.stdout = null
     rc = main(["report", "--json", %(path)r])
     sys.stdout = old
-dt = time.perf_counter() - t0
-print(rc, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(rc, dt, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def time_report(path: str, cpu: int) -> Tuple[float, int]:
+def time_report(path: str, cpu: int) -> Tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system of the report process) and peak RSS (KiB)."""
     code = CHILD % {"src": os.path.abspath(SRC), "cpu": cpu, "path": path}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    rc, dt, rss = p.stdout.split()
+    rc, dt, cpu_s, rss = p.stdout.split()
     assert rc == "0", p.stderr
-    return float(dt), int(rss)
+    return float(dt), float(cpu_s), int(rss)
 
 
 AWK = '{ n = split($0, a, ": "); if (n > 1) c[a[2]]++ } END { for (k in c) if (c[k] > 1000) print k, c[k] }'
 
 
-def time_awk(path: str, cpu: int) -> Tuple[float, str]:
+def time_awk(path: str, cpu: int) -> Tuple[float, float, str]:
+    """Wall and CPU seconds (of the child processes) of the awk floor."""
     awk = shutil.which("mawk") or shutil.which("awk") or "awk"
     cmd = [awk, AWK, path]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu), *cmd]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, capture_output=True, check=True)
-    return time.perf_counter() - t0, os.path.basename(awk)
+    dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return dt, cpu_s, os.path.basename(awk)
 
 
 def main() -> int:
@@ -169,14 +179,27 @@ def main() -> int:
     d = a.keep or tempfile.mkdtemp(prefix="kvmexit-bench-")
     os.makedirs(d, exist_ok=True)
     print(
-        "python %s, one core (CPU %d); %d-line traces, peak RSS also at %d lines"
-        % (sys.version.split()[0], a.cpu, a.lines, a.small)
+        "python %s, one core (CPU %d); %d-line traces, peak RSS also at %d lines; load average %s (%d CPUs)"
+        % (sys.version.split()[0], a.cpu, a.lines, a.small, _load(), os.cpu_count() or 0)
     )
+    print("l/cpu-s: lines per CPU-second of the process (user + system), the per-core figure; l/s: wall clock")
     print(
-        "%-10s %10s %10s %12s %12s %8s %11s %11s"
-        % ("format", "lines", "MB", "report l/s", "awk l/s", "ratio", "RSS small", "RSS big")
+        "%-10s %9s %6s %14s %11s %11s %11s %7s %10s %10s"
+        % (
+            "format",
+            "lines",
+            "MB",
+            "report l/cpu-s",
+            "report l/s",
+            "awk l/cpu-s",
+            "awk l/s",
+            "ratio",
+            "RSS small",
+            "RSS big",
+        )
     )
     results: Dict[str, Tuple[float, float]] = {}
+    awk = "awk"
     try:
         for fmt in a.formats.split(","):
             small = os.path.join(d, "small." + fmt)
@@ -184,18 +207,20 @@ def main() -> int:
             write_trace(small, fmt, a.small)
             n = write_trace(big, fmt, a.lines)
             mb = os.path.getsize(big) / 1e6
-            _, rss_small = time_report(small, a.cpu)
-            dt, rss_big = time_report(big, a.cpu)
-            adt, awk = time_awk(big, a.cpu)
-            results[fmt] = (n / dt, n / adt)
+            _, _, rss_small = time_report(small, a.cpu)
+            dt, cpu_s, rss_big = time_report(big, a.cpu)
+            adt, acpu, awk = time_awk(big, a.cpu)
+            results[fmt] = (n / cpu_s, n / acpu)
             print(
-                "%-10s %10d %10.0f %12.0f %12.0f %7.1fx %9.1fMB %9.1fMB"
-                % (fmt, n, mb, n / dt, n / adt, dt / adt, rss_small / 1024, rss_big / 1024)
+                "%-10s %9d %6.0f %14.0f %11.0f %11.0f %11.0f %6.1fx %8.1fMB %8.1fMB"
+                % (fmt, n, mb, n / cpu_s, n / dt, n / acpu, n / adt, cpu_s / acpu, rss_small / 1024, rss_big / 1024)
             )
             if not a.keep:
                 os.unlink(small)
                 os.unlink(big)
-        print("floor: %s counting lines by event name" % awk)
+        print(
+            "floor: %s counting lines by event name; ratio: report / awk CPU time; load average now %s" % (awk, _load())
+        )
     finally:
         if not a.keep:
             shutil.rmtree(d, ignore_errors=True)

@@ -190,3 +190,46 @@ def test_an_event_is_one_table_entry_and_one_rule(monkeypatch):
         r = read_stream(io.BytesIO(("\n".join(lines) + "\n").encode()), fmt=fmt, tids=[1], engine=engine)
         assert engine.seen == [(ts, 1, 7), (ts + 3000, 1, 9)]
         assert (r.health.other_events, r.health.malformed, r.health.events) == (3, 1, 1)
+
+
+@given(st.integers(min_value=0, max_value=(1 << 64) - 1))
+@settings(max_examples=500)
+def test_the_bulk_bucket_is_hist_slot(v):
+    """The engine adds pairs up in bulk (bisect over the buckets' lower bounds): same buckets."""
+    from kvmexit.sources.trace.pairing import _bucket_plus_1
+
+    assert _bucket_plus_1(v) - 1 == hist_slot(v)
+
+
+@given(st.lists(st.integers(min_value=-(10**12), max_value=10**12), min_size=1, max_size=50))
+@settings(max_examples=200)
+def test_pending_pairs_add_up_as_one_by_one(durations):
+    """Pairs added in bulk (add_pending) equal pairs added one at a time by the kernel's rule:
+    count, total, min, max, squares, buckets; a negative time counts as 0 ns and is reported."""
+    from kvmexit.sources.trace.pairing import (
+        A_HIST,
+        A_MAX,
+        A_MIN,
+        A_PAIRS,
+        A_PENDING,
+        A_SUMSQ,
+        A_TOTAL,
+        add_pending,
+        new_acc,
+    )
+
+    acc = new_acc()
+    acc[A_PENDING].extend(durations)
+    negative = add_pending(acc)
+    clamped = [max(d, 0) for d in durations]
+    hist = [0] * HIST_SLOTS
+    for d in clamped:
+        hist[hist_slot(d)] += 1
+    assert negative == sum(d < 0 for d in durations)
+    assert (acc[A_PAIRS], acc[A_TOTAL], acc[A_MIN], acc[A_MAX]) == (
+        len(clamped),
+        sum(clamped),
+        min(clamped),
+        max(clamped),
+    )
+    assert acc[A_SUMSQ][0] == sum(d * d for d in clamped) and acc[A_HIST] == hist and acc[A_PENDING] == []

@@ -121,7 +121,7 @@ class Decoder:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        val = self._exit(key)
+        val = self._exit(key.lstrip())  # trace-cmd pads the payload
         if val is not None and len(self.cache) < _CACHE_MAX:
             self.cache[key] = val
         return val

@@ -215,9 +215,10 @@ class LineReader:
         self.truncated: Optional[str] = None
 
     def __iter__(self) -> Iterator[bytes]:
-        return itertools.chain.from_iterable(self._batches())
+        return itertools.chain.from_iterable(self.batches())
 
-    def _batches(self) -> Iterator[List[bytes]]:
+    def batches(self) -> Iterator[List[bytes]]:
+        """The lines in lists, one per chunk read (a few thousand lines each)."""
         # One underlying read per call: a plain read() of a gzip/xz file loops over several and
         # loses what they returned when a later one finds the stream cut short.
         read = getattr(self.stream, "read1", self.stream.read)
@@ -276,6 +277,19 @@ def head_lines(lines: Iterator[bytes], max_lines: int = 2000, max_bytes: int = 1
         if len(out) >= max_lines or size >= max_bytes:
             break
     return out
+
+
+def split_head(batches: Iterator[List[bytes]]) -> Tuple[List[bytes], List[bytes]]:
+    """:func:`head_lines` of batched lines: ``(head, first)``, where ``first`` is every line taken
+    from ``batches`` to find the head (the head is its start); the rest stays in ``batches``."""
+    first: List[bytes] = []
+    size = 0
+    for batch in batches:
+        first.extend(batch)
+        size += sum(map(len, batch))
+        if len(first) >= 2000 or size >= 1 << 20:
+            break
+    return head_lines(iter(first)), first
 
 
 def grammar(fmt: str) -> Pattern[bytes]:

@@ -39,10 +39,25 @@ threads the ``-p``/``-t`` filters keep. ``kvm`` says whether the event counts as
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
+from operator import mul
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
-from ...model import HIST_SLOTS, KERNEL_FIELDS, ExitKey, ExitStats, Health, Snapshot, SubKey, ThreadInfo, hist_slot
+from ...model import (
+    HIST_SLOTS,
+    KERNEL_FIELDS,
+    ExitKey,
+    ExitStats,
+    Health,
+    Snapshot,
+    SubKey,
+    ThreadInfo,
+    bucket_bounds,
+    hist_slot,
+)
 from ...reasons import ARCH_X86, arm64, label
 from .decode import Decoder, detect_layout
 from .subdecode import SUB_EVENTS, SubEvent, decode_sub, exit_sub_arm64, exit_sub_x86
@@ -67,9 +82,9 @@ _SERROR = arm64.SERROR_PENDING_BIT
 
 _EULER_510 = Decoder("arm64-openeuler-5.10")  # reads kvm_trap_enter before any exit named a layout
 
-# Indexes into a start record: [ts_ns, key, halt_ns, cpu, sub-reason records or None];
-# key = (tid, code, detail).
-S_TS, S_KEY, S_HALT, S_CPU, S_SUBS = 0, 1, 2, 3, 4
+# Indexes into a start record: [ts_ns, key, halt_ns, cpu, sub-reason records (a list) or None, the
+# key's accumulator]; key = (tid, code, detail).
+S_TS, S_KEY, S_HALT, S_CPU, S_SUBS, S_ACC = 0, 1, 2, 3, 4, 5
 #: An accumulator is a list with one item per field the kernel keeps (model.KERNEL_FIELDS, in
 #: that order; arrays as lists); min/max start at sentinels (reported as None before a pair).
 ACC_INDEX = {f.name: i for i, f in enumerate(KERNEL_FIELDS)}
@@ -86,11 +101,48 @@ _ACC_START = tuple(
 _ARRAYS = tuple(i for i, f in enumerate(KERNEL_FIELDS) if f.words > 1)
 
 
+#: The accumulator's last item (after the kernel's fields): durations of pairs not yet added to
+#: the fields. :meth:`Pairer.entry` appends one per pair; :meth:`Pairer.flush` adds them in bulk
+#: (C loops: sum, min, max, the squares, the buckets), at the latest every batch of lines.
+A_PENDING = len(KERNEL_FIELDS)
+#: Lower bound of each histogram bucket: bisect gives hist_slot of any d >= 0 (checked in tests).
+_BUCKET_LOWS = [bucket_bounds(i)[0] for i in range(HIST_SLOTS)]
+_bucket_plus_1 = partial(bisect_right, _BUCKET_LOWS)
+
+
 def new_acc() -> list:
     acc = list(_ACC_START)
     for i in _ARRAYS:
         acc[i] = list(acc[i])  # type: ignore[arg-type]
+    acc.append([])
     return acc
+
+
+def add_pending(acc: list) -> int:
+    """Add the pending durations of an accumulator to its fields; returns how many were negative
+    (an entry stamped before its exit: counted as 0 ns)."""
+    pending = acc[A_PENDING]
+    if not pending:
+        return 0
+    negative = 0
+    low = min(pending)
+    if low < 0:
+        negative = sum(1 for d in pending if d < 0)
+        pending = [d if d > 0 else 0 for d in pending]
+        low = 0
+    acc[A_PAIRS] += len(pending)
+    acc[A_TOTAL] += sum(pending)
+    if low < acc[A_MIN]:
+        acc[A_MIN] = low
+    high = max(pending)
+    if high > acc[A_MAX]:
+        acc[A_MAX] = high
+    acc[A_SUMSQ][0] += sum(map(mul, pending, pending))
+    hist = acc[A_HIST]
+    for slot, n in Counter(map(_bucket_plus_1, pending)).items():
+        hist[slot - 1] += n
+    acc[A_PENDING] = []
+    return negative
 
 
 def acc_stats(acc: list, open_: int = 0, abandoned: int = 0) -> ExitStats:
@@ -217,15 +269,35 @@ class Pairer:
         self.last_ns = 0
         #: The payload decoder of this trace's layout; created on the first exit when not given.
         self.decoder: Optional[Decoder] = Decoder(layout) if layout is not None else None
-        self.time_bins = time_bins
+        self.time_bins = time_bins  # (a property: sets _extras)
+        #: Accumulators with pending pairs (see :meth:`flush`).
+        self._dirty: List[list] = []
+
+    @property
+    def time_bins(self) -> Optional[TimeBins]:
+        return self._time_bins
+
+    @time_bins.setter
+    def time_bins(self, bins: Optional[TimeBins]) -> None:
+        self._time_bins = bins
+        #: A new exit's S_SUBS: None, or (time bins wanted) a list that sends its pair to
+        #: _pair_extras even without sub-reason events.
+        self._extras: Optional[list] = None if bins is None else []
 
     def handlers(self, fmt: str = "ftrace") -> Handlers:
         """:data:`EVENTS` bound to this engine, keyed by the event name as ``fmt`` prints it."""
         out: Handlers = {}
         for (system, name), ev in EVENTS.items():
             decode = getattr(self, ev.decode) if isinstance(ev.decode, str) else ev.decode
-            key = "%s:%s" % (system, name) if fmt == "perf" else name
-            out[key.encode()] = (decode, getattr(self, ev.rule), ev.kvm)
+            if decode == self.decode_exit and self.decoder is not None:
+                decode = self.decoder.exit  # the same, one call less
+            handler = (decode, getattr(self, ev.rule), ev.kvm)
+            if fmt == "perf":
+                key = "%s:%s" % (system, name)
+                out[key.encode()] = handler
+                out[b" " + key.encode()] = handler  # ":  kvm:kvm_exit": the reader's split of perf lines
+            else:
+                out[name.encode()] = handler
         return out
 
     # -- decoders that need the engine's state -------------------------------------------------
@@ -237,8 +309,6 @@ class Pairer:
             if layout is None:
                 return None
             decoder = self.decoder = Decoder(layout)
-        if payload[:1] == b" ":
-            payload = payload.lstrip()  # trace-cmd pads it
         return decoder.exit(payload)
 
     def decode_trap(self, payload: bytes) -> Optional[int]:
@@ -251,14 +321,19 @@ class Pairer:
         self.last_ns = ts
         if self.first_ns is None:
             self.first_ns = ts
-        if tid not in self.comm:
-            self.comm[tid] = thread[3]
-        if thread[1] is not None and tid not in self.tgid:
-            self.tgid[tid] = thread[1]
+        if tid not in self.tgid:  # the first exit's comm, the first known tgid
+            if tid not in self.comm:
+                self.comm[tid] = thread[3]
+            if thread[1] is not None:
+                self.tgid[tid] = thread[1]
+        key = (tid, value[0], value[1])
+        acc = self.stats.get(key)
+        if acc is None:
+            acc = self.stats[key] = new_acc()
         prev = self.starts.get(tid)
         if prev is not None:
             self._unfinished(prev)
-        self.starts[tid] = [ts, (tid, value[0], value[1]), 0, thread[2], None]
+        self.starts[tid] = [ts, key, 0, thread[2], self._extras, acc]
 
     def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
         self.last_ns = ts
@@ -268,22 +343,37 @@ class Pairer:
         if s is None:
             self.unpaired_entries += 1
             return
-        d = ts - s[S_TS]
-        if d < 0:
-            self.health.negative += 1
-            d = 0
-        key = s[S_KEY]
-        _add_pair(self._acc(key), d, s[S_HALT])
+        acc = s[S_ACC]
+        pending = acc[A_PENDING]
+        if not pending:
+            self._dirty.append(acc)
+        pending.append(ts - s[S_TS])
+        if s[S_HALT]:
+            acc[A_HALT] += s[S_HALT]
         if s[S_SUBS] is not None:
+            self._pair_extras(s, max(ts - s[S_TS], 0))
+
+    def _pair_extras(self, s: list, d: int) -> None:
+        """What only some pairs need: their sub-reason, their time bin."""
+        key = s[S_KEY]
+        if s[S_SUBS]:
             sub = self._sub(key, s[S_SUBS])
             if sub:
                 skey = (*key, sub)
                 acc = self.sub_stats.get(skey)
                 if acc is None:
                     acc = self.sub_stats[skey] = new_acc()
-                _add_pair(acc, d, s[S_HALT])
+                acc[A_PENDING].append(d)
+                acc[A_HALT] += s[S_HALT]
+                add_pending(acc)
         if self.time_bins is not None:
             self.time_bins.pair(s[S_TS], key[1], key[2], d)
+
+    def flush(self) -> None:
+        """Add the pending pairs to the statistics (:data:`A_PENDING`); every read of them does."""
+        for acc in self._dirty:
+            self.health.negative += add_pending(acc)
+        self._dirty = []
 
     def trap(self, ts: int, thread: Thread, esr_ec: int) -> None:
         # Only where kvm_exit has no class (openEuler 5.10); elsewhere (openEuler 4.19) kvm_exit
@@ -295,7 +385,8 @@ class Pairer:
         if s is not None:
             t, code, detail = s[S_KEY]
             if code == _TRAP:
-                s[S_KEY] = (t, code, (detail & _SERROR) | (esr_ec & 0x3F))
+                s[S_KEY] = key = (t, code, (detail & _SERROR) | (esr_ec & 0x3F))
+                s[S_ACC] = self._acc(key)
 
     def wakeup(self, ts: int, thread: Thread, ns: int) -> None:
         self.wakeups += 1
@@ -317,7 +408,7 @@ class Pairer:
         self.sub_events += 1
         s = self.starts.get(thread[0])
         if s is not None:
-            if s[S_SUBS] is None:
+            if not s[S_SUBS]:
                 s[S_SUBS] = [record]
             elif len(s[S_SUBS]) < MAX_SUB_RECORDS:
                 s[S_SUBS].append(record)
@@ -339,14 +430,14 @@ class Pairer:
 
     def _sub_key(self, s: list) -> Optional[Tuple[int, int, int, int]]:
         """(tid, code, detail, sub) of an open exit whose events give it a sub-reason, else None."""
-        if s[S_SUBS] is None:
+        if not s[S_SUBS]:
             return None
         sub = self._sub(s[S_KEY], s[S_SUBS])
         return (*s[S_KEY], sub) if sub else None
 
     def _unfinished(self, s: list) -> None:
         """An open exit followed by another exit (or a gap): unfinished, under its sub-reason too."""
-        self._acc(s[S_KEY])[A_UNFIN] += 1
+        s[S_ACC][A_UNFIN] += 1
         skey = self._sub_key(s)
         if skey is not None:
             acc = self.sub_stats.get(skey)
@@ -374,6 +465,7 @@ class Pairer:
         ``tgids``/``names`` (from a names side file) fill in what the trace does not show; a tgid
         nobody knows is ``None`` (shown as unknown, never as a process 0).
         """
+        self.flush()
         names = names or {}
         tgids = tgids or {}
         acc_by_key: Dict[Tuple[int, int, int], list] = {k: list(v) for k, v in self.stats.items()}
@@ -387,6 +479,8 @@ class Pairer:
             tgid = self.tgid.get(tid, tgids.get(tid))
             ek = ExitKey(tgid, tid, code, detail)
             st = acc_stats(acc, opens.get(key, 0), self.abandoned.get(key, 0))
+            if not st.exits:
+                continue  # the first key of an exit that kvm_trap_enter renamed
             stats[ek] = stats[ek].merge(st) if ek in stats else st
         sub_opens: Dict[Tuple[int, int, int, int], int] = {}
         for s in self.starts.values():
@@ -421,19 +515,6 @@ class Pairer:
             subs=subs,
             subs_known=self.sub_events > 0,  # a trace without sub-reason events: unknown
         )
-
-
-def _add_pair(acc: list, d: int, halt: int) -> None:
-    """One pair of ``d`` ns (``halt`` of them halted) into an accumulator."""
-    acc[A_PAIRS] += 1
-    acc[A_TOTAL] += d
-    acc[A_HALT] += halt
-    if d < acc[A_MIN]:
-        acc[A_MIN] = d
-    if d > acc[A_MAX]:
-        acc[A_MAX] = d
-    acc[A_SUMSQ][0] += d * d
-    acc[A_HIST][hist_slot(d)] += 1
 
 
 def _vcpu(comm: str) -> Optional[int]:

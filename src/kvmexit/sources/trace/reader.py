@@ -16,11 +16,11 @@ import lzma
 import os
 import re
 from dataclasses import dataclass
-from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import IO, Any, Dict, Iterable, List, Optional, Tuple
 
 from ...errors import BadTrace, KvmexitError
 from ...layouts import detect as detect_layout_from_formats
-from ...model import Snapshot, ThreadInfo
+from ...model import Snapshot, ThreadInfo, paused_gc
 from ...names import vcpu_from_comm
 from .. import Source
 from .decode import LAYOUTS, Decoder, arch_of, detect_layout
@@ -35,8 +35,8 @@ from .formats import (
     LineReader,
     classify_other,
     detect_format,
-    head_lines,
     open_input,
+    split_head,
 )
 from .pairing import Pairer, Thread, TraceHealth
 from .timebins import TimeBins
@@ -319,8 +319,8 @@ def read_stream(
     if layout is not None:
         arch_of(layout)  # validates
     reader = LineReader(stream, max_line=max_line)
-    lines = iter(reader)
-    head = head_lines(lines)
+    batches = reader.batches()
+    head, first = split_head(batches)
     if fmt is None:
         fmt = detect_format(head) or "ftrace"
     rx = GRAMMARS[fmt]
@@ -344,7 +344,8 @@ def read_stream(
         pairer.decoder = Decoder(layout)
     if time_bins is not None:
         pairer.time_bins = time_bins
-    _loop(itertools.chain(head, lines), rx, order, pairer, set(tids), set(tgids), names, fmt)
+    with paused_gc():  # the loop makes no cycles, only garbage the collector would rescan
+        _loop(itertools.chain([first], batches), rx, order, pairer, set(tids), set(tgids), names, fmt)
     decoder = pairer.decoder
     h = pairer.health
     h.truncated = reader.truncated
@@ -385,7 +386,7 @@ def read_stream(
 
 
 def _loop(
-    lines: Iterator[bytes],
+    batches: Iterable[List[bytes]],
     rx: Any,
     order: Tuple[int, ...],
     pairer: Pairer,
@@ -400,22 +401,26 @@ def _loop(
     timestamp (comm, tid, tgid, CPU, flags) is looked up in a cache filled only from lines the
     format's full grammar matched with the same split, so a fast-path line is exactly a line the
     grammar accepts. Anything else goes through the grammar (and, failing it, is classified).
+    The engine adds its pending pairs up after each batch of lines (memory stays flat).
     """
     match = rx.match
     sys_group = rx.groupindex.get("sys")
     health = pairer.health
     handlers = pairer.handlers(fmt)
     handler_of = handlers.get
+    flush = pairer.flush
     scale = _SCALE
     side_tgid = names.tgid_of if names is not None else {}
     filtering = bool(tids or tgids)
     heads: Dict[bytes, Thread] = {}
     heads_get = heads.get
-    n = n_events = n_other = n_ignored = n_filtered = 0
+    n = n_other = n_ignored = n_filtered = 0
+    malformed_before = health.malformed
 
-    def grammar(line: bytes, parts: list) -> Optional[tuple]:
-        """The full grammar: ``(thread, event, payload, digits, frac)``, or ``None`` when the line
-        is no event of the table (it is then counted here as other event, ignored or malformed)."""
+    def grammar(line: bytes, parts: list, n: int) -> Optional[tuple]:
+        """The full grammar: ``(thread, handler, payload, digits, frac)``, or ``None`` when the
+        line is no event of the table (it is then counted here as other event, ignored or
+        malformed)."""
         nonlocal n_ignored, n_other
         m = match(line)
         if m is None:
@@ -433,7 +438,8 @@ def _loop(
         comm, tid_b, tgid_b, cpu_b, sec, frac, ev, payload = m.group(*order)
         if sys_group is not None:
             ev = m.group(sys_group) + b":" + ev
-        if ev not in handlers:
+        handler = handlers.get(ev)
+        if handler is None:
             n_other += 1
             return None
         tid = int(tid_b)
@@ -445,53 +451,57 @@ def _loop(
             comm.strip().decode("utf-8", "replace"),
             not filtering or _wanted(tid, tgid, tids, tgids, side_tgid),
         )
-        if len(parts) == 3 and parts[1] == ev and m.end("frac") == len(parts[0]) and len(heads) < 100000:
+        # perf prints two spaces after the timestamp: its event part then starts with one.
+        if len(parts) == 3 and parts[1] in (ev, b" " + ev) and m.end("frac") == len(parts[0]) and len(heads) < 100000:
             prefix = parts[0]
             i = prefix.rfind(b" ")
             if m.start("sec") == i + 1:
                 heads[prefix[:i]] = thread
-        return thread, ev, payload, sec + frac, frac
+        return thread, handler, payload, sec + frac, frac
 
-    for line in lines:
-        n += 1
-        parts = line.split(b": ", 2)
-        thread = handler = None
-        if len(parts) == 3:
-            prefix, ev, payload = parts
-            handler = handler_of(ev)
-            if handler is not None:
-                i = prefix.rfind(b" ")
-                thread = heads_get(prefix[:i])
-                if thread is not None:
-                    sec, _, frac = prefix[i + 1 :].partition(b".")
-                    digits = sec + frac
-                    # The grammar's bounds: 1-20 digits of seconds, at most 9 of fraction.
-                    if not (0 < len(sec) <= MAX_DIGITS and len(frac) <= MAX_FRACTION and digits.isdigit()):
-                        thread = None
-        if thread is None:
-            g = grammar(line, parts)
-            if g is None:
-                continue
-            thread, ev, payload, digits, frac = g
-            handler = handlers[ev]
-        decode, rule, kvm = handler  # type: ignore[misc]
-        value = None
-        if decode is not None:
-            value = decode(payload)
-            if value is None:
-                health.note_malformed(n)
-                continue
-        if thread[4]:
-            rule(int(digits) * scale[len(frac)], thread, value)
-        elif kvm:
-            n_filtered += 1
-            continue
-        if kvm:
-            n_events += 1
-        else:
-            n_other += 1
+    for batch in batches:
+        done = n
+        for n, line in enumerate(batch, done + 1):
+            parts = line.split(b": ", 2)
+            thread = handler = None
+            if len(parts) == 3:
+                prefix, ev, payload = parts
+                handler = handler_of(ev)
+                if handler is not None:
+                    head, _, stamp = prefix.rpartition(b" ")
+                    thread = heads_get(head)
+                    if thread is not None:
+                        sec, _, frac = stamp.partition(b".")
+                        digits = sec + frac
+                        # The grammar's bounds: 1-20 digits of seconds, at most 9 of fraction.
+                        if not (0 < len(sec) <= MAX_DIGITS and len(frac) <= MAX_FRACTION and digits.isdigit()):
+                            thread = None
+            if thread is None:
+                g = grammar(line, parts, n)
+                if g is None:
+                    continue
+                thread, handler, payload, digits, frac = g
+            decode, rule, kvm = handler  # type: ignore[misc]
+            if decode is None:
+                value = None
+            else:
+                value = decode(payload)
+                if value is None:
+                    health.note_malformed(n)
+                    continue
+            if thread[4]:
+                rule(int(digits) * scale[len(frac)], thread, value)
+                if not kvm:
+                    n_other += 1
+            elif kvm:
+                n_filtered += 1
+            else:
+                n_other += 1
+        flush()
+    flush()
     health.lines += n
-    health.events += n_events
+    # Every line is one of these; the kvm events used are what remains.
+    health.events += n - n_other - n_ignored - n_filtered - (health.malformed - malformed_before)
     health.other_events += n_other
     health.ignored += n_ignored + n_filtered
     health.filtered += n_filtered
