@@ -7,11 +7,20 @@
 # Without an interpreter it says so and exits 0, or 1 when CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+is37() { "$1" -c 'import sys; assert sys.version_info[:2] == (3, 7)' 2>/dev/null; }
 py37=${KVMEXIT_PY37:-}
 if [ -z "$py37" ]; then
-    py37=$(command -v python3.7 || ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.7*/bin/python3.7 2>/dev/null | sort -V | tail -n 1 || true)
+    # The first candidate that runs: pyenv's python3.7 shim is on PATH but fails without a pyenv
+    # version selected, so it must not hide pyenv's own interpreter.
+    for candidate in $(command -v python3.7 || true) \
+        $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.7*/bin/python3.7 2>/dev/null | sort -V -r || true); do
+        if is37 "$candidate"; then
+            py37=$candidate
+            break
+        fi
+    done
 fi
-if [ -z "$py37" ] || ! "$py37" -c 'import sys; assert sys.version_info[:2] == (3, 7)' 2>/dev/null; then
+if [ -z "$py37" ] || ! is37 "$py37"; then
     echo "py37: no Python 3.7 interpreter (set KVMEXIT_PY37)" >&2
     [ "${CI:-}" = true ] && exit 1
     exit 0
