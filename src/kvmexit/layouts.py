@@ -58,6 +58,8 @@ class Layout:
     trap_ec_field: Optional[str] = None
     #: Compile-time defines for bpf/kvmexit.bpf.c.
     defines: Tuple[str, ...] = ()
+    #: Defines the slow-exit log adds (where kvm_exit has the guest PC, the exit qualification).
+    slow_defines: Tuple[str, ...] = ()
 
 
 def parse_format(text: str) -> List[FieldInfo]:
@@ -132,13 +134,20 @@ def detect(formats: Dict[str, str]) -> Layout:
                 "X86_REASON_OFF=%d" % by["exit_reason"].offset,
                 "X86_ISA_OFF=%d" % by["isa"].offset,
             ),
+            slow_defines=tuple(
+                "%s=%d" % (define, by[name].offset)
+                for define, name in (("X86_RIP_OFF", "guest_rip"), ("X86_INFO1_OFF", "info1"))
+                if name in by and by[name].size == 8
+            ),
         )
+    # Every arm64 kvm_exit carries vcpu_pc (the slow-exit log's guest PC); its argument index:
+    pc_arg = ("EXIT_PC_ARG=%d" % names.index("vcpu_pc"),) if "vcpu_pc" in names else ()
     exit_args_first = ("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1")
     if names[:2] == ["ret", "esr_ec"]:
         name = "arm64-openeuler-4.19" if "vcpu_id" in entry_names else "arm64"
-        return Layout(name, ARCH_ARM64, "ret", "esr_ec", defines=exit_args_first)
+        return Layout(name, ARCH_ARM64, "ret", "esr_ec", defines=exit_args_first, slow_defines=pc_arg)
     if names[:2] == ["idx", "exit_reason"]:
-        return Layout("arm64-4.19", ARCH_ARM64, "idx", "exit_reason", defines=exit_args_first)
+        return Layout("arm64-4.19", ARCH_ARM64, "idx", "exit_reason", defines=exit_args_first, slow_defines=pc_arg)
     if names[:2] == ["vcpu_id", "ret"] and "esr_ec" not in names:
         trap = formats.get("kvm_trap_enter")
         trap_names = _names(parse_format(trap)) if trap else []
@@ -160,6 +169,7 @@ def detect(formats: Dict[str, str]) -> Layout:
                 "EXIT_EC_ARG=-1",
                 "TRAP_EC_ARG=%d" % trap_names.index("esr_ec"),
             ),
+            slow_defines=pc_arg,
         )
     raise UnsupportedLayout(
         "unknown kvm_exit layout with fields %s" % ", ".join(names),

@@ -48,6 +48,8 @@ __all__ = [
     "SUB_GROUPINGS",
     "split_by_sub",
     "SORT_KEYS",
+    "SlowExit",
+    "is_slower",
     "bucket_bounds",
     "hist_slot",
     "paused_gc",
@@ -624,3 +626,38 @@ def merge_reports(reports: Sequence[Report], sort: str = "count") -> Report:
         sum(r.time_ns for r in reports),
         last.by_sub,
     )
+
+
+# -- the slow-exit log (--slower-than) ------------------------------------------------------------
+
+
+def is_slower(duration_ns: int, threshold_ns: int) -> bool:
+    """The slow-exit log's rule, live (``bpf/kvmexit.bpf.c``, SLOW_NS) and offline alike: a pair
+    is logged when it took strictly longer than the threshold."""
+    return duration_ns > threshold_ns
+
+
+class SlowExit(NamedTuple):
+    """One paired exit slower than the threshold (:func:`is_slower`), as the kernel sent it (live)
+    or the trace shows it (offline)."""
+
+    #: Time of its kvm_exit in the source's clock (live: CLOCK_MONOTONIC ns; a trace: its timestamps).
+    time_ns: int
+    tgid: Optional[int]
+    tid: int
+    code: int
+    detail: int
+    duration_ns: int
+    #: Of that, halted (kvm_vcpu_wakeup); None where halts are not traced.
+    halt_ns: Optional[int]
+    #: Guest PC at the exit; None where the source does not have it.
+    pc: Optional[int]
+    #: arm64: ESR_EL2 (``esr_whole`` False: only its EC is known); x86: the exit qualification
+    #: (info1); None where unknown.
+    esr: Optional[int]
+    esr_whole: bool
+    #: The sub-reason (reasons/subreasons.py), 0 = none seen.
+    sub: int = 0
+    thread: ThreadInfo = ThreadInfo()
+    #: Unix time of the exit, where the source can tell.
+    wall: Optional[float] = None

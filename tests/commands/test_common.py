@@ -95,3 +95,16 @@ def test_sub_reasons_need_a_grouping_with_reason_and_a_source_that_traced_them()
     )
     assert [(r.reason, r.sub) for r in make_report(traced, options("--sub")).rows] == [("WFx", "WFE")]
     assert [r.sub for r in make_report(traced, options()).rows] == [None]
+
+
+def test_duration_ns_units():
+    from kvmexit.commands.common import duration_ns
+
+    assert [duration_ns(t) for t in ("750ns", "500us", "500\u00b5s", "2.5ms", "1s", "0ms")] == [
+        750,
+        500_000,
+        500_000,
+        2_500_000,
+        1_000_000_000,
+        0,
+    ]

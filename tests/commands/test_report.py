@@ -165,3 +165,59 @@ def test_report_example_is_callable_by_the_live_command(capsys):
 def test_usage_errors(capsys, args):
     rc, _out, err = run(capsys, *args)
     assert rc != 0 and len(err.splitlines()) == 1
+
+
+# -- the slow-exit log (--slower-than) ----------------------------------------------------------
+
+
+def test_slower_than_lists_slow_exits_before_the_report_and_sums_up_on_stderr(capsys):
+    rc, out, err = run(capsys, "--example", "--slower-than", "4ms")
+    assert rc == 0
+    slow = [line for line in out.splitlines() if line.startswith("slow exit: ")]
+    # The example's two exits above 4 ms: an IRQ of 12.5 ms and a DABT_LOW of 4.19 ms.
+    assert [line.split()[9:11] for line in slow] == [["IRQ", "sub"], ["DABT_LOW", "sub"]]
+    assert "12.5ms" in slow[0] and "pc 0x40000000" in slow[0] and slow[0].endswith("esr -")
+    assert "4.19ms" in slow[1] and slow[1].endswith("esr EC 0x24 (ISS unknown)")
+    assert out.index("slow exit: ") < out.index("TGID")  # streamed while reading, report after
+    assert "kvmexit report: slow-exit log: 2 exits slower than 4ms" in err
+
+
+def test_slower_than_json_lines(capsys):
+    rc, out, err = run(capsys, "--example", "--slower-than", "4000us", "--json")
+    assert rc == 0
+    docs = [json.loads(line) for line in out.splitlines()]
+    slow = [d for d in docs if d.get("schema") == "kvmexit-slow/1"]
+    assert [(d["reason"], d["vm"], d["vcpu"], d["esr_ec"], d["esr"]) for d in slow] == [
+        ("IRQ", "e2e-vm", 0, None, None),
+        ("DABT_LOW", "e2e-vm", 0, 0x24, None),
+    ]
+    assert all(d["duration_ns"] > 4_000_000 and d["pc"] >= 0x40000000 for d in slow)
+    assert docs[-1]["schema"] == "kvmexit/1"  # the report follows
+
+
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        ("5", "has no unit"),
+        ("fast", "has no unit"),
+        ("1.5.2ms", "not a duration"),
+        ("--slower-than=-3ms", "out of range"),
+    ],
+)
+def test_slower_than_refuses_what_is_not_a_duration(value, why):
+    option = [value] if value.startswith("--") else ["--slower-than", value]
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvmexit", "report", "--example", *option], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert why in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_slower_than_with_csv_is_one_error_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvmexit", "report", "--example", "--csv", "--slower-than", "1ms"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--slower-than does not combine with --csv" in proc.stderr

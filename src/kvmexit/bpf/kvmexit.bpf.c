@@ -17,6 +17,12 @@
  *   KVMEXIT_SUB         sub-reasons (opt-in): programs on the events inside an exit write the
  *                       slot's sub; a pair with one is also recorded in sub_stats (MAX_SUB_KEYS).
  *                       With the SUB_* defines of kvmexit.reasons.subreasons.bpf_defines.
+ *   SLOW_LOG, SLOW_NS   the slow-exit log (opt-in): every pair longer than SLOW_NS ns is sent to
+ *                       user space through the perf buffer slow_exits, with the guest PC
+ *                       (arm64: kvm_exit arg EXIT_PC_ARG; x86: record offset X86_RIP_OFF) and the
+ *                       ESR (arm64: the EC, and the whole ESR where kvm_handle_sys_reg or
+ *                       kvm_guest_fault fires in the exit) or exit qualification (x86:
+ *                       X86_INFO1_OFF). Without SLOW_LOG none of it is compiled in.
  *
  * Stays within what 4.19 verifies: no loops, no global data, no ring buffer.
  *
@@ -65,6 +71,9 @@ BPF_PERF_OUTPUT(new_keys);
 #ifdef KVMEXIT_SUB
 /* Pairs with a sub-reason, recorded a second time (their reason's row has them too). */
 BPF_HASH(sub_stats, struct kvmexit_sub_key, struct kvmexit_value, MAX_SUB_KEYS);
+#endif
+#ifdef SLOW_LOG
+BPF_PERF_OUTPUT(slow_exits);
 #endif
 #ifdef FILTER_TGID
 BPF_HASH(tgid_filter, u32, u8, 4096); /* tgid -> TGID_ALLOW, or TGID_DENY (FILTER_LEARN only) */
@@ -210,26 +219,27 @@ static __always_inline struct kvmexit_value *sub_value_for(struct kvmexit_thread
 }
 #endif
 
-static __always_inline void on_exit(void *ctx, u32 code, u32 detail)
+/* Returns the thread's slot holding the new open exit, or 0 (filtered out, map full). */
+static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 detail)
 {
 	u64 now = bpf_ktime_get_ns();
 	u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id))
-		return;
+		return 0;
 	u32 tid = id;
 	struct kvmexit_thread *t = threads.lookup(&tid);
 	if (!t) {
 		u32 zero = 0;
 		struct kvmexit_thread *z = thread_zero.lookup(&zero);
 		if (!z)
-			return;
+			return 0;
 		if (threads.update(&tid, z)) {
 			count(KVMEXIT_START_MAP_FULL);
-			return;
+			return 0;
 		}
 		t = threads.lookup(&tid);
 		if (!t)
-			return;
+			return 0;
 		bpf_get_current_comm(&t->comm, sizeof(t->comm));
 		struct kvmexit_key key = {.tgid = id >> 32, .tid = tid, .code = code, .detail = detail};
 		new_keys.perf_submit(ctx, &key, sizeof(key));
@@ -256,7 +266,29 @@ static __always_inline void on_exit(void *ctx, u32 code, u32 detail)
 	t->sub = 0;
 	t->sub_seen = 0;
 #endif
+	return t;
 }
+
+#ifdef SLOW_LOG
+static __always_inline void log_slow(void *ctx, struct kvmexit_thread *t, u32 tid, u64 delta)
+{
+	struct kvmexit_slow e = {
+		.ts = t->ts,
+		.duration_ns = delta,
+		.halt_ns = t->halt_ns,
+		.pc = t->pc,
+		.esr = t->esr,
+		.sub = t->sub,
+		.tgid = t->tgid,
+		.tid = tid,
+		.code = t->code,
+		.detail = t->detail,
+		.esr_known = t->esr_known,
+	};
+	/* A full buffer drops the event; user space counts it (the perf buffer's lost callback). */
+	slow_exits.perf_submit(ctx, &e, sizeof(e));
+}
+#endif
 
 static __always_inline void on_entry(void *ctx)
 {
@@ -271,6 +303,10 @@ static __always_inline void on_entry(void *ctx)
 		return;
 	}
 	u64 delta = now - t->ts;
+#ifdef SLOW_LOG
+	if (delta > SLOW_NS)
+		log_slow(ctx, t, tid, delta);
+#endif
 	struct kvmexit_value *v = value_for(ctx, t, tid);
 	if (!v) {
 		t->ts = 0;
@@ -304,7 +340,17 @@ int kvmexit_exit(struct bpf_raw_tracepoint_args *ctx)
 #else
 	u32 ec = 0; /* filled in by kvm_trap_enter */
 #endif
-	on_exit(ctx, ret & ~(1U << ARM_EXIT_WITH_SERROR_BIT), arm64_detail(ret, ec));
+	u32 detail = arm64_detail(ret, ec);
+	struct kvmexit_thread *t = on_exit(ctx, ret & ~(1U << ARM_EXIT_WITH_SERROR_BIT), detail);
+#ifdef SLOW_LOG
+	if (t) {
+#ifdef EXIT_PC_ARG
+		t->pc = ctx->args[EXIT_PC_ARG];
+#endif
+		t->esr = (u64)(detail & 0x3f) << 26; /* the EC; the ISS comes with kvmexit_esr_* */
+		t->esr_known = 0;
+	}
+#endif
 	return PASS_EVENT_ON;
 }
 
@@ -318,14 +364,49 @@ int kvmexit_trap(struct bpf_raw_tracepoint_args *ctx)
 		t->detail = (t->detail & (1U << ARM_EXIT_WITH_SERROR_BIT)) |
 			    ((u32)ctx->args[TRAP_EC_ARG] & 0x3f);
 		t->row = row_of(t->code, t->detail);
+#ifdef SLOW_LOG
+		t->esr = (u64)(t->detail & 0x3f) << 26;
+#endif
 	}
 	return PASS_EVENT_ON;
+}
+#endif
+
+#ifdef SLOW_LOG
+/* The whole ESR of the open exit, from the events that carry it (4.19 to 6.1 prototypes):
+ * kvm_handle_sys_reg(hsr) for SYS64, kvm_guest_fault(vcpu_pc, hsr, hxfar, ipa) for aborts. */
+static __always_inline int set_esr(u64 esr)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	struct kvmexit_thread *t = threads.lookup(&tid);
+	if (t && t->ts) {
+		t->esr = esr;
+		t->esr_known = 1;
+	}
+	return PASS_EVENT_ON;
+}
+
+int kvmexit_esr_sysreg(struct bpf_raw_tracepoint_args *ctx)
+{
+	return set_esr(ctx->args[0]);
+}
+
+int kvmexit_esr_fault(struct bpf_raw_tracepoint_args *ctx)
+{
+	return set_esr(ctx->args[1]);
 }
 #endif
 #elif defined(SYNTHETIC_X86)
 int kvmexit_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-	on_exit(ctx, ctx->args[0], ctx->args[1]);
+	struct kvmexit_thread *t = on_exit(ctx, ctx->args[0], ctx->args[1]);
+#ifdef SLOW_LOG
+	if (t) { /* args (exit_reason, isa, guest_rip, info1) */
+		t->pc = ctx->args[2];
+		t->esr = ctx->args[3];
+		t->esr_known = 1;
+	}
+#endif
 	return PASS_EVENT_ON;
 }
 #elif defined(LAYOUT_X86)
@@ -334,7 +415,18 @@ int kvmexit_exit(void *ctx)
 	/* The record is built by the kernel: exit_reason and isa are read at their format offsets. */
 	u32 reason = *(u32 *)((char *)ctx + X86_REASON_OFF);
 	u32 isa = *(u32 *)((char *)ctx + X86_ISA_OFF);
-	on_exit(ctx, reason, isa);
+	struct kvmexit_thread *t = on_exit(ctx, reason, isa);
+#ifdef SLOW_LOG
+	if (t) {
+#ifdef X86_RIP_OFF
+		t->pc = *(u64 *)((char *)ctx + X86_RIP_OFF);
+#endif
+#ifdef X86_INFO1_OFF
+		t->esr = *(u64 *)((char *)ctx + X86_INFO1_OFF);
+		t->esr_known = 1;
+#endif
+	}
+#endif
 	return PASS_EVENT_ON;
 }
 #else

@@ -55,6 +55,30 @@ struct kvmexit_thread {
 	u32 row;     /* rows[] index of (code, detail), or KVMEXIT_NR_ROWS: the keyed map */
 	u32 sub_seen; /* KVMEXIT_SUB: SUB_SEEN_* events seen inside the open exit */
 	u32 pad;
+#ifdef SLOW_LOG
+	/* The slow-exit log's view of the open exit (opt-in; after the tail user space decodes). */
+	u64 pc;        /* guest PC at kvm_exit */
+	u64 esr;       /* arm64: ESR_EL2 (EC only until an event carrying the ISS fires); x86: exit qualification */
+	u32 esr_known; /* 1: esr is whole (arm64: ISS included); 0: only the EC (arm64), unknown (x86) */
+	u32 pad2;
+#endif
+};
+
+/* One exit slower than SLOW_NS, sent to user space (perf buffer slow_exits) at its entry. */
+struct kvmexit_slow {
+	u64 ts;          /* kvm_exit time, bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	u64 duration_ns; /* kvm_exit -> kvm_entry */
+	u64 halt_ns;     /* of that, halted (kvm_vcpu_wakeup) */
+	u64 pc;
+	u64 esr;
+	u64 sub;         /* the slot's sub-reason (0 = none) */
+	u32 tgid;
+	u32 tid;
+	u32 code;
+	u32 detail;
+	u32 esr_known;
+	u32 pad;
+	/* Hook for the time split (issue 11 section 2): vmm_ns, preempt_ns, blocked_ns from the slot go here. */
 };
 
 /* Key of the sub-reason map (KVMEXIT_SUB): a pair with a sub-reason, recorded a second time. */

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import math
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 from ..errors import UsageError
-from ..model import GROUPINGS, SORT_KEYS, SUB_GROUPINGS, Report, Snapshot, build_report
+from ..model import GROUPINGS, SORT_KEYS, SUB_GROUPINGS, Report, SlowExit, Snapshot, build_report
 from ..reasons import is_reason_name, label, reason_names
 from ..reasons.subreasons import sub_label
 from ..streams import OutputError, stdout_is_closed
@@ -19,12 +20,15 @@ from ..views.registry import View, ViewOptions, make_view
 __all__ = [
     "add_filter_options",
     "add_output_options",
+    "add_slow_option",
+    "duration_ns",
     "bounded_int",
     "check_reasons",
     "describe_filters",
     "make_report",
     "wants_sub",
     "Emitter",
+    "SlowPrinter",
     "positive_float",
     "positive_int",
     "PID_MAX_LIMIT",
@@ -46,6 +50,40 @@ def positive_float(text: str) -> float:
     if math.isinf(value):
         raise argparse.ArgumentTypeError("must be finite: %r (leave it out to trace until Ctrl-C)" % text)
     return value
+
+
+_DURATION_UNITS = (("ns", 1), ("us", 1000), ("\u00b5s", 1000), ("ms", 1000000), ("s", 1000000000))
+#: The largest threshold: a u64 of ns, and far beyond any exit (about 584 years).
+_MAX_DURATION_NS = (1 << 64) - 1
+
+
+def duration_ns(text: str) -> int:
+    """argparse type for ``--slower-than``: ``500us``, ``2.5ms``, ``1s`` (a unit is required) -> ns."""
+    value = text.strip()
+    units = [u for u in sorted(_DURATION_UNITS, key=lambda u: -len(u[0])) if value.endswith(u[0])]
+    if units:
+        unit, scale = units[0]
+        number = value[: -len(unit)].strip()
+    else:
+        raise argparse.ArgumentTypeError("%r has no unit: give ns, us, ms or s (for example 500us)" % text)
+    try:
+        ns = float(number) * scale if "." in number or "e" in number.lower() else int(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a duration: %r (for example 500us, 2.5ms)" % text) from None
+    if not 0 <= ns <= _MAX_DURATION_NS or ns != ns:
+        raise argparse.ArgumentTypeError("out of range: %r" % text)
+    return int(ns)
+
+
+def add_slow_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--slower-than",
+        type=duration_ns,
+        metavar="DURATION",
+        help="also log every exit that took longer than DURATION (500us, 2ms, 1s), one line each as it "
+        "happens (JSON lines with --json): time, VM, vCPU, thread, reason, sub-reason, duration, halted time, "
+        "guest PC, ESR (arm64) or exit qualification (x86)",
+    )
 
 
 def bounded_int(low: int, high: int, what: str = "") -> Callable[[str], int]:
@@ -313,3 +351,42 @@ class Emitter:
         """Write what is written once at the end (the --html page)."""
         for view in self.views:
             view.close(timeline, notes)
+
+
+class SlowPrinter:
+    """Writes the slow-exit log (``--slower-than``) as exits come: one line each, or one JSON
+    object per line; drops (a full perf buffer) are said on stderr as soon as they are known."""
+
+    def __init__(self, args: argparse.Namespace, out: Optional[Any] = None, prog: str = "kvmexit") -> None:
+        self.threshold_ns: int = args.slower_than
+        self.json = bool(args.json)
+        self.out = out if out is not None else sys.stdout
+        self.prog = prog
+        self.count = 0
+        self.lost = 0
+
+    def __call__(self, arch: str, e: SlowExit) -> None:
+        from ..views.slow import format_slow, slow_document
+
+        self.count += 1
+        self.out.write((json.dumps(slow_document(arch, e)) if self.json else format_slow(arch, e)) + "\n")
+        self.out.flush()
+
+    def note_lost(self, total: int) -> None:
+        """The source's count of dropped slow exits so far: new drops are said once."""
+        if total > self.lost:
+            from ..views.slow import format_slow_lost
+
+            print(format_slow_lost(total - self.lost, total).replace("kvmexit", self.prog, 1), file=sys.stderr)
+            self.lost = total
+
+    def summary(self) -> str:
+        from ..views.text import format_duration
+
+        return "%s: slow-exit log: %d exit%s slower than %s%s" % (
+            self.prog,
+            self.count,
+            "" if self.count == 1 else "s",
+            format_duration(self.threshold_ns),
+            ", %d lost (perf buffer full)" % self.lost if self.lost else "",
+        )

@@ -17,8 +17,10 @@ from ..names import NameResolver
 from .common import (
     PID_MAX_LIMIT,
     Emitter,
+    SlowPrinter,
     add_filter_options,
     add_output_options,
+    add_slow_option,
     bounded_int,
     check_reasons,
     describe_filters,
@@ -118,6 +120,7 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         help="append the reports to FILE, each line flushed; the CSV header only at the start of the file; "
         "SIGHUP reopens FILE (for logrotate)",
     )
+    add_slow_option(parser)
     g = parser.add_argument_group("advanced")
     g.add_argument(
         "--max-threads",
@@ -180,6 +183,8 @@ def open_live(
     max_keys: int = 65536,
     subreasons: bool = False,
     max_sub_keys: int = 65536,
+    slow_ns: Optional[int] = None,
+    on_slow: Optional[Callable[[str, Any], None]] = None,
 ) -> Any:
     """Check every prerequisite in the order a user can fix them, then compile and attach."""
     from ..sources import live
@@ -206,6 +211,8 @@ def open_live(
         wakeup_ns_off=wakeup_off,
         subreasons=subreasons,
         max_sub_keys=max_sub_keys,
+        slow_ns=slow_ns,
+        on_slow=on_slow,
     )
     return source.open()
 
@@ -254,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
             learn_tgids=bool(args.vms),
             subreasons=wants_sub(args),
             max_sub_keys=args.max_sub_keys,
+            slow_ns=args.slower_than,
         )
         print("// cflags: " + " ".join(program.cflags))
         print(program.text)
@@ -262,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("-c/--count needs -i/--interval")
     if args.fallback_example and args.interval is not None:
         raise UsageError("--fallback-example replaces one empty report: it does not combine with -i")
+    if args.slower_than is not None and args.csv:
+        raise UsageError("--slower-than does not combine with --csv", hint="use --json for machine-readable slow exits")
     check_reasons(check_machine(), args.reasons)
     log = LogFile(args.log) if args.log else None  # a bad path fails before anything is loaded
     if log is None:
@@ -272,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
         require_matplotlib()
         check_writable(args.html, args.force)
     try:
+        slow = SlowPrinter(args, log) if args.slower_than is not None else None
         try:
             source = open_live(
                 NameResolver(),
@@ -283,6 +294,8 @@ def run(args: argparse.Namespace) -> int:
                 args.max_keys,
                 subreasons=wants_sub(args),
                 max_sub_keys=args.max_sub_keys,
+                slow_ns=args.slower_than,
+                on_slow=slow,
             )
         except KvmexitError as e:
             if args.fallback_example:
@@ -293,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
                 # With a log, a hang-up means "logrotate moved the file", not "stop".
                 previous = log.reopen_on_sighup() if log is not None else None
                 try:
-                    idle = _trace(source, args, stop, log)
+                    idle = _trace(source, args, stop, log, slow)
                     left_out(source)
                 finally:
                     if previous is not None:
@@ -336,17 +349,37 @@ def announce(source: Any, duration: Optional[float]) -> None:
     sys.stderr.flush()
 
 
-def _trace(source: Any, args: argparse.Namespace, stop: StopRequest, out: Any = None) -> Optional[str]:
+def _trace(
+    source: Any, args: argparse.Namespace, stop: StopRequest, out: Any = None, slow: Optional[SlowPrinter] = None
+) -> Optional[str]:
     """Run the tracing loop. With --fallback-example, a run that saw nothing prints nothing and
     returns why (the example is reported instead); else None. Reports go to ``out`` (a log) or
     standard output."""
+    if slow is None:
+        return _trace_loop(source, args, stop, out, source.wait)
+
+    def wait(seconds: float) -> None:
+        source.wait(seconds)  # slow exits are printed as the perf buffer is read
+        slow.note_lost(source.slow_lost)
+
+    try:
+        return _trace_loop(source, args, stop, out, wait)
+    finally:
+        source.poll(0)
+        slow.note_lost(source.slow_lost)
+        print(slow.summary(), file=sys.stderr)
+
+
+def _trace_loop(
+    source: Any, args: argparse.Namespace, stop: StopRequest, out: Any, wait: Callable[[float], None]
+) -> Optional[str]:
     emitter = Emitter(args, _source_info(source), out if out is not None else sys.stdout)
     start, start_mono = time.time(), time.monotonic()
     prev = source.snapshot()
     announce(source, args.duration)
     deadline = start_mono + args.duration if args.duration else None
     if args.interval is None:
-        stop.sleep_until(deadline, source.sweep, source.wait)
+        stop.sleep_until(deadline, source.sweep, wait)
         why = _emit_since(source, args, emitter, prev, start, 0, unless_idle=args.fallback_example)[2]
         emitter.close()
         return why
@@ -354,7 +387,7 @@ def _trace(source: Any, args: argparse.Namespace, stop: StopRequest, out: Any = 
     wake = start_mono
     while args.count is None or index < args.count:
         wake += args.interval
-        stopped = stop.sleep_until(wake if deadline is None else min(wake, deadline), wait=source.wait)
+        stopped = stop.sleep_until(wake if deadline is None else min(wake, deadline), wait=wait)
         now_t = time.time()
         prev = _emit_since(source, args, emitter, prev, prev_t, index)[0]
         prev_t = now_t

@@ -11,20 +11,30 @@ import argparse
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
-from ..errors import BadTrace, KvmexitError
+from ..errors import BadTrace, KvmexitError, UsageError
 from ..model import SORT_KEYS
 from ..reasons import label
 from ..sources.saved import is_saved_report, load_report
 from ..sources.trace import FORMATS, LAYOUTS, TraceResult, open_input, read_trace
 from ..sources.trace.formats import MAX_LINE
 from ..sources.trace.pairing import TraceHealth
+from ..sources.trace.slow import SlowLog
 from ..sources.trace.timebins import TimeBins
 from ..streams import InputError, stdin_is_closed
 from ..timeline import from_intervals
-from .common import Emitter, add_filter_options, add_output_options, describe_filters, make_report
+from .common import (
+    Emitter,
+    SlowPrinter,
+    add_filter_options,
+    add_output_options,
+    add_slow_option,
+    describe_filters,
+    make_report,
+)
 
 __all__ = [
     "DESCRIPTION",
@@ -76,6 +86,7 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-names", action="store_true", help="ignore the names side file")
     add_filter_options(parser)
     add_output_options(parser)
+    add_slow_option(parser)
 
 
 def _fmt_list(items: List[str], limit: int = 8) -> str:
@@ -211,6 +222,7 @@ def _read_filtered(path: str, args: argparse.Namespace, **options: Any) -> Trace
     except BadTrace:
         if not (args.tids or args.pids):
             raise
+        options.pop("slow", None)  # what was logged was logged once
         read_trace(path, **options)  # raises BadTrace again if the trace itself is empty
         raise _matched_nothing(args) from None
 
@@ -227,16 +239,31 @@ def report_example(args: argparse.Namespace, why: Optional[str] = None) -> int:
         note += ": " + why
     print(note, file=sys.stderr)
     bins = _time_bins(args)
-    result = _read_filtered(
-        EXAMPLE_TRACE,
-        args,
-        names_path=EXAMPLE_NAMES,
-        display_path="example:" + os.path.basename(EXAMPLE_TRACE),
-        time_bins=bins,
-    )
+    with _slow_log(args) as slow:
+        result = _read_filtered(
+            EXAMPLE_TRACE,
+            args,
+            names_path=EXAMPLE_NAMES,
+            display_path="example:" + os.path.basename(EXAMPLE_TRACE),
+            time_bins=bins,
+            slow=slow,
+        )
     source = result.info.source()
     source["example"] = True
     return report_trace(result, args, source, bins)
+
+
+@contextmanager
+def _slow_log(args: argparse.Namespace) -> Iterator[Optional[SlowLog]]:
+    """With --slower-than, the log of a trace's slow exits, printed as they are read; its
+    summary on stderr once the trace is read."""
+    threshold = getattr(args, "slower_than", None)  # the live command's fallback may not have it
+    if threshold is None:
+        yield None
+        return
+    printer = SlowPrinter(args, sys.stdout, prog="kvmexit report")
+    yield SlowLog(threshold, printer)
+    print(printer.summary(), file=sys.stderr)
 
 
 def _example_kind() -> str:
@@ -249,6 +276,8 @@ def _example_kind() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.slower_than is not None and args.csv:
+        raise UsageError("--slower-than does not combine with --csv", hint="use --json for machine-readable slow exits")
     if args.html:  # before reading: a page that cannot be written fails now
         from ..views.html import check_writable, require_matplotlib
 
@@ -263,16 +292,20 @@ def run(args: argparse.Namespace) -> int:
     if args.file == "-" and stdin_is_closed():
         raise InputError("standard input is closed", hint="give a file, or pipe the trace in")
     if args.file != "-" and _is_saved(args.file):
+        if args.slower_than is not None:
+            raise UsageError("--slower-than needs a trace: a saved report holds no single exits")
         return report_saved(args)
     bins = _time_bins(args)
-    result = _read_filtered(
-        args.file,
-        args,
-        fmt=args.format,
-        layout=args.layout,
-        names_path=args.names,
-        use_names=not args.no_names,
-        display_path="<stdin>" if args.file == "-" else args.file,
-        time_bins=bins,
-    )
+    with _slow_log(args) as slow:
+        result = _read_filtered(
+            args.file,
+            args,
+            fmt=args.format,
+            layout=args.layout,
+            names_path=args.names,
+            use_names=not args.no_names,
+            display_path="<stdin>" if args.file == "-" else args.file,
+            time_bins=bins,
+            slow=slow,
+        )
     return report_trace(result, args, time_bins=bins)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import BccMissing, HeadersMissing, KvmexitError, NotRoot
 from ..layouts import TRACEFS_ROOTS, Layout
@@ -27,6 +27,7 @@ from ..model import (
     ExitKey,
     ExitStats,
     Health,
+    SlowExit,
     Snapshot,
     SubKey,
     ThreadInfo,
@@ -72,11 +73,14 @@ def render_program(
     test_hooks: bool = False,
     subreasons: bool = False,
     max_sub_keys: int = 65536,
+    slow_ns: Optional[int] = None,
 ) -> BpfProgram:
     """The program for a layout and options; pure, so it can be printed (``--ebpf``) and tested.
 
     ``learn_tgids`` (``--vm``): the tgid filter admits processes it has no verdict for yet, until
-    user space judges them (FILTER_LEARN in kvmexit.bpf.c)."""
+    user space judges them (FILTER_LEARN in kvmexit.bpf.c).
+
+    ``slow_ns``: compile in the slow-exit log, for pairs longer than that many ns."""
     # kvmexit.h is inlined so bcc needs no include path into the installed package.
     text = _read_source("kvmexit.bpf.c").replace('#include "kvmexit.h"', _read_source("kvmexit.h"))
     defines = list(layout.defines)
@@ -90,6 +94,8 @@ def render_program(
         defines.append("FILTER_TID")
     if test_hooks:
         defines.append("KVMEXIT_TEST_HOOKS")
+    if slow_ns is not None:
+        defines += ["SLOW_LOG", "SLOW_NS=%dULL" % slow_ns, *layout.slow_defines]
     defines += ["MAX_THREADS=%d" % max_threads, "MAX_KEYS=%d" % max_keys]
     codes, details = ROW_KEY_SPACE[layout.arch]
     defines += [
@@ -114,6 +120,8 @@ def render_program(
         attach.append(("raw", "sched:sched_process_exit", "kvmexit_proc_exit"))
     if subreasons:
         attach += [("raw", "kvm:" + event, fn) for event, fn in SUB_PROGRAMS[layout.arch]]
+    if slow_ns is not None and layout.arch == "arm64":
+        attach += [(_OPTIONAL, tp, fn) for tp, fn in SLOW_ESR_EVENTS]
     return BpfProgram(text=text, cflags=tuple("-D" + d for d in defines), attach=tuple(attach))
 
 
@@ -141,6 +149,14 @@ SUB_PROGRAMS: Dict[str, Tuple[Tuple[str, str], ...]] = {
         ("kvm_userspace_exit", "kvmexit_sub_user"),
     ),
 }
+
+
+#: Attach kind of a program whose tracepoint may be missing (the feature is then noted, not refused).
+_OPTIONAL = "raw-optional"
+#: arm64 events that carry the whole ESR of the open exit, for the slow-exit log.
+SLOW_ESR_EVENTS = (("kvm:kvm_handle_sys_reg", "kvmexit_esr_sysreg"), ("kvm:kvm_guest_fault", "kvmexit_esr_fault"))
+#: Pages per CPU of the slow-exit log's perf buffer (a power of two); more pages, fewer drops.
+SLOW_PAGES = 64
 
 
 def value_fields_c() -> str:
@@ -198,7 +214,12 @@ class LiveSource(Source):
         wakeup_ns_off: Optional[int] = None,
         subreasons: bool = False,
         max_sub_keys: int = 65536,
+        slow_ns: Optional[int] = None,
+        on_slow: Optional[Callable[[str, SlowExit], None]] = None,
+        slow_pages: int = SLOW_PAGES,
     ) -> None:
+        """``slow_ns``: also log every exit longer than that (``on_slow`` gets (arch, exit), as
+        :meth:`poll` reads them; drops are counted in :attr:`slow_lost`)."""
         self.layout = layout
         #: Sub-reasons are traced (KVMEXIT_SUB): snapshots carry ``subs``.
         self.subreasons = subreasons
@@ -224,7 +245,17 @@ class LiveSource(Source):
             wakeup_ns_off=wakeup_ns_off,
             subreasons=subreasons,
             max_sub_keys=max_sub_keys,
+            slow_ns=slow_ns,
         )
+        self.slow_ns = slow_ns
+        self._on_slow = on_slow
+        self._slow_pages = slow_pages
+        #: Slow exits the perf buffer dropped (it was full: user space did not keep up).
+        self.slow_lost = 0
+        #: Slow exits received.
+        self.slow_seen = 0
+        #: Seconds to add to a CLOCK_MONOTONIC time to get Unix time (for the log's timestamps).
+        self._wall_offset = time.time() - time.monotonic()
         self._attach = attach
         #: Sub-reason events attached (the others are missing from this kernel: see notes).
         self.sub_events: List[str] = []
@@ -263,6 +294,10 @@ class LiveSource(Source):
             self._fill_rows()
             self._fill_filters()
             self.bpf["new_keys"].open_perf_buffer(self._on_new_key, page_cnt=16, lost_cb=self._on_lost)
+            if self.slow_ns is not None:
+                self.bpf["slow_exits"].open_perf_buffer(
+                    self._on_slow_event, page_cnt=self._slow_pages, lost_cb=self._on_slow_lost
+                )
             if self._attach:
                 self._attach_all()
         except BaseException:
@@ -314,6 +349,9 @@ class LiveSource(Source):
                 continue
             if fn.startswith("kvmexit_sub_"):
                 self._attach_sub(tracepoint, fn)
+                continue
+            if kind == _OPTIONAL:
+                self._attach_optional(tracepoint, fn)
                 continue
             printed: List[str] = []
             try:
@@ -375,6 +413,18 @@ class LiveSource(Source):
             return
         self.sub_events.append(tracepoint)
 
+    def _attach_optional(self, tracepoint: str, fn: str) -> None:
+        """A raw tracepoint that adds detail (the slow-exit log's ESR): without it, a note."""
+        printed: List[str] = []
+        try:
+            if not self._tracepoint_exists(tracepoint):
+                raise KvmexitError("this kernel has no %s" % tracepoint)
+            with _c_stderr_to(printed):
+                self.bpf.attach_raw_tracepoint(tp=tracepoint.split(":", 1)[1], fn_name=fn)
+        except Exception as e:  # bcc raises bare Exception when the kernel refuses
+            why = "; ".join(line for line in printed if line.strip()) or str(e)
+            self.notes.append("slow-exit log: no ESR ISS from %s (%s)" % (tracepoint, why))
+
     @staticmethod
     def _tracepoint_exists(tracepoint: str) -> bool:
         category, event = tracepoint.split(":", 1)
@@ -391,6 +441,41 @@ class LiveSource(Source):
 
     def _on_lost(self, count: int) -> None:
         self.lost_events += count
+
+    def _on_slow_event(self, cpu: int, data: Any, size: int) -> None:
+        e = self.bpf["slow_exits"].event(data)
+        self.slow_seen += 1
+        if self._on_slow is None:
+            return
+        x86 = self.layout.arch != "arm64"
+        self._on_slow(
+            self.layout.arch,
+            SlowExit(
+                time_ns=e.ts,
+                tgid=e.tgid,
+                tid=e.tid,
+                code=e.code,
+                detail=e.detail,
+                duration_ns=e.duration_ns,
+                halt_ns=e.halt_ns if self.halt_known else None,
+                pc=e.pc if (not x86 or any(d.startswith("X86_RIP_OFF") for d in self.layout.slow_defines)) else None,
+                esr=e.esr if (e.esr_known or not x86) else None,
+                esr_whole=bool(e.esr_known),
+                sub=e.sub,
+                thread=self._slow_thread(e.tgid, e.tid),
+                wall=self._wall_offset + e.ts / 1e9,
+            ),
+        )
+
+    def _slow_thread(self, tgid: int, tid: int) -> ThreadInfo:
+        """Names of a slow exit's thread: as the last snapshot named it, else from /proc now."""
+        cached = self._threads.get(tid)
+        if cached is not None and cached[0][0] == tgid:
+            return cached[1]
+        return self.resolver.thread(tgid, tid)
+
+    def _on_slow_lost(self, count: int) -> None:
+        self.slow_lost += count
 
     def poll(self, timeout_ms: int = 0) -> None:
         """Wait up to ``timeout_ms`` for new-key notifications and handle them."""
@@ -457,7 +542,8 @@ class LiveSource(Source):
         comms: Dict[int, bytes] = {}
         judged: Dict[int, Verdict] = {}  # once per process per read: a judgement reads /proc
         rows = self.rows
-        for kb, vb in self._read("threads", _ROWS_SIZE * len(rows) + _THREAD_TAIL.size):
+        slot_size = _ROWS_SIZE * len(rows) + _THREAD_TAIL.size + (_SLOW_TAIL_SIZE if self.slow_ns is not None else 0)
+        for kb, vb in self._read("threads", slot_size):
             (tid,) = _TID.unpack(kb)
             comm, ts, _halt, sub, _addr, tgid, code, detail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))[:8]
             if self.vm_filter is not None:
@@ -623,6 +709,8 @@ _SUB_KEY = struct.Struct("=4IQ")
 _PAIRS_UNFINISHED = struct.Struct("=2Q")
 #: Verdicts of tgid_filter (bpf/kvmexit.h).
 _TGID_ALLOW, _TGID_DENY = 1, 2
+#: With the slow-exit log, the slot ends with pc, esr, esr_known, pad2 (not decoded here).
+_SLOW_TAIL_SIZE = struct.calcsize("=2Q2I")
 
 
 def _bytes_of(c: Any) -> bytes:

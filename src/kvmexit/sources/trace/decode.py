@@ -66,6 +66,12 @@ _EULER_TRAP = re.compile(rb"HSR_EC=0x([0-9a-fA-F]{1,16})(?![0-9a-fA-F])")
 _X86 = re.compile(rb"^(?:vcpu \d{1,20},? )?reason (.+)$")
 _UNKNOWN = re.compile(r"^UNKNOWN \((\d{1,20})\)$")
 _WAKE = re.compile(rb"time (\d{1,20}) ns")
+#: The slow-exit log's extras of a kvm_exit payload: the guest PC, and on x86 info1 (the exit
+#: qualification), printed ``info1 0x%016llx`` (5.x+) or ``info %llx %llx`` (4.19).
+_PC_ARM64 = re.compile(rb"PC[:=] ?0x([0-9a-fA-F]{1,16})(?![0-9a-fA-F])")
+_RIP_X86 = re.compile(
+    rb" rip 0x([0-9a-fA-F]{1,16})(?![0-9a-fA-F])(?: info1? (?:0x)?([0-9a-fA-F]{1,16})(?![0-9a-fA-F]))?"
+)
 
 _CACHE_MAX = 1 << 16
 
@@ -185,6 +191,17 @@ class Decoder:
         # Not cached: its isa is whatever the named reasons of this trace say.
         self.cache.pop(key, None)
         return value & 0xFFFFFFFF, self.isa
+
+    def pc_and_qualification(self, payload: bytes) -> Tuple[Optional[int], Optional[int]]:
+        """The guest PC of a ``kvm_exit`` payload and, on x86, the exit qualification (info1);
+        ``None`` for what it does not show."""
+        if self.arch == ARCH_X86:
+            m = _RIP_X86.search(payload)
+            if m is None:
+                return None, None
+            return int(m.group(1), 16), int(m.group(2), 16) if m.group(2) else None
+        m = _PC_ARM64.search(payload)
+        return (int(m.group(1), 16) if m else None), None
 
     def trap(self, payload: bytes) -> Optional[int]:
         m = _EULER_TRAP.search(payload)

@@ -83,8 +83,9 @@ _SERROR = arm64.SERROR_PENDING_BIT
 _EULER_510 = Decoder("arm64-openeuler-5.10")  # reads kvm_trap_enter before any exit named a layout
 
 # Indexes into a start record: [ts_ns, key, halt_ns, cpu, sub-reason records (a list) or None, the
-# key's accumulator]; key = (tid, code, detail).
-S_TS, S_KEY, S_HALT, S_CPU, S_SUBS, S_ACC = 0, 1, 2, 3, 4, 5
+# key's accumulator]; key = (tid, code, detail). With the slow-exit log, the kvm_exit payload
+# follows (S_PAYLOAD).
+S_TS, S_KEY, S_HALT, S_CPU, S_SUBS, S_ACC, S_PAYLOAD = 0, 1, 2, 3, 4, 5, 6
 #: An accumulator is a list with one item per field the kernel keeps (model.KERNEL_FIELDS, in
 #: that order; arrays as lists); min/max start at sentinels (reported as None before a pair).
 ACC_INDEX = {f.name: i for i, f in enumerate(KERNEL_FIELDS)}
@@ -269,6 +270,8 @@ class Pairer:
         self.last_ns = 0
         #: The payload decoder of this trace's layout; created on the first exit when not given.
         self.decoder: Optional[Decoder] = Decoder(layout) if layout is not None else None
+        #: The slow-exit log (``report --slower-than``): gets every pair above its threshold.
+        self._slow: Optional[Any] = None
         self.time_bins = time_bins  # (a property: sets _extras)
         #: Accumulators with pending pairs (see :meth:`flush`).
         self._dirty: List[list] = []
@@ -280,17 +283,26 @@ class Pairer:
     @time_bins.setter
     def time_bins(self, bins: Optional[TimeBins]) -> None:
         self._time_bins = bins
-        #: A new exit's S_SUBS: None, or (time bins wanted) a list that sends its pair to
-        #: _pair_extras even without sub-reason events.
-        self._extras: Optional[list] = None if bins is None else []
+        #: A new exit's S_SUBS: None, or (time bins or the slow-exit log wanted) a list that sends
+        #: its pair to _pair_extras even without sub-reason events.
+        self._extras: Optional[list] = None if bins is None and self._slow is None else []
+
+    @property
+    def slow(self) -> Optional[Any]:
+        return self._slow
+
+    @slow.setter
+    def slow(self, log: Optional[Any]) -> None:
+        self._slow = log
+        self.time_bins = self._time_bins  # recomputes _extras
 
     def handlers(self, fmt: str = "ftrace") -> Handlers:
         """:data:`EVENTS` bound to this engine, keyed by the event name as ``fmt`` prints it."""
         out: Handlers = {}
         for (system, name), ev in EVENTS.items():
             decode = getattr(self, ev.decode) if isinstance(ev.decode, str) else ev.decode
-            if decode == self.decode_exit and self.decoder is not None:
-                decode = self.decoder.exit  # the same, one call less
+            if decode == self.decode_exit and self.decoder is not None and self._slow is None:
+                decode = self.decoder.exit  # the same, one call less (the slow-exit log needs the payload)
             handler = (decode, getattr(self, ev.rule), ev.kvm)
             if fmt == "perf":
                 key = "%s:%s" % (system, name)
@@ -309,7 +321,10 @@ class Pairer:
             if layout is None:
                 return None
             decoder = self.decoder = Decoder(layout)
-        return decoder.exit(payload)
+        value = decoder.exit(payload)
+        if self._slow is not None and value is not None:
+            return (*value, payload)  # type: ignore[return-value]  # the slow-exit log reads its PC
+        return value
 
     def decode_trap(self, payload: bytes) -> Optional[int]:
         return (self.decoder or _EULER_510).trap(payload)
@@ -333,7 +348,7 @@ class Pairer:
         prev = self.starts.get(tid)
         if prev is not None:
             self._unfinished(prev)
-        self.starts[tid] = [ts, key, 0, thread[2], self._extras, acc]
+        self.starts[tid] = [ts, key, 0, thread[2], self._extras, acc, *value[2:]]
 
     def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
         self.last_ns = ts
@@ -356,6 +371,7 @@ class Pairer:
     def _pair_extras(self, s: list, d: int) -> None:
         """What only some pairs need: their sub-reason, their time bin."""
         key = s[S_KEY]
+        sub = 0
         if s[S_SUBS]:
             sub = self._sub(key, s[S_SUBS])
             if sub:
@@ -368,6 +384,8 @@ class Pairer:
                 add_pending(acc)
         if self.time_bins is not None:
             self.time_bins.pair(s[S_TS], key[1], key[2], d)
+        if self._slow is not None and d > self._slow.threshold_ns:  # model.is_slower
+            self._slow.pair(self, s, d, sub)
 
     def flush(self) -> None:
         """Add the pending pairs to the statistics (:data:`A_PENDING`); every read of them does."""

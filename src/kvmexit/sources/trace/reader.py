@@ -39,6 +39,7 @@ from .formats import (
     split_head,
 )
 from .pairing import Pairer, Thread, TraceHealth
+from .slow import SlowLog
 from .timebins import TimeBins
 
 __all__ = ["TraceInfo", "TraceResult", "TraceSource", "read_trace", "read_stream", "load_names", "NAMES_SUFFIX"]
@@ -234,10 +235,12 @@ def read_trace(
     use_names: bool = True,
     display_path: Optional[str] = None,
     time_bins: Optional[TimeBins] = None,
+    slow: Optional[SlowLog] = None,
 ) -> TraceResult:
     """Read a trace file (``-`` for stdin; gzip/xz transparently) into a snapshot.
 
     ``time_bins``, if given, also receives every pair by time (for heatmaps; off by default).
+    ``slow``, if given, receives every pair slower than its threshold as it is read.
     ``names_path`` defaults to ``path + ".names.json"`` when that file exists, or for a compressed
     ``FILE.gz``/``FILE.xz`` to ``FILE.names.json`` (``kvmexit record`` names it after the trace).
     """
@@ -252,7 +255,9 @@ def read_trace(
             names = load_names(names_path)
     stream, compression = open_input(path)
     try:
-        result = read_stream(stream, fmt=fmt, layout=layout, tids=tids, tgids=tgids, names=names, time_bins=time_bins)
+        result = read_stream(
+            stream, fmt=fmt, layout=layout, tids=tids, tgids=tgids, names=names, time_bins=time_bins, slow=slow
+        )
     except (OSError, lzma.LZMAError) as e:
         raise BadTrace("%s: cannot read: %s" % (path, e)) from e
     finally:
@@ -307,6 +312,7 @@ def read_stream(
     max_line: int = MAX_LINE,
     time_bins: Optional[TimeBins] = None,
     engine: Optional[Pairer] = None,
+    slow: Optional[SlowLog] = None,
 ) -> TraceResult:
     """Read an uncompressed binary line stream (see :func:`read_trace`).
 
@@ -344,6 +350,9 @@ def read_stream(
         pairer.decoder = Decoder(layout)
     if time_bins is not None:
         pairer.time_bins = time_bins
+    if slow is not None:
+        slow.names = names
+        pairer.slow = slow
     with paused_gc():  # the loop makes no cycles, only garbage the collector would rescan
         _loop(itertools.chain([first], batches), rx, order, pairer, set(tids), set(tgids), names, fmt)
     decoder = pairer.decoder
