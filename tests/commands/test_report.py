@@ -183,7 +183,7 @@ def test_slower_than_lists_slow_exits_before_the_report_and_sums_up_on_stderr(ca
 
 
 def test_slower_than_json_lines(capsys):
-    rc, out, err = run(capsys, "--example", "--slower-than", "4000us", "--json")
+    rc, out, _err = run(capsys, "--example", "--slower-than", "4000us", "--json")
     assert rc == 0
     docs = [json.loads(line) for line in out.splitlines()]
     slow = [d for d in docs if d.get("schema") == "kvmexit-slow/1"]
