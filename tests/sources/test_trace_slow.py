@@ -90,3 +90,20 @@ def test_x86_rip_and_exit_qualification_from_both_print_formats():
         for e in got:
             assert e.pc is not None and e.pc >> 32 == 0xFFFFFFFF, name
             assert e.esr == 0 and e.esr_whole, name
+
+
+def test_sub_reason_and_whole_esr_from_the_events_inside_the_exit():
+    """The real sub-reason capture: each SYS64 exit's ESR comes from its kvm_handle_sys_reg (EC
+    0x18 with the ISS) and its sub-reason is the one the report's sub-reason rows count."""
+    from kvmexit.reasons.subreasons import sys64_sub
+    from kvmexit.views.slow import sub_label
+
+    got, _ = slow_list(TRACES / "arm64-6.1-subreasons.trace", 0)
+    sys64 = [e for e in got if label("arm64", e.code, e.detail) == "SYS64"]
+    assert len(sys64) > 20
+    for e in sys64:
+        assert e.esr_whole and e.esr >> 26 == 0x18 and e.sub == sys64_sub(e.esr)
+    labels = {sub_label("arm64", e.code, e.detail, e.sub) for e in sys64}
+    assert {"OSLAR_EL1 write", "OSLSR_EL1 read"} <= labels
+    aborts = [e for e in got if label("arm64", e.code, e.detail) == "DABT_LOW"]
+    assert aborts and all(e.esr_whole and e.esr >> 26 == 0x24 and e.sub for e in aborts)
