@@ -449,3 +449,45 @@ def preemptions(text: str) -> Dict[int, Tuple[int, int]]:
             if nxt in out_since:
                 result[nxt][1] += ns - out_since.pop(nxt)
     return {tid: (n, t) for tid, (n, t) in result.items()}
+
+
+def _median(values: List[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def format_cost(cost: dict, host_load: Dict[str, str]) -> str:
+    """The cost scenario's figures (cost_driver.py's cost.json): per mode the vCPU's time per exit
+    of the workload, the time tracing added per exit (median over rounds of the round's
+    difference with the untraced run of the same round), and the ratio kvmexit/original."""
+    exits = sum(int(n) for n in cost["spec"].split(":"))
+    runs = cost["runs"]
+    per_exit = {m: [r["run_ns"] / exits for r in rs] for m, rs in runs.items()}
+    lines = [
+        "cost: guest-visible cost of tracing, workload %s (%d exits per run, one vCPU), %d interleaved rounds"
+        % (cost["spec"], exits, cost["rounds"])
+    ]
+    added: Dict[str, float] = {}
+    for mode, values in per_exit.items():
+        line = "  %-9s %9.1f ns per exit (median; rounds %s)" % (
+            mode,
+            _median(values),
+            ", ".join("%.0f" % v for v in values),
+        )
+        if mode != "none":
+            added[mode] = _median([v - b for v, b in zip(values, per_exit["none"])])
+            line += "; added %.1f ns per exit" % added[mode]
+        lines.append(line)
+    if "original" in added and added["original"] > 0:
+        lines.append("  ratio of added cost kvmexit/original: %.2fx" % (added["kvmexit"] / added["original"]))
+    lines.append(
+        "  host load average %s at boot, %s at the end (%s CPUs); guest load %s"
+        % (
+            host_load.get("host_loadavg_start", "?").split(" ")[:3],
+            host_load.get("host_loadavg_end", "?").split(" ")[:3],
+            host_load.get("host_cpus", "?"),
+            cost.get("guest_loadavg"),
+        )
+    )
+    return "\n".join(lines)

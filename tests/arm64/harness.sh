@@ -35,7 +35,7 @@ host_conf() {
     case "$HOST" in
         arm64-6.1) ARCH=arm64 SUITE=bookworm KSERIES=6.1.0 QEMU_PKG=qemu-system-arm SCENARIO_CONF="" ;;
         # No QEMU in this rootfs yet (the `qemu` scenario skips): adding it rebuilds the image.
-        arm64-5.10) ARCH=arm64 SUITE=bullseye KSERIES=5.10.0 QEMU_PKG="" SCENARIO_CONF="COST_REPEAT=2" ;;
+        arm64-5.10) ARCH=arm64 SUITE=bullseye KSERIES=5.10.0 QEMU_PKG="" SCENARIO_CONF="COST_ROUNDS=2" ;;
         x86-6.1) ARCH=amd64 SUITE=bookworm KSERIES=6.1.0 QEMU_PKG=qemu-system-x86 SCENARIO_CONF="" ;;
         *) log "unknown host $HOST (known: $ALL_HOSTS)"; exit 2 ;;
     esac
@@ -247,6 +247,8 @@ cmd_run() {
     # The code under test and the guest scripts go on a fresh work disk.
     mkdir -p "$stage/work/guest" "$stage/work/py" "$stage/work/results"
     cp -a "$here/guest/." "$stage/work/guest/"
+    # The cost scenario attaches the original tool's logic too (the benchmarks' faithful baseline).
+    cp "$repo/bench/original_kvmexit_aarch64.bpf.c" "$stage/work/guest/"
     # KVMEXIT_ARM64_SRC: test another kvmexit package directory (default: this tree's)
     local src=${KVMEXIT_ARM64_SRC:-$repo/src/kvmexit}
     if [ -d "$src" ]; then
@@ -297,7 +299,8 @@ print(os.path.dirname(prometheus_client.__file__), decorator.__file__)' 2>/dev/n
     local serial="$out/serial.log"
     echo "$HOST" > "$out/host"
     log "booting emulated $HOST host (kernel $KVER), serial log: $serial"
-    local t0 t1
+    local t0 t1 load_start
+    load_start=$(cat /proc/loadavg)
     t0=$(date +%s)
     case "$ARCH" in
         arm64)
@@ -339,6 +342,12 @@ print(os.path.dirname(prometheus_client.__file__), decorator.__file__)' 2>/dev/n
 
     rm -rf "$out/results"
     debugfs -R "rdump /results $out" "$stage/work.img" >/dev/null 2>&1 || true
+    # This machine's load while the emulated host ran (its speed, and so every timing, depends on it).
+    if [ -d "$out/results" ]; then
+        echo "$load_start" > "$out/results/host_loadavg_start"
+        cat /proc/loadavg > "$out/results/host_loadavg_end"
+        nproc > "$out/results/host_cpus"
+    fi
     local keep
     keep="$cache/logs/serial-$HOST-$(date +%Y%m%d-%H%M%S).log"
     cp "$serial" "$keep"

@@ -392,22 +392,31 @@ def test_clean_detach(results, arch, name):
 
 
 def test_cost_ratio(results, arch):
-    """Workload wall time with and without kvmexit attached (reported, not asserted)."""
+    """Guest-visible cost of tracing (issue 7): the vCPU's time for an HVC loop with nothing, the
+    original tool's logic and kvmexit attached, in interleaved rounds. Printed, not asserted (a
+    ratio measured in one run; emulation makes absolute times meaningless); what is asserted is
+    that every round produced its figure and both tracers really saw the exits."""
     _skip_not_run(arch, "cost", results)
     d = os.path.join(results, "cost")
     if not _exists(d, "cost.json"):
-        pytest.fail("cost scenario produced nothing")
+        pytest.fail(
+            "cost scenario produced nothing: %s" % (_read(d, "driver.err")[-2000:] if _exists(d, "driver.err") else "-")
+        )
     cost = json.loads(_read(d, "cost.json"))
-    base = sorted(x for x in cost["base_s"] if x is not None)
-    traced = sorted(x for x in cost["traced_s"] if x is not None)
-    assert base and traced, cost
-    ratio = traced[len(traced) // 2] / base[len(base) // 2]
-    print(
-        "\ncost: workload median %.3fs without, %.3fs with kvmexit attached: ratio %.2f (of the fastest runs: %.2f)"
-        "\n  runs without %s\n  runs with %s"
-        "\n  (wall time under TCG on a shared host: load on the host skews single runs)"
-        % (base[len(base) // 2], traced[len(traced) // 2], ratio, traced[0] / base[0], cost["base_s"], cost["traced_s"])
-    )
+    runs = cost["runs"]
+    assert all(r is not None for rs in runs.values() for r in rs), runs
+    exits = sum(int(n) for n in cost["spec"].split(":"))
+    for mode, seen in cost["seen"].items():
+        assert seen >= exits * cost["rounds"], (mode, seen)  # each tracer saw at least its rounds' exits
+    print(er.format_cost(cost, _host_load(results)))
+
+
+def _host_load(results):
+    out = {}
+    for name in ("host_loadavg_start", "host_loadavg_end", "host_cpus"):
+        if _exists(results, name):
+            out[name] = _read(results, name).strip()
+    return out
 
 
 def test_offline_report_of_the_same_capture(live):
