@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from kvmexit.cli import main
@@ -192,6 +193,11 @@ def test_slower_than_json_lines(capsys):
         ("DABT_LOW", "e2e-vm", 0, 0x24, None),
     ]
     assert all(d["duration_ns"] > 4_000_000 and d["pc"] >= 0x40000000 for d in slow)
+    schema = json.loads((SCHEMA.parent / "slow-v1.json").read_text())
+    for d in slow:
+        jsonschema.validate(d, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(dict(slow[0], duration_ns=-1), schema)
     assert docs[-1]["schema"] == "kvmexit/1"  # the report follows
 
 

@@ -4,19 +4,23 @@ trace's own lines give them."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import jsonschema
 import pytest
 
 from kvmexit.model import SlowExit, is_slower
 from kvmexit.reasons import label
 from kvmexit.sources.trace import read_trace
 from kvmexit.sources.trace.slow import SlowLog
+from kvmexit.views.slow import slow_document
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TRACES = ROOT / "tests" / "data" / "traces"
+SLOW_SCHEMA = json.loads((ROOT / "src" / "kvmexit" / "schema" / "slow-v1.json").read_text())
 REAL = TRACES / "arm64-6.1-e2e.trace"  # a real capture (tests/data/traces/README.md)
 
 _LINE = re.compile(r"-(\d+)\s+\[\d+\] \S+\s+(\d+)\.(\d{6}): (kvm_exit|kvm_entry): (.*)$")
@@ -90,6 +94,9 @@ def test_x86_rip_and_exit_qualification_from_both_print_formats():
         for e in got:
             assert e.pc is not None and e.pc >> 32 == 0xFFFFFFFF, name
             assert e.esr == 0 and e.esr_whole, name
+            doc = slow_document("x86", e)
+            jsonschema.validate(doc, SLOW_SCHEMA)
+            assert doc["exit_qualification"] == 0 and "esr" not in doc
 
 
 def test_sub_reason_and_whole_esr_from_the_events_inside_the_exit():
