@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 
 from kvmexit.cli import main
+from kvmexit.views import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TRACES = ROOT / "tests" / "data" / "traces"
@@ -198,7 +199,7 @@ def test_slower_than_json_lines(capsys):
         jsonschema.validate(d, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(dict(slow[0], duration_ns=-1), schema)
-    assert docs[-1]["schema"] == "kvmexit/1"  # the report follows
+    assert docs[-1]["schema"] == SCHEMA_VERSION  # the report follows
 
 
 @pytest.mark.parametrize(
