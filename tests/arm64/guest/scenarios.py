@@ -28,6 +28,8 @@ TRACEFS = "/sys/kernel/tracing"
 INSTANCE = os.path.join(TRACEFS, "instances", "kvmexit-e2e")
 READY = "kvmexit: tracing"
 ATTACH_TIMEOUT = 900
+#: --slower-than of scenario slow (tests/arm64/test_arm64_kvm.py holds the list to ftrace).
+SLOW_THRESHOLD = "1ms"
 STOP_TIMEOUT = 180
 
 
@@ -96,10 +98,12 @@ class Ftrace:
     """kvm:kvm_exit + kvm:kvm_entry (+ kvm:kvm_vcpu_wakeup: halt time; sched:sched_process_exit:
     which threads died, as kvmexit record records it) in a private tracefs instance."""
 
-    def __init__(self, instance=INSTANCE, extra=()):
+    def __init__(self, instance=INSTANCE, extra=(), clock=None):
         self.instance = instance
         if not os.path.isdir(instance):
             os.mkdir(instance)
+        if clock:  # e.g. "mono": BPF's bpf_ktime_get_ns clock, comparable across CPUs
+            self._w("trace_clock", clock)
         self._w("buffer_size_kb", "16384")
         self._w("tracing_on", "0")
         for ev in ("kvm_exit", "kvm_entry", "kvm_vcpu_wakeup", "sched/sched_process_exit", *extra):
@@ -502,6 +506,13 @@ def scenario_qemu(ftrace):
     traced_scenario("qemu", ["--json", "--by", "thread"], ftrace=ftrace, vmm=run_qemu)
 
 
+def scenario_slow():
+    """The slow-exit log live, under an ftrace instance on the mono clock: the clock of BPF's
+    timestamps, one for all CPUs (the default per-CPU clock skews durations that span CPUs)."""
+    ftrace = Ftrace(INSTANCE + "-slow", clock="mono")
+    traced_scenario("slow", ["--json", "--slower-than", SLOW_THRESHOLD], ftrace=ftrace)
+
+
 def main():
     if os.path.isdir(RESULTS):
         shutil.rmtree(RESULTS)
@@ -534,6 +545,8 @@ def main():
                 ("hog", scenario_hog),
                 ("exporter", lambda: scenario_exporter(ftrace)),
                 ("qemu", lambda: scenario_qemu(ftrace)),
+                # The slow-exit log, live, against the same run's ftrace capture.
+                ("slow", scenario_slow),
             ]
     if ENV.get("ARCH") == "amd64":
         # kvmexit-aarch64 is for arm64 hosts only; the sub-reason workload (PSCI/SMCCC calls, system
