@@ -2,10 +2,14 @@
 """BPF cost per kvm_exit -> kvm_entry pair, and the cost of reading and reporting big maps.
 
 Needs root, bcc and kernel headers (scripts/setup.sh). Programs run through BPF_PROG_TEST_RUN
-(no real exits fire on this machine); kernel.bpf_stats_enabled measures their run time only,
+(no real exits fire on this machine); BPF_ENABLE_STATS measures their run time only,
 not the syscall. The variants run interleaved in one process so they share the machine's noise:
 
-- kvmexit: the project's arm64 programs (raw tracepoints);
+- kvmexit: the project's arm64 programs (raw tracepoints), as the default run compiles them;
+- kvmexit-guest: the same with guest residency (--guest, KVMEXIT_GUEST), to show what it costs;
+- kvmexit-split: the same with --split compiled in (KVMEXIT_SPLIT and KVMEXIT_GUEST): the
+  exit/entry part of its cost (its sched_switch program's cost per context switch is printed
+  after, see switch_cost);
 - original: the original kvmexit-aarch64.py's BPF logic transcribed with its structure (one
   hash lookup and one timestamp per event; bench/original_kvmexit_aarch64.bpf.c), compiled for
   raw tracepoints, kvmexit's attach type (the original's classic tracepoints cost more per event:
@@ -29,15 +33,18 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src"), str(HERE.parent / "tests")]
 
-from bpf_testrun import test_run_raw  # noqa: E402
+from bpf_testrun import bpf_syscall, test_run_raw  # noqa: E402
 from kvmexit.layouts import Layout  # noqa: E402
 from kvmexit.model import build_report, paused_gc  # noqa: E402
 from kvmexit.reasons import ARCH_ARM64, label  # noqa: E402
@@ -47,6 +54,17 @@ from kvmexit.views import format_table  # noqa: E402
 ARM64 = Layout("arm64", ARCH_ARM64, "ret", "esr_ec", defines=("LAYOUT_ARM64", "EXIT_RET_ARG=0", "EXIT_EC_ARG=1"))
 TRAP = 2
 ECS = (0x01, 0x16, 0x18, 0x24, 0x20, 0x07, 0x19, 0x15, 0x17, 0x00)
+
+
+def run_time_stats() -> int:
+    """Programs' run time is counted while the returned descriptor is open (BPF_ENABLE_STATS,
+    5.8+): unlike the kernel.bpf_stats_enabled sysctl, another process turning it off meanwhile
+    (another benchmark) cannot stop it."""
+    attr = ctypes.c_uint32(0)  # BPF_STATS_RUN_TIME
+    fd = bpf_syscall(32, ctypes.byref(attr), ctypes.sizeof(attr))  # BPF_ENABLE_STATS
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS: %s" % os.strerror(ctypes.get_errno()))
+    return fd
 
 
 #: A sub-reason event per class, for kvmexit-sub: (program, raw tracepoint arguments).
@@ -113,12 +131,16 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     before_build = None
     if baseline:
         before_build = bcc.BPF(text=baseline_text(baseline), cflags=list(ours.program.cflags))
+    guest = LiveSource(ARM64, attach=False, guest=True).open()
+    split = LiveSource(ARM64, attach=False, split=True, guest=True).open()
     original = bcc.BPF(text=(HERE / "original_kvmexit_aarch64.bpf.c").read_text(), cflags=["-DORIG_RAW_TRACEPOINT"])
     naive = bcc.BPF(text=(HERE / "naive_pairing.bpf.c").read_text())
     floor = bcc.BPF(text=(HERE / "floor.bpf.c").read_text())
     raw = bcc.BPF.RAW_TRACEPOINT
     programs = {
         "kvmexit": (ours.bpf, "kvmexit_exit", "kvmexit_entry"),
+        "kvmexit-guest": (guest.bpf, "kvmexit_exit", "kvmexit_entry"),
+        "kvmexit-split": (split.bpf, "kvmexit_exit", "kvmexit_entry"),
         "original": (original, "orig_exit", "orig_entry"),
         "naive-pairing": (naive, "naive_exit", "naive_entry"),
         "floor": (floor, "floor_exit", "floor_entry"),
@@ -131,7 +153,7 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     variants = {v: (b.load_func(ex, raw).fd, b.load_func(en, raw).fd) for v, (b, ex, en) in programs.items()}
     sub_fds = {ec: (sub.bpf.load_func(fn, raw).fd, args) for ec, (fn, args) in SUB_EVENT.items()}
     sub_only = [fd for fd, _ in sub_fds.values()]
-    subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=True)
+    stats = run_time_stats()
     try:
         before = {v: _stats_of(v, programs) for v in variants}
         sub_before = [_fd_stats(fd) for fd in sub_only]
@@ -152,7 +174,7 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
         after = {v: _stats_of(v, programs) for v in variants}
         sub_after = [_fd_stats(fd) for fd in sub_only]
     finally:
-        subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=True)
+        os.close(stats)
     per_pair = {}
     for v in variants:
         ns = sum(a[0] - b[0] for a, b in zip(after[v], before[v]))
@@ -167,6 +189,17 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     print("BPF cost per exit->entry pair (%d pairs, %d reasons, bpf_stats run time):" % (pairs, reasons))
     for v, ns in per_pair.items():
         print("  %-16s %7.1f ns" % (v, ns))
+    print(
+        "  --guest: kvmexit-guest - kvmexit = %+.1f ns per pair (%+.1f%%)"
+        % (
+            per_pair["kvmexit-guest"] - per_pair["kvmexit"],
+            100 * (per_pair["kvmexit-guest"] / per_pair["kvmexit"] - 1),
+        )
+    )
+    print(
+        "  --split at exit/entry: kvmexit-split - kvmexit-guest = %+.1f ns per pair"
+        % (per_pair["kvmexit-split"] - per_pair["kvmexit-guest"])
+    )
     print("  ratio kvmexit/original: %.2fx  (goal <= 1.0x)" % (per_pair["kvmexit"] / per_pair["original"]))
     print("  ratio kvmexit/floor:    %.2fx  (goal <= 1.5x)" % (per_pair["kvmexit"] / per_pair["floor"]))
     print(
@@ -199,13 +232,68 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
         % (slot, len(ours.rows), row, row + 16)
     )
     print("  original map memory: %d bytes per thread" % ctypes.sizeof(original["orig_threads"].Leaf))
+    switch_cost(split, pairs)
     ours.close()
     sub.close()
     if before_build is not None:
         before_build.cleanup()
+    guest.close()
+    split.close()
     original.cleanup()
     naive.cleanup()
     floor.cleanup()
+
+
+def switch_cost(split: LiveSource, switches: int) -> None:
+    """What --split's sched_switch program costs per context switch of the host: most switches are
+    of tasks that are not vCPU threads inside an exit (two map lookups that miss); a vCPU thread
+    switched out inside an exit and back in costs an update, a lookup hit and a delete besides."""
+    raw = import_bcc().BPF.RAW_TRACEPOINT
+    fd_switch = split.bpf.load_func("kvmexit_switch", raw).fd
+    fd_exit = split.bpf.load_func("kvmexit_exit", raw).fd
+    fd_entry = split.bpf.load_func("kvmexit_entry", raw).fd
+    stats = run_time_stats()
+    try:
+        _switch_cost(split, switches, fd_switch, fd_exit, fd_entry)
+    finally:
+        os.close(stats)
+
+
+def _switch_cost(split: LiveSource, switches: int, fd_switch: int, fd_exit: int, fd_entry: int) -> None:
+    before = _fd_stats(fd_switch)
+    for i in range(switches):  # other tasks: not in the threads map, not switched out in an exit
+        test_run_raw(fd_switch, i & 1, 0x10000 + (i & 1023), 0x20000 + (i & 1023), 1)
+    mid = _fd_stats(fd_switch)
+    n = max(1, switches // 4)
+    # The switch back in runs on another thread (the CPU's previous task), as in the kernel.
+    todo: queue.Queue[int] = queue.Queue()
+    done: queue.Queue[int] = queue.Queue()
+
+    def previous_task() -> None:
+        while todo.get():
+            test_run_raw(fd_switch, 0, 0x10000, 0xABC, 1)
+            done.put(1)
+
+    worker = threading.Thread(target=previous_task)
+    worker.start()
+    for _ in range(n):  # this thread, inside an exit: switched out (prev), then back in (next)
+        test_run_raw(fd_exit, TRAP, 0x24, 0x1000)
+        test_run_raw(fd_switch, 1, 0xABC, 0x20000, 0)
+        todo.put(1)
+        done.get()
+        test_run_raw(fd_entry, 0x1000)
+    todo.put(0)
+    worker.join()
+    after = _fd_stats(fd_switch)
+    assert mid[1] - before[1] == switches and after[1] - mid[1] == 2 * n
+    print("--split: sched_switch program, bpf_stats run time per context switch of the host:")
+    print("  other tasks (the common case)   %7.1f ns" % ((mid[0] - before[0]) / switches))
+    print(
+        "  a vCPU thread inside an exit     %7.1f ns  (per switch, out and in averaged)"
+        % ((after[0] - mid[0]) / (2 * n))
+    )
+    preempted = [s.preempt_ns for s in split.snapshot().stats.values()]
+    assert sum(preempted) > 0  # the program really followed the thread off CPU and back
 
 
 def read_and_report(threads: int, reasons: int) -> None:

@@ -11,7 +11,7 @@ import ctypes.util
 import os
 import platform
 
-__all__ = ["test_run_raw", "BPF_PROG_TEST_RUN"]
+__all__ = ["test_run_raw", "bpf_syscall", "BPF_PROG_TEST_RUN"]
 
 BPF_PROG_TEST_RUN = 10
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]
@@ -37,6 +37,11 @@ class _TestAttr(ctypes.Structure):
         ("batch_size", ctypes.c_uint32),
         ("_pad", ctypes.c_uint32),
     ]
+
+
+def bpf_syscall(cmd: int, attr: object, size: int) -> int:
+    """bpf(2) itself: the result (errno in ctypes.get_errno() when negative)."""
+    return _libc.syscall(_SYS_BPF, cmd, attr, size)
 
 
 def test_run_raw(prog_fd: int, *args: int) -> int:

@@ -32,7 +32,16 @@ from typing import Dict, List, Optional, Tuple
 from .errors import KvmexitError, TracepointsMissing, UnsupportedLayout
 from .reasons import ARCH_ARM64, ARCH_X86
 
-__all__ = ["Layout", "FieldInfo", "parse_format", "detect", "read_formats", "wakeup_ns_offset", "TRACEFS_ROOTS"]
+__all__ = [
+    "Layout",
+    "FieldInfo",
+    "parse_format",
+    "detect",
+    "read_formats",
+    "wakeup_ns_offset",
+    "switch_offsets",
+    "TRACEFS_ROOTS",
+]
 
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -94,6 +103,20 @@ def wakeup_ns_offset(formats: Dict[str, str]) -> Optional[int]:
         if field.name == "ns" and field.size == 8:
             return field.offset
     return None
+
+
+def switch_offsets(tracefs: str) -> Optional[Tuple[int, int, int]]:
+    """Record offsets of ``sched_switch``'s prev_pid, prev_state and next_pid (for the classic
+    tracepoint, used where the raw one lacks prev_state: before 5.18), or None."""
+    try:
+        with open(os.path.join(tracefs, "events", "sched", "sched_switch", "format")) as f:
+            fields = {fi.name: fi for fi in parse_format(f.read())}
+    except OSError:
+        return None
+    want = (("prev_pid", 4), ("prev_state", 8), ("next_pid", 4))
+    if any(name not in fields or fields[name].size != size for name, size in want):
+        return None
+    return fields["prev_pid"].offset, fields["prev_state"].offset, fields["next_pid"].offset
 
 
 def find_tracefs(candidates: Tuple[str, ...] = TRACEFS_ROOTS) -> str:

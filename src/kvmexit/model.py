@@ -26,7 +26,20 @@ import gc
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 __all__ = [
     "HIST_SLOTS",
@@ -34,6 +47,7 @@ __all__ = [
     "HIST_SUB_BITS",
     "PERCENTILE_BOUND",
     "STAT_FIELDS",
+    "SPLIT_FIELDS",
     "KERNEL_FIELDS",
     "StatField",
     "ExitKey",
@@ -51,7 +65,9 @@ __all__ = [
     "SlowExit",
     "is_slower",
     "bucket_bounds",
+    "exit_share",
     "hist_slot",
+    "kernel_ns",
     "paused_gc",
     "percentile",
     "delta",
@@ -136,6 +152,14 @@ STAT_FIELDS: Tuple[StatField, ...] = (
     StatField("min_ns", "min"),
     StatField("max_ns", "max"),
     StatField("halt_ns", "sum"),  # time halted (kvm_vcpu_wakeup) inside the timed exits
+    # Issue 11, guest residency: time in the guest (kvm_entry -> next kvm_exit), charged to the row
+    # of that exit when it closes (paired, unfinished or abandoned).
+    StatField("guest_ns", "sum"),
+    # Issue 11, where the exit time went (opt-in, --split): the parts of total_ns besides halt_ns;
+    # the kernel's part is what is left (Row.kernel_ns), so the parts add up exactly.
+    StatField("vmm_ns", "sum"),  # on CPU in user space: kvm_userspace_exit -> back in KVM_RUN
+    StatField("preempt_ns", "sum"),  # off CPU while runnable (switched out in TASK_RUNNING)
+    StatField("blocked_ns", "sum"),  # off CPU sleeping, outside a halt
     StatField("sumsq", "sum", 2),  # sum of squared ns as (low, high) u64 words: see sumsq_ns2
     StatField("hist", "sum", HIST_SLOTS),  # log-linear buckets, see hist_slot
     StatField("abandoned", "sum", 0),  # exits whose thread exited before their entry
@@ -156,6 +180,10 @@ class ExitStats(NamedTuple):
     min_ns: Optional[int] = None
     max_ns: Optional[int] = None
     halt_ns: int = 0
+    guest_ns: int = 0
+    vmm_ns: int = 0
+    preempt_ns: int = 0
+    blocked_ns: int = 0
     sumsq: Tuple[int, ...] = (0, 0)
     hist: Tuple[int, ...] = (0,) * HIST_SLOTS
     abandoned: int = 0
@@ -187,6 +215,10 @@ class ExitStats(NamedTuple):
 
 if ExitStats._fields != tuple(f.name for f in STAT_FIELDS):  # pragma: no cover - a developer's slip
     raise AssertionError("ExitStats and STAT_FIELDS disagree")
+
+#: The measured parts of the exit time besides ``halt_ns`` (issue 11): known only where the source
+#: traced their events (live: ``--split``; offline: a trace with those events).
+SPLIT_FIELDS: Tuple[str, ...] = ("vmm_ns", "preempt_ns", "blocked_ns")
 
 #: The fields the kernel keeps, in the order of ``struct kvmexit_value``.
 KERNEL_FIELDS: Tuple[StatField, ...] = tuple(f for f in STAT_FIELDS if f.words)
@@ -271,6 +303,10 @@ class Snapshot:
         """The names of the thread of ``key`` (as they were, if it has exited)."""
         return self.retired_threads.get((key.tgid or 0, key.tid)) or self.threads.get(key.tid, _NO_THREAD)
 
+    #: Fields of :class:`ExitStats` this source did not measure (their 0 means unknown): see
+    #: :data:`SPLIT_FIELDS` (opt-in, so unknown unless a source says otherwise) and ``guest_ns``.
+    unknown: FrozenSet[str] = frozenset(SPLIT_FIELDS)
+
 
 def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
     """What happened between two snapshots of the same source.
@@ -295,6 +331,7 @@ def delta(current: Snapshot, previous: Snapshot) -> Snapshot:
         retired_threads=retired,
         subs=subs,
         subs_known=current.subs_known,
+        unknown=current.unknown,
     )
 
 
@@ -322,6 +359,18 @@ def _delta_one(f: StatField, cur: Any, prev: Any) -> Any:
     if f.words > 1:
         return tuple(a - b for a, b in zip(cur, prev))
     return cur - prev
+
+
+def exit_share(stats: ExitStats) -> Optional[float]:
+    """time exited / (time exited + time in the guest); None when both are 0."""
+    whole = stats.total_ns + stats.guest_ns
+    return stats.total_ns / whole if whole else None
+
+
+def kernel_ns(stats: ExitStats) -> int:
+    """total_ns less the other parts (halted, VMM, preempted, other blocked): never negative, since
+    the kernel side charges each pair's parts within its own time."""
+    return stats.total_ns - stats.halt_ns - stats.vmm_ns - stats.preempt_ns - stats.blocked_ns
 
 
 def hist_slot(ns: int) -> int:
@@ -428,6 +477,17 @@ class Row:
         return self.stats.total_ns / self.stats.pairs if self.stats.pairs else None
 
     @property
+    def exit_share(self) -> Optional[float]:
+        """The virtualization tax: time exited / (time exited + time in the guest)."""
+        return exit_share(self.stats)
+
+    @property
+    def kernel_ns(self) -> int:
+        """The host kernel's part of the exit time: what the measured parts leave (meaningful
+        only where they are all known)."""
+        return kernel_ns(self.stats)
+
+    @property
     def halt_share(self) -> Optional[float]:
         """Fraction of the timed exit->entry time the vCPU spent halted (WFx/HLT idling)."""
         return self.stats.halt_ns / self.stats.total_ns if self.stats.total_ns else None
@@ -449,6 +509,8 @@ class Report:
     time_ns: int = 0
     #: Rows are split by sub-reason (``Row.sub``).
     by_sub: bool = False
+    #: Fields of the statistics the source did not measure (as Snapshot.unknown).
+    unknown: FrozenSet[str] = frozenset(SPLIT_FIELDS)
 
 
 #: The groupings, each with the identity fields it keeps (the others are merged away).
@@ -585,7 +647,17 @@ def build_report(
     if top is not None:
         rows = rows[:top]
     totals = merge_all(kept, with_hist=False) if kept else ExitStats()
-    return Report(rows, snapshot.health, snapshot.arch, group_by, totals, snapshot.halt_known, snapshot.time_ns, by_sub)
+    return Report(
+        rows,
+        snapshot.health,
+        snapshot.arch,
+        group_by,
+        totals,
+        snapshot.halt_known,
+        snapshot.time_ns,
+        by_sub,
+        unknown=snapshot.unknown,
+    )
 
 
 def _reason_matches(name: str, wanted: set) -> bool:
@@ -625,6 +697,7 @@ def merge_reports(reports: Sequence[Report], sort: str = "count") -> Report:
         all(r.halt_known for r in reports),
         sum(r.time_ns for r in reports),
         last.by_sub,
+        unknown=frozenset().union(*(r.unknown for r in reports)),
     )
 
 

@@ -491,3 +491,97 @@ def format_cost(cost: dict, host_load: Dict[str, str]) -> str:
         )
     )
     return "\n".join(lines)
+
+
+# --- guest residency and the split of the exit time (the `hog` scenario, issue 11) -------------
+
+_SPLIT_LINE = re.compile(
+    r"^\s*.*?-(?P<tid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+\S+\s+(?P<ts>\d+)\.(?P<us>\d{6}):\s+"
+    r"(?P<event>kvm_exit|kvm_entry|kvm_vcpu_wakeup|kvm_userspace_exit|sched_switch):\s*(?P<body>.*)$"
+)
+
+
+class SplitTruth:
+    """Per thread, from the kernel's own events (ftrace), written independently of kvmexit's
+    pairing: time in the guest (kvm_entry -> next kvm_exit) and the off-CPU time of exits that got
+    their entry, runnable (prev_state R or R+) or sleeping, outside halts: an interval that began
+    inside a halt's window ([kvm_vcpu_wakeup - ns, kvm_vcpu_wakeup]) is the halt's, and so is the
+    last interval before a wakeup if it was a sleep (the halt's own block: the kernel's clock
+    reading at the halt's end and the trace's timestamp of the wakeup differ by microseconds,
+    more than the halt's start precedes its block).
+    Every interval of an exit is kept until its entry, so no history bound applies here.
+    ``intervals[tid]`` counts the timed spans, for the tolerance of the µs timestamps. Guest time
+    counts from an entry of a thread that has exited before (kvmexit keeps a thread's slot from its
+    first exit: the stay in the guest before it is not measured)."""
+
+    def __init__(self, text: str) -> None:
+        self.guest_ns: Counter = Counter()
+        self.preempt_ns: Counter = Counter()
+        self.blocked_ns: Counter = Counter()
+        self.intervals: Counter = Counter()
+        #: exit -> entry time of the exits that got their entry (kvmexit's total_ns), per thread
+        self.total_ns: Counter = Counter()
+        exit_ts: Dict[int, int] = {}
+        last_entry: Dict[int, int] = {}
+        open_exit: Dict[int, bool] = {}
+        off: Dict[int, Tuple[int, bool]] = {}  # tid -> (switched out at, runnable)
+        spans: Dict[int, List[Tuple[int, bool]]] = defaultdict(list)  # (start, runnable), ns
+        lengths: Dict[int, List[int]] = defaultdict(list)
+        halts: Dict[int, List[Tuple[int, int]]] = defaultdict(list)  # halt windows (start, end)
+        for line in text.splitlines():
+            m = _SPLIT_LINE.match(line)
+            if not m:
+                continue
+            tid = int(m.group("tid"))
+            ns = int(m.group("ts")) * 1_000_000_000 + int(m.group("us")) * 1000
+            event = m.group("event")
+            if event == "kvm_exit":
+                if last_entry.get(tid) and not open_exit.get(tid):
+                    self.guest_ns[tid] += ns - last_entry[tid]
+                    self.intervals[tid] += 1
+                last_entry[tid] = 0
+                open_exit[tid] = True
+                exit_ts[tid] = ns
+                spans.pop(tid, None)
+                lengths.pop(tid, None)
+                halts.pop(tid, None)
+            elif event == "kvm_entry":
+                if tid in open_exit:  # guest time counts once the thread has exited (kvmexit's rule)
+                    last_entry[tid] = ns
+                if open_exit.get(tid, False):
+                    open_exit[tid] = False  # closed; the thread stays known (it has exited)
+                    self.total_ns[tid] += ns - exit_ts[tid]
+                    intervals = [
+                        (start, start + length, runnable)
+                        for (start, runnable), length in zip(spans.pop(tid, []), lengths.pop(tid, []))
+                    ]
+                    windows = halts.pop(tid, [])
+                    inside = set()
+                    since = 0
+                    for h, w in windows:
+                        # began inside the window; or the last before the wakeup, a sleep: the halt's block
+                        before = [i for i, (a, b, _) in enumerate(intervals) if since < b <= w]
+                        inside.update(i for i in before if intervals[i][0] >= h)
+                        if before and not intervals[before[-1]][2]:
+                            inside.add(before[-1])
+                        since = w
+                    for i, (a, b, runnable) in enumerate(intervals):
+                        if i not in inside:
+                            (self.preempt_ns if runnable else self.blocked_ns)[tid] += b - a
+                            self.intervals[tid] += 1
+            elif event == "kvm_vcpu_wakeup":
+                w = _WAKEUP.match(m.group("body"))
+                if w and open_exit.get(tid):
+                    halts[tid].append((ns - int(w.group("ns")), ns))
+            elif event == "sched_switch":
+                s = _SWITCH.search(m.group("body"))
+                if not s:
+                    raise ValueError("unparsed sched_switch: %r" % line)
+                prev, nxt = int(s.group("prev")), int(s.group("next"))
+                if open_exit.get(prev):
+                    off[prev] = (ns, s.group("state") in ("R", "R+"))
+                if nxt in off:
+                    start, runnable = off.pop(nxt)
+                    if open_exit.get(nxt):
+                        spans[nxt].append((start, runnable))
+                        lengths[nxt].append(ns - start)

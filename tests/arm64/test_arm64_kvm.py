@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 
 import pytest
 
@@ -791,6 +791,101 @@ def test_hog_kvmexit_counts_equal_ftrace(hog):
     got = er.rows_by_thread(_rows(hog))
     for tid, idx in hog.tids().items():
         assert dict(got.get(tid, {})) == hog.expected_by_tid()[tid], "vCPU %d (tid %d)" % (idx, tid)
+
+
+#: ftrace prints µs: each timed span (an off-CPU interval, a stay in the guest) is known to within
+#: 1 µs at each end, and kvmexit's program reads the clock a little after or before ftrace's probe
+#: on the same tracepoint (a few µs under TCG): so per span, this much either way.
+SPAN_TOLERANCE_NS = 20_000
+#: And kvm_exit (arm64) and kvm_userspace_exit fire with interrupts enabled: an interrupt and its
+#: softirqs can run between ftrace's probe and kvmexit's, so that one reads the clock milliseconds
+#: after the other under TCG (seen: an IRQ exit 20 ms longer for kvmexit than for ftrace, the guest
+#: time before it 20 ms shorter). That moves time between an exit and the guest time before it,
+#: never off-CPU time (sched_switch and kvm_entry fire with interrupts off): so guest + exit time
+#: and the off-CPU parts are held to the spans' tolerance, and guest time, VMM time and the
+#: kernel's part (the rest) alone to this share of the thread's guest + exit time on top.
+PROBE_SKEW_SHARE = 0.05
+
+
+def _slack(truth, tid, k, skew: bool = False) -> int:
+    """The tolerance for one thread's figure (see SPAN_TOLERANCE_NS and PROBE_SKEW_SHARE)."""
+    spans = SPAN_TOLERANCE_NS * (truth.intervals[tid] + 1)
+    return spans + (int(PROBE_SKEW_SHARE * (k["total_ns"] + k["guest_ns"])) if skew else 0)
+
+
+def _split_by_tid(docs):
+    """tid -> summed fields of kvmexit's rows (the last document: the run's totals)."""
+    out = defaultdict(Counter)
+    for row in docs[-1]["rows"]:
+        for f in ("total_ns", "halt_ns", "guest_ns", "kernel_ns", "vmm_ns", "preempt_ns", "blocked_ns"):
+            assert row[f] is not None, "%s unknown in a --split run: %r" % (f, row)
+            out[row["tid"]][f] += row[f]
+    return out
+
+
+def test_hog_split_parts_add_up_exactly(hog, arch):
+    """--split: every row's parts (kernel, VMM, halted, preempted, other blocked) are measured,
+    none negative, and add up to its exit time exactly (integer ns); the exits the tiny VMM
+    emulates have VMM time."""
+    assert hog.rc == 0, hog.err[-3000:]
+    rows = _rows(hog)[-1]["rows"]
+    assert rows
+    for row in rows:
+        parts = [row[f] for f in ("kernel_ns", "vmm_ns", "halt_ns", "preempt_ns", "blocked_ns")]
+        assert None not in parts and min(parts) >= 0, row
+        assert sum(parts) == row["total_ns"], row
+    to_vmm = ("io", "npf") if arch.x86 else ("DABT_LOW",)  # port I/O and MMIO, or MMIO
+    vmm = sum(r["vmm_ns"] for r in rows if r["reason"] in to_vmm)
+    assert vmm > 0, "no VMM time in %s exits (emulated by the tiny VMM)" % "/".join(to_vmm)
+
+
+def test_hog_preempted_and_guest_time_equal_ftrace(hog):
+    """--split against the kernel's own sched_switch and kvm events (e2e_results.SplitTruth):
+    per vCPU thread, preempted time > 0 and equal to ftrace's accounting, other blocked time and
+    guest + exit time too, to within ftrace's µs; guest time alone also to within the two probes'
+    skew (see PROBE_SKEW_SHARE)."""
+    hog.check_ftrace_complete()
+    truth = er.SplitTruth(_read(hog.dir, "trace"))
+    got = _split_by_tid(_rows(hog))
+    for tid, idx in sorted(hog.tids().items()):
+        k = got[tid]
+        tight, loose = _slack(truth, tid, k), _slack(truth, tid, k, skew=True)
+        print(
+            "\nvCPU %d tid %d: preempted %d ns (ftrace %d), blocked %d (ftrace %d), guest %d (ftrace %d), "
+            "guest+exit %d (ftrace %d), slack %d/%d"
+            % (idx, tid, k["preempt_ns"], truth.preempt_ns[tid], k["blocked_ns"], truth.blocked_ns[tid],
+               k["guest_ns"], truth.guest_ns[tid], k["guest_ns"] + k["total_ns"],
+               truth.guest_ns[tid] + truth.total_ns[tid], tight, loose)
+        )  # fmt: skip
+        assert abs(k["preempt_ns"] - truth.preempt_ns[tid]) <= tight, "vCPU %d preempted" % idx
+        assert abs(k["blocked_ns"] - truth.blocked_ns[tid]) <= tight, "vCPU %d blocked" % idx
+        both = k["guest_ns"] + k["total_ns"] - truth.guest_ns[tid] - truth.total_ns[tid]
+        assert abs(both) <= tight, "vCPU %d guest + exit time" % idx
+        assert abs(k["guest_ns"] - truth.guest_ns[tid]) <= loose, "vCPU %d guest" % idx
+    assert any(got[tid]["preempt_ns"] > 0 and truth.preempt_ns[tid] > 0 for tid in hog.tids())
+
+
+def test_hog_split_live_equals_offline(hog):
+    """`kvmexit report` on the hog scenario's own capture (sched_switch and kvm_userspace_exit on
+    the monotonic clock, as `kvmexit record --split` records) gives each vCPU thread the same
+    guest time and split as kvmexit --split live, through the same rules (to within the trace's µs
+    and the two probes' skew, see PROBE_SKEW_SHARE)."""
+    src = os.environ.get("KVMEXIT_ARM64_SRC") or os.path.join(os.path.dirname(os.path.dirname(HERE)), "src", "kvmexit")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(src))
+    cmd = [sys.executable, "-m", "kvmexit", "report", "--json", "--by", "thread", os.path.join(hog.dir, "trace")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    offline = _split_by_tid(er.json_docs(p.stdout))
+    live = _split_by_tid(_rows(hog))
+    truth = er.SplitTruth(_read(hog.dir, "trace"))
+    for tid, idx in sorted(hog.tids().items()):
+        tight, loose = _slack(truth, tid, live[tid]), _slack(truth, tid, live[tid], skew=True)
+        for f in ("halt_ns", "preempt_ns", "blocked_ns", "guest_ns", "vmm_ns", "kernel_ns"):
+            print("\nvCPU %d %s: live %d offline %d" % (idx, f, live[tid][f], offline[tid][f]))
+            slack = tight if f in ("halt_ns", "preempt_ns", "blocked_ns") else loose
+            assert abs(live[tid][f] - offline[tid][f]) <= slack, "vCPU %d %s" % (idx, f)
+        both = [d[tid]["guest_ns"] + d[tid]["total_ns"] for d in (live, offline)]
+        assert abs(both[0] - both[1]) <= tight, "vCPU %d guest + exit time" % idx
 
 
 # --- the `exporter` scenario: `kvmexit exporter --vm e2e-vm` started before any VM runs -------

@@ -156,9 +156,46 @@ def test_recorded_text_is_read_by_report(tmp_path):
     assert ours(p.pid) == []
 
 
+@needs_tracefs
+def test_split_records_its_events_on_the_monotonic_clock(tmp_path):
+    """--split: sched_switch and kvm_userspace_exit recorded (named in the header), the instance on
+    trace_clock mono while it records (the clock of kvm_vcpu_wakeup's halt time), every line read."""
+    out = tmp_path / "split.trace"
+    p = record("-o", str(out), "-d", "1", "--split")
+    deadline = time.monotonic() + 20
+    clock = ""
+    while p.poll() is None and time.monotonic() < deadline and "[mono]" not in clock:
+        for inst in ours(p.pid):
+            try:
+                with open(os.path.join(INSTANCES, inst, "trace_clock")) as f:
+                    clock = f.read()
+            except OSError:
+                pass
+        time.sleep(0.05)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "[mono]" in clock, clock
+    header = out.read_text().splitlines()[0]
+    assert "sched:sched_switch" in header and "kvm:kvm_userspace_exit" in header, header
+    from kvmexit.errors import BadTrace
+    from kvmexit.sources.trace import read_trace
+
+    with pytest.raises(BadTrace) as e:  # no guest runs here: switches only, all of them well-formed
+        read_trace(str(out))
+    assert " 0 malformed" in str(e.value)
+    assert ours(p.pid) == []
+
+
 def args(**kw):
     ns = argparse.Namespace(
-        output="x", duration=0.1, duration_option=None, buffer_size=64, force=False, no_names=False, event=[]
+        output="x",
+        duration=0.1,
+        duration_option=None,
+        buffer_size=64,
+        force=False,
+        no_names=False,
+        event=[],
+        split=False,
     )
     for k, v in kw.items():
         setattr(ns, k, v)

@@ -216,3 +216,44 @@ def test_an_unknown_tgid_reads_back_as_unknown(data_dir):
     saved = parse_report(dumps(doc))
     assert saved.snapshot is not None and dict(saved.snapshot.stats) == dict(result.snapshot.stats)
     assert report_document(build_report(saved.snapshot, label), result.info.source(), None) == doc
+
+
+def test_guest_time_and_the_split_read_back_and_old_documents_leave_them_unknown(example):
+    """Schema 2 carries guest time and the split (null where not measured); a schema 1 document,
+    which has neither, reads back with them unknown, never as 0."""
+    snap = example.snapshot
+    key = sorted(snap.stats)[0]
+    measured = snap.stats[key]._replace(guest_ns=7000, vmm_ns=30, preempt_ns=20, blocked_ns=10, halt_ns=0)
+    snap = replace(snap, stats={key: measured}, unknown=frozenset())
+    doc = report_document(build_report(snap, label), example.info.source(), None)
+    row = doc["rows"][0]
+    assert (row["guest_ns"], row["vmm_ns"], row["preempt_ns"], row["blocked_ns"]) == (7000, 30, 20, 10)
+    assert row["kernel_ns"] == measured.total_ns - 60
+    assert row["exit_share"] == pytest.approx(measured.total_ns / (measured.total_ns + 7000))
+    saved = parse_report(dumps(doc))
+    assert saved.snapshot is not None and saved.snapshot.unknown == frozenset()
+    assert saved.snapshot.stats[key] == measured
+    # the default live run: guest time measured, the split not
+    unsplit = replace(snap, unknown=frozenset(("vmm_ns", "preempt_ns", "blocked_ns")))
+    doc = report_document(build_report(unsplit, label), example.info.source(), None)
+    assert doc["rows"][0]["vmm_ns"] is None and doc["rows"][0]["kernel_ns"] is None
+    assert doc["totals"]["guest_ns"] == 7000 and doc["totals"]["preempt_ns"] is None
+    assert parse_report(dumps(doc)).report.unknown == unsplit.unknown
+    # schema 1: as an older kvmexit wrote it
+    old = json.loads(json.dumps(doc))
+    old["schema"] = "kvmexit/1"
+    del old["by_sub"]
+    for part in [*old["rows"], old["totals"]]:
+        for f in ("guest_ns", "exit_share", "kernel_ns", "vmm_ns", "preempt_ns", "blocked_ns"):
+            del part[f]
+        for f in ("sub", "sub_value", "sub_map_full"):  # schema 2's sub-reasons
+            part.pop(f, None)
+    saved = parse_report(dumps(old))
+    assert {"guest_ns", "vmm_ns", "preempt_ns", "blocked_ns"} <= saved.report.unknown
+    assert saved.snapshot is not None and saved.snapshot.stats[key].guest_ns == 0
+    # schema 2 as kvmexit wrote it before guest time and the split: read, with them unknown
+    early = json.loads(json.dumps(doc))
+    for part in [*early["rows"], early["totals"]]:
+        for f in ("guest_ns", "exit_share", "kernel_ns", "vmm_ns", "preempt_ns", "blocked_ns"):
+            del part[f]
+    assert {"guest_ns", "vmm_ns"} <= parse_report(dumps(early)).report.unknown

@@ -158,7 +158,9 @@ def test_without_thread_exits_the_same_exit_stays_open():
 def test_an_event_is_one_table_entry_and_one_rule(monkeypatch):
     """How a new event joins (the module docstring of pairing): an EVENTS entry naming a rule and
     a decoder; the reader then dispatches it, in ftrace and perf spellings, counting it as another
-    event; a payload its decoder refuses is a malformed line; filtered threads never reach it."""
+    event; a payload its decoder refuses is a malformed line. Other events than kvm's reach their
+    rule whatever -p/-t keep (a sched_switch names two threads: the line's, going off CPU, and the
+    next one); the rule decides what concerns the kept threads."""
     from kvmexit.sources.trace import EVENTS
     from kvmexit.sources.trace import Event as EngineEvent
 
@@ -188,7 +190,7 @@ def test_an_event_is_one_table_entry_and_one_rule(monkeypatch):
         engine = Engine()
         engine.seen = []
         r = read_stream(io.BytesIO(("\n".join(lines) + "\n").encode()), fmt=fmt, tids=[1], engine=engine)
-        assert engine.seen == [(ts, 1, 7), (ts + 3000, 1, 9)]
+        assert engine.seen == [(ts, 1, 7), (ts + 1000, 2, 8), (ts + 3000, 1, 9)]
         assert (r.health.other_events, r.health.malformed, r.health.events) == (3, 1, 1)
 
 

@@ -182,6 +182,19 @@ static __always_inline void add_square(u64 *sumsq, u64 ns)
 }
 
 /* One completed pair into a statistics record. */
+/* Guest time and the split's parts of the pair closing now (issue 11; opt-in). */
+static __always_inline void add_parts(struct kvmexit_value *v, struct kvmexit_thread *t)
+{
+#ifdef KVMEXIT_GUEST
+	v->guest_ns += t->guest_ns;
+#endif
+#ifdef KVMEXIT_SPLIT
+	v->preempt_ns += t->split.preempt_ns;
+	v->blocked_ns += t->split.blocked_ns;
+	v->vmm_ns += t->split.vmm_ns;
+#endif
+}
+
 static __always_inline void add_pair(struct kvmexit_value *v, u64 delta, u64 halt_ns)
 {
 	if (!v->pairs || delta < v->min_ns)
@@ -218,6 +231,191 @@ static __always_inline struct kvmexit_value *sub_value_for(struct kvmexit_thread
 	return sub_stats.lookup(&key);
 }
 #endif
+#ifdef KVMEXIT_SPLIT
+/*
+ * Where the exit time went (issue 11; opt-in, since sched_switch fires for every context switch of
+ * the host). Parts of an exit, disjoint by precedence: a halt (kvm_vcpu_wakeup's ns, the window
+ * [wakeup - ns, wakeup]) holds whatever happened inside it; off-CPU time outside halts is
+ * preempted (switched out runnable) or blocked (sleeping); VMM is the on-CPU rest of the windows
+ * from kvm_userspace_exit to the thread's next kvm event; the kernel's part is what is left.
+ *
+ * "Back in KVM_RUN" is approximated by the next kvm event of the thread (kvm_entry, or
+ * kvm_vcpu_wakeup, or another kvm_userspace_exit): syscall tracepoints would say it exactly, but
+ * they fire for every system call of the host and put every task on the slow syscall path. So
+ * the VMM part also holds the few microseconds of KVM_RUN before the guest is entered.
+ */
+BPF_HASH(offcpu, u64, u32, MAX_THREADS); /* switched-out task (its task_struct address) -> tid */
+
+static __always_inline void split_reset(struct kvmexit_split *s)
+{
+	s->off_ts = 0;
+	s->vmm_ts = 0;
+	s->vmm_off = 0;
+	s->vmm_ns = 0;
+	s->preempt_ns = 0;
+	s->blocked_ns = 0;
+	s->p_pre = 0;
+	s->p_blk = 0;
+	s->p_count = 0;
+}
+
+/* Pending off-CPU time turns out to be outside a halt. */
+static __always_inline void split_commit(struct kvmexit_split *s, u64 pre, u64 blk)
+{
+	s->preempt_ns += pre;
+	s->blocked_ns += blk;
+}
+
+/* The VMM window ends at `end` (the thread's next kvm event). */
+static __always_inline void split_vmm_end(struct kvmexit_split *s, u64 end)
+{
+	if (!s->vmm_ts)
+		return;
+	if (end > s->vmm_ts + s->vmm_off)
+		s->vmm_ns += end - s->vmm_ts - s->vmm_off;
+	s->vmm_ts = 0;
+	s->vmm_off = 0;
+}
+
+/*
+ * A halt ended at `now` after `ns`: pending intervals that began inside [now - ns, now] belong to
+ * it (an interval never straddles the halt's start, which runs on CPU). The last pending interval
+ * also belongs to it when it was a sleep: that is the halt's own block, which often begins
+ * microseconds after the halt's start (no polling), closer than this program's clock reading
+ * trails the kernel's at the wakeup (measured in the emulated host: a sleep judged before its
+ * halt, 6.7 ms of it, by that skew alone). With the first pending interval before the halt and
+ * the last inside it, the ones between (a third or more) are taken as before it.
+ */
+static __always_inline void split_halt(struct kvmexit_split *s, u64 now, u64 ns)
+{
+	u64 start = now > ns ? now - ns : 0;
+	split_vmm_end(s, start > s->vmm_ts ? start : s->vmm_ts);
+	if (!s->p_count) {
+	} else if (s->p_first >= start) {
+		/* all inside the halt: already in halt_ns */
+	} else if (s->p_last >= start || !s->l_pre) {
+		/* the last inside (l_pre == 0: it was a sleep), the others before */
+		split_commit(s, s->p_pre - s->l_pre, s->p_blk - s->l_blk);
+	} else {
+		split_commit(s, s->p_pre, s->p_blk);
+	}
+	s->p_pre = 0;
+	s->p_blk = 0;
+	s->p_count = 0;
+}
+
+/* At kvm_entry: the pair's parts, within its time (so the kernel's part, what is left, is never
+ * negative even if a rule above misjudged an overlap), stay in the slot for add_parts (its row,
+ * and its sub-reason's) until the next exit resets them. */
+static __always_inline void split_close(struct kvmexit_thread *t, u64 now, u64 delta)
+{
+	struct kvmexit_split *s = &t->split;
+	split_vmm_end(s, now);
+	split_commit(s, s->p_pre, s->p_blk);
+	if (t->halt_ns > delta) /* on_entry adds it to the row after this */
+		t->halt_ns = delta;
+	u64 left = delta - t->halt_ns;
+	u64 pre = s->preempt_ns < left ? s->preempt_ns : left;
+	left -= pre;
+	u64 blk = s->blocked_ns < left ? s->blocked_ns : left;
+	left -= blk;
+	s->preempt_ns = pre;
+	s->blocked_ns = blk;
+	s->vmm_ns = s->vmm_ns < left ? s->vmm_ns : left;
+}
+
+/* kvm_userspace_exit(reason, errno): KVM_RUN returns to the VMM. */
+static __always_inline int split_uexit(void)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	struct kvmexit_thread *t = threads.lookup(&tid);
+	if (t && t->ts) {
+		u64 now = bpf_ktime_get_ns();
+		split_vmm_end(&t->split, now);
+		t->split.vmm_ts = now;
+	}
+	return PASS_EVENT_ON;
+}
+
+int kvmexit_uexit(struct bpf_raw_tracepoint_args *ctx)
+{
+	return split_uexit();
+}
+
+/* The classic tracepoint, for kernels that cannot attach a raw one to a module's (x86 before 5.0). */
+int kvmexit_uexit_tp(void *ctx)
+{
+	return split_uexit();
+}
+
+/*
+ * sched_switch: `prev` (the current thread) goes off CPU, `next` comes on. Tasks are told apart by
+ * an opaque key (the raw tracepoint's task_struct address, the record's pid), so no task_struct
+ * field is read: nothing here depends on the kernel headers' layout of struct task_struct.
+ */
+static __always_inline int split_switch(u64 prev_key, u64 next_key, u32 runnable)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	struct kvmexit_thread *t = threads.lookup(&tid);
+	if (t && t->ts) {
+		t->split.off_ts = bpf_ktime_get_ns();
+		t->split.runnable = runnable;
+		offcpu.update(&prev_key, &tid);
+	}
+	u32 *back = offcpu.lookup(&next_key);
+	if (!back)
+		return PASS_EVENT_ON; /* the common case: two lookups that miss */
+	u64 now = bpf_ktime_get_ns();
+	u32 next_tid = *back;
+	offcpu.delete(&next_key);
+	struct kvmexit_thread *n = threads.lookup(&next_tid);
+	if (!n || !n->ts || !n->split.off_ts)
+		return PASS_EVENT_ON;
+	struct kvmexit_split *s = &n->split;
+	u64 off = now - s->off_ts;
+	u64 pre = s->runnable ? off : 0;
+	u64 blk = s->runnable ? 0 : off;
+	if (!s->p_count)
+		s->p_first = s->off_ts;
+	s->p_last = s->off_ts;
+	s->l_pre = pre;
+	s->l_blk = blk;
+	s->p_pre += pre;
+	s->p_blk += blk;
+	s->p_count++;
+	if (s->vmm_ts)
+		s->vmm_off += off;
+	s->off_ts = 0;
+	return PASS_EVENT_ON;
+}
+
+/*
+ * sched_switch(preempt, prev, next, prev_state): the raw tracepoint, from 5.18 (its fourth
+ * argument). Earlier prototypes have three arguments and refuse this program at attach (it reads
+ * past them): kvmexit_switch_tp is used there. Runnable as ftrace prints it ("R" or "R+"): a
+ * preemption, or a state with no reportable bit (__trace_sched_switch_state).
+ */
+#ifndef TASK_RTLOCK_WAIT
+#define TASK_RTLOCK_WAIT 0
+#endif
+int kvmexit_switch(struct bpf_raw_tracepoint_args *ctx)
+{
+	u32 runnable = ctx->args[0] || !(ctx->args[3] & (TASK_REPORT | TASK_RTLOCK_WAIT));
+	return split_switch(ctx->args[1], ctx->args[2], runnable);
+}
+
+#ifdef SWITCH_PREV_STATE_OFF
+/* The classic tracepoint's record (every kernel): the state as ftrace prints it, R or R+
+ * (TASK_REPORT_MAX) being runnable; pids at the format file's offsets. */
+int kvmexit_switch_tp(void *ctx)
+{
+	u64 state = *(u64 *)((char *)ctx + SWITCH_PREV_STATE_OFF);
+	u64 prev = *(u32 *)((char *)ctx + SWITCH_PREV_PID_OFF);
+	u64 next = *(u32 *)((char *)ctx + SWITCH_NEXT_PID_OFF);
+	return split_switch(prev, next, !(state & (TASK_REPORT_MAX - 1)));
+}
+#endif
+#endif /* KVMEXIT_SPLIT */
 
 /* Returns the thread's slot holding the new open exit, or 0 (filtered out, map full). */
 static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 detail)
@@ -246,16 +444,32 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 	} else if (t->ts) {
 		/* The previous exit never saw its entry (missed event): keep it visible. */
 		struct kvmexit_value *v = value_for(ctx, t, tid);
-		if (v)
+		if (v) {
 			v->unfinished++;
+#ifdef KVMEXIT_GUEST
+			v->guest_ns += t->guest_ns;
+#endif
+		}
 #ifdef KVMEXIT_SUB
 		if (t->sub) {
 			struct kvmexit_value *s = sub_value_for(t, tid);
-			if (s)
+			if (s) {
 				s->unfinished++;
+#ifdef KVMEXIT_GUEST
+				s->guest_ns += t->guest_ns;
+#endif
+			}
 		}
 #endif
 	}
+#ifdef KVMEXIT_GUEST
+	/* Guest residency: entry -> this exit, charged to this exit's row when it closes. With an exit
+	 * still open (unfinished, above) the last entry came before it: no guest time. */
+	t->guest_ns = !t->ts && t->entry_ts ? now - t->entry_ts : 0;
+#endif
+#ifdef KVMEXIT_SPLIT
+	split_reset(&t->split);
+#endif
 	t->ts = now;
 	t->halt_ns = 0;
 	t->tgid = id >> 32;
@@ -300,8 +514,15 @@ static __always_inline void on_entry(void *ctx)
 	struct kvmexit_thread *t = threads.lookup(&tid);
 	if (!t || !t->ts) {
 		count(KVMEXIT_UNPAIRED_ENTRIES);
+#ifdef KVMEXIT_GUEST
+		if (t)
+			t->entry_ts = now;
+#endif
 		return;
 	}
+#ifdef KVMEXIT_GUEST
+	t->entry_ts = now;
+#endif
 	u64 delta = now - t->ts;
 #ifdef SLOW_LOG
 	if (delta > SLOW_NS)
@@ -312,12 +533,18 @@ static __always_inline void on_entry(void *ctx)
 		t->ts = 0;
 		return;
 	}
+#ifdef KVMEXIT_SPLIT
+	split_close(t, now, delta);
+#endif
+	add_parts(v, t);
 	add_pair(v, delta, t->halt_ns);
 #ifdef KVMEXIT_SUB
 	if (t->sub) {
 		struct kvmexit_value *s = sub_value_for(t, tid);
-		if (s)
+		if (s) {
+			add_parts(s, t);
 			add_pair(s, delta, t->halt_ns);
+		}
 	}
 #endif
 	t->ts = 0; /* after the row: see struct kvmexit_thread */
@@ -449,8 +676,12 @@ static __always_inline int add_halt(u64 ns)
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = id;
 	struct kvmexit_thread *t = threads.lookup(&tid);
-	if (t && t->ts)
+	if (t && t->ts) {
 		t->halt_ns += ns;
+#ifdef KVMEXIT_SPLIT
+		split_halt(&t->split, bpf_ktime_get_ns(), ns);
+#endif
+	}
 	return PASS_EVENT_ON;
 }
 

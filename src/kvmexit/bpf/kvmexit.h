@@ -22,6 +22,29 @@
 #define TGID_ALLOW 1
 #define TGID_DENY 2
 
+/*
+ * Where an open exit's time goes (issue 11, opt-in: KVMEXIT_SPLIT); kept in the thread's slot and
+ * added to the row at kvm_entry. Off-CPU intervals (sched_switch out -> in) are preempted or
+ * blocked, except inside a halt (kvm_vcpu_wakeup's window), which already counts them. Intervals
+ * are only known to be inside a halt at its kvm_vcpu_wakeup, so they wait there ("pending").
+ */
+struct kvmexit_split {
+	u64 off_ts;     /* start of the current off-CPU interval; 0: on CPU */
+	u64 vmm_ts;     /* start of the current VMM window (kvm_userspace_exit); 0: none */
+	u64 vmm_off;    /* off-CPU time inside the current VMM window */
+	u64 vmm_ns;     /* committed parts of the open exit */
+	u64 preempt_ns;
+	u64 blocked_ns;
+	u64 p_pre;      /* pending off-CPU time since the exit or the last halt: runnable, sleeping */
+	u64 p_blk;
+	u64 p_first;    /* start of the first and of the last pending interval */
+	u64 p_last;
+	u64 l_pre;      /* the last pending interval's time (runnable, sleeping) */
+	u64 l_blk;
+	u32 p_count;    /* pending intervals */
+	u32 runnable;   /* the current off-CPU interval began in TASK_RUNNING */
+};
+
 /* Key of the keyed statistics map (reasons without a row) and of new-thread notifications. */
 struct kvmexit_key {
 	u32 tgid;
@@ -55,6 +78,10 @@ struct kvmexit_thread {
 	u32 row;     /* rows[] index of (code, detail), or KVMEXIT_NR_ROWS: the keyed map */
 	u32 sub_seen; /* KVMEXIT_SUB: SUB_SEEN_* events seen inside the open exit */
 	u32 pad;
+	/* Guest residency (issue 11): */
+	u64 entry_ts; /* the last kvm_entry; 0: none since the last exit */
+	u64 guest_ns; /* entry -> this exit, charged to the open exit's row when it closes */
+	struct kvmexit_split split; /* written only with KVMEXIT_SPLIT */
 #ifdef SLOW_LOG
 	/* The slow-exit log's view of the open exit (opt-in; after the tail user space decodes). */
 	u64 pc;        /* guest PC at kvm_exit */

@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..errors import KvmexitError, TracepointsMissing, UnsupportedArch, UsageError
-from ..layouts import Layout, detect, find_tracefs, read_formats, wakeup_ns_offset
+from ..layouts import Layout, detect, find_tracefs, read_formats, switch_offsets, wakeup_ns_offset
 from ..model import Snapshot, delta, paused_gc
 from ..names import NameResolver
 from .common import (
@@ -121,6 +121,18 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         "SIGHUP reopens FILE (for logrotate)",
     )
     add_slow_option(parser)
+    parser.add_argument(
+        "--guest",
+        action="store_true",
+        help="also measure time in the guest (kvm_entry -> next kvm_exit) and show EXIT%%, the exit time's share of "
+        "exit + guest time (adds ~1-3%% to the cost of an exit: see README Overhead)",
+    )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="split each exit's time into kernel, VMM, halted, preempted and other blocked, with --guest (traces "
+        "sched_switch, which fires for every context switch of the host: see README Overhead)",
+    )
     g = parser.add_argument_group("advanced")
     g.add_argument(
         "--max-threads",
@@ -185,6 +197,8 @@ def open_live(
     max_sub_keys: int = 65536,
     slow_ns: Optional[int] = None,
     on_slow: Optional[Callable[[str, Any], None]] = None,
+    split: bool = False,
+    guest: bool = False,
 ) -> Any:
     """Check every prerequisite in the order a user can fix them, then compile and attach."""
     from ..sources import live
@@ -199,7 +213,8 @@ def open_live(
     if missing:
         raise KvmexitError("no running process or thread matches %s" % " ".join(missing), hint="see ps -eLf")
     # --vm: VMs running now and those that start later (the kernel's filter learns them).
-    wakeup_off = wakeup_ns_offset(read_formats(tracefs or find_tracefs(), ("kvm_vcpu_wakeup",)))
+    root = tracefs or find_tracefs()
+    wakeup_off = wakeup_ns_offset(read_formats(root, ("kvm_vcpu_wakeup",)))
     source = live.LiveSource(
         layout,
         tgids=pids,
@@ -213,6 +228,9 @@ def open_live(
         max_sub_keys=max_sub_keys,
         slow_ns=slow_ns,
         on_slow=on_slow,
+        split=split,
+        guest=guest or split,
+        switch_offsets=switch_offsets(root) if split else None,
     )
     return source.open()
 
@@ -262,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
             subreasons=wants_sub(args),
             max_sub_keys=args.max_sub_keys,
             slow_ns=args.slower_than,
+            split=args.split,
+            guest=args.guest or args.split,
         )
         print("// cflags: " + " ".join(program.cflags))
         print(program.text)
@@ -296,6 +316,8 @@ def run(args: argparse.Namespace) -> int:
                 max_sub_keys=args.max_sub_keys,
                 slow_ns=args.slower_than,
                 on_slow=slow,
+                split=args.split,
+                guest=args.guest,
             )
         except KvmexitError as e:
             if args.fallback_example:

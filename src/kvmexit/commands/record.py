@@ -131,6 +131,12 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         metavar="SYSTEM:EVENT",
         help="also record this tracepoint (repeatable; report counts it as a non-kvm event)",
     )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="also record sched:sched_switch and kvm:kvm_userspace_exit, on the monotonic clock, so that report "
+        "splits each exit's time (kernel, VMM, halted, preempted, other blocked), as kvmexit --split does",
+    )
 
 
 def find_vm_processes(procfs: str = "/proc") -> List[int]:
@@ -320,8 +326,17 @@ def _write_error(what: str, e: OSError, kept: Optional[str]) -> KvmexitError:
     return KvmexitError(msg, hint="free some space, or -o a file elsewhere")
 
 
+#: What --split records: the events of the split of the exit time (issue 11).
+SPLIT_EVENTS = (("sched", "sched_switch"), ("kvm", "kvm_userspace_exit"))
+
+
 def _setup(
-    inst: Instance, buffer_kb: int, extra: List[Tuple[str, str]], notes: List[str], sub_events: Sequence[str] = ()
+    inst: Instance,
+    buffer_kb: int,
+    extra: List[Tuple[str, str]],
+    notes: List[str],
+    sub_events: Sequence[str] = (),
+    split: bool = False,
 ) -> List[str]:
     """Configure the instance; a refusal (no memory for the buffer, no such event) is one line."""
     try:
@@ -343,6 +358,19 @@ def _setup(
         for system, name in (THREAD_EXIT, PROCESS_EXEC):
             if inst.enable_event(system, name):
                 enabled.append("%s:%s" % (system, name))
+        if split:
+            # kvm_vcpu_wakeup's halt time is measured on the monotonic clock (ktime_get), as the
+            # kernel side's windows are: the trace's timestamps must be on it too to place
+            # off-CPU intervals inside or outside a halt (trace_clock "local" drifts from it).
+            try:
+                inst.write("trace_clock", "mono")
+            except OSError as e:
+                notes.append("trace_clock mono refused (%s): halts placed on the default clock" % e.strerror)
+            for system, event in SPLIT_EVENTS:
+                if inst.enable_event(system, event):
+                    enabled.append("%s:%s" % (system, event))
+                else:
+                    notes.append("no %s:%s here: report shows the parts it gives as unknown" % (system, event))
         for system, event in extra:
             if not inst.enable_event(system, event):
                 raise KvmexitError(
@@ -391,7 +419,7 @@ def run(args: argparse.Namespace, tracefs: Optional[str] = None, procfs: str = "
     try:
         inst = Instance.create(root)
         sub_events = [e for e, _fn in SUB_PROGRAMS[layout.arch]] if getattr(args, "sub", False) else []
-        events = _setup(inst, args.buffer_size, extra, notes, sub_events)
+        events = _setup(inst, args.buffer_size, extra, notes, sub_events, args.split)
         # Only now, with the instance ready, is the output created: a refused set-up leaves none.
         out = _Output(args.output, args.force)
         header = "# kvmexit record: layout=%s kernel=%s events=%s instance=%s\n" % (

@@ -23,6 +23,7 @@ from ..model import (
     HIST_SLOTS,
     HIST_SUB_BITS,
     KERNEL_FIELDS,
+    SPLIT_FIELDS,
     STAT_FIELDS,
     ExitKey,
     ExitStats,
@@ -74,6 +75,9 @@ def render_program(
     subreasons: bool = False,
     max_sub_keys: int = 65536,
     slow_ns: Optional[int] = None,
+    guest: bool = False,
+    split: bool = False,
+    switch_offsets: Optional[Tuple[int, int, int]] = None,
 ) -> BpfProgram:
     """The program for a layout and options; pure, so it can be printed (``--ebpf``) and tested.
 
@@ -96,6 +100,16 @@ def render_program(
         defines.append("KVMEXIT_TEST_HOOKS")
     if slow_ns is not None:
         defines += ["SLOW_LOG", "SLOW_NS=%dULL" % slow_ns, *layout.slow_defines]
+    if guest:  # guest residency (issue 11): opt-in, it costs the default path ~1-3% (README Overhead)
+        defines.append("KVMEXIT_GUEST")
+    if split:  # where the exit time went (issue 11): opt-in, sched_switch fires host-wide
+        defines.append("KVMEXIT_SPLIT")
+        if switch_offsets is not None:  # sched_switch's record: prev_pid, prev_state, next_pid
+            defines += [
+                "SWITCH_PREV_PID_OFF=%d" % switch_offsets[0],
+                "SWITCH_PREV_STATE_OFF=%d" % switch_offsets[1],
+                "SWITCH_NEXT_PID_OFF=%d" % switch_offsets[2],
+            ]
     defines += ["MAX_THREADS=%d" % max_threads, "MAX_KEYS=%d" % max_keys]
     codes, details = ROW_KEY_SPACE[layout.arch]
     defines += [
@@ -122,6 +136,9 @@ def render_program(
         attach += [("raw", "kvm:" + event, fn) for event, fn in SUB_PROGRAMS[layout.arch]]
     if slow_ns is not None and layout.arch == "arm64":
         attach += [(_OPTIONAL, tp, fn) for tp, fn in SLOW_ESR_EVENTS]
+    if split:
+        attach.append(("raw", "kvm:kvm_userspace_exit", "kvmexit_uexit"))
+        attach.append(("raw", "sched:sched_switch", "kvmexit_switch"))
     return BpfProgram(text=text, cflags=tuple("-D" + d for d in defines), attach=tuple(attach))
 
 
@@ -217,6 +234,9 @@ class LiveSource(Source):
         slow_ns: Optional[int] = None,
         on_slow: Optional[Callable[[str, SlowExit], None]] = None,
         slow_pages: int = SLOW_PAGES,
+        guest: bool = False,
+        split: bool = False,
+        switch_offsets: Optional[Tuple[int, int, int]] = None,
     ) -> None:
         """``slow_ns``: also log every exit longer than that (``on_slow`` gets (arch, exit), as
         :meth:`poll` reads them; drops are counted in :attr:`slow_lost`)."""
@@ -246,6 +266,9 @@ class LiveSource(Source):
             subreasons=subreasons,
             max_sub_keys=max_sub_keys,
             slow_ns=slow_ns,
+            guest=guest,
+            split=split,
+            switch_offsets=switch_offsets,
         )
         self.slow_ns = slow_ns
         self._on_slow = on_slow
@@ -259,6 +282,10 @@ class LiveSource(Source):
         self._attach = attach
         #: Sub-reason events attached (the others are missing from this kernel: see notes).
         self.sub_events: List[str] = []
+        #: ExitStats fields this run does not measure (their 0 means unknown).
+        self.unknown = set() if split else set(SPLIT_FIELDS)
+        if not guest:
+            self.unknown.add("guest_ns")
         #: How kvm_vcpu_wakeup is attached: "raw", "tracepoint" (fallback) or None (not at all).
         self.wakeup_attach: Optional[str] = None
         #: One-line notes on what this kernel could not do (printed when tracing starts).
@@ -353,6 +380,9 @@ class LiveSource(Source):
             if kind == _OPTIONAL:
                 self._attach_optional(tracepoint, fn)
                 continue
+            if fn in _SPLIT_PARTS:
+                self._attach_split(tracepoint, fn)
+                continue
             printed: List[str] = []
             try:
                 with _c_stderr_to(printed):
@@ -424,6 +454,31 @@ class LiveSource(Source):
         except Exception as e:  # bcc raises bare Exception when the kernel refuses
             why = "; ".join(line for line in printed if line.strip()) or str(e)
             self.notes.append("slow-exit log: no ESR ISS from %s (%s)" % (tracepoint, why))
+
+    def _attach_split(self, tracepoint: str, fn: str) -> None:
+        """The split's events: the raw tracepoint, else the classic one (a module's tracepoint
+        before 5.0; sched_switch's raw prototype before 5.18 lacks prev_state), else the parts
+        that need it are unknown (a note says why), never 0."""
+        why = "this kernel has no %s" % tracepoint
+        if self._tracepoint_exists(tracepoint):
+            printed: List[str] = []
+            try:
+                with _c_stderr_to(printed):
+                    self.bpf.attach_raw_tracepoint(tp=tracepoint.split(":", 1)[1], fn_name=fn)
+                return
+            except Exception as e:  # bcc raises bare Exception when the kernel refuses
+                why = "; ".join(line for line in printed if line.strip()) or str(e)
+            if fn != "kvmexit_switch" or any(d.startswith("-DSWITCH_PREV_STATE_OFF=") for d in self.program.cflags):
+                printed = []
+                try:
+                    with _c_stderr_to(printed):
+                        self.bpf.attach_tracepoint(tp=tracepoint, fn_name=fn + "_tp")
+                    return
+                except Exception as e:
+                    why += "; as a tracepoint: %s" % ("; ".join(line for line in printed if line.strip()) or e)
+        lost = _SPLIT_PARTS[fn]
+        self.unknown.update(lost)
+        self.notes.append("%s unknown: cannot attach to %s (%s)" % (" and ".join(lost), tracepoint, why))
 
     @staticmethod
     def _tracepoint_exists(tracepoint: str) -> bool:
@@ -545,7 +600,9 @@ class LiveSource(Source):
         slot_size = _ROWS_SIZE * len(rows) + _THREAD_TAIL.size + (_SLOW_TAIL_SIZE if self.slow_ns is not None else 0)
         for kb, vb in self._read("threads", slot_size):
             (tid,) = _TID.unpack(kb)
-            comm, ts, _halt, sub, _addr, tgid, code, detail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))[:8]
+            tail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))
+            comm, ts, _halt, sub, _addr, tgid, code, detail = tail[:8]
+            guest = tail[12]  # guest_ns of the open exit
             if self.vm_filter is not None:
                 verdict = judged.get(tgid) or judged.setdefault(tgid, self._admit(tgid))
                 if not verdict.allowed:  # traced before its verdict: removed, and counted
@@ -578,6 +635,9 @@ class LiveSource(Source):
                 self._retired[k] = st if old is None else merge_all((old, st))
             if ts:
                 self._abandoned[key] = self._abandoned.get(key, 0) + 1
+                if guest:  # the abandoned exit's guest time, as a closed exit's (pairing.py alike)
+                    old = self._retired.get(key, ExitStats())
+                    self._retired[key] = old._replace(guest_ns=old.guest_ns + guest)
             if sub_key is not None:
                 self._abandoned_subs[sub_key] = self._abandoned_subs.get(sub_key, 0) + 1
         return stats, opened, comms, opened_subs
@@ -674,6 +734,7 @@ class LiveSource(Source):
             dict(retired),
             subs=subs,
             subs_known=self.subreasons,
+            unknown=frozenset(self.unknown),
         )
 
 
@@ -701,8 +762,9 @@ _TID = struct.Struct("=I")
 _VALUE_FORMAT = "=%dQ" % sum(f.words for f in KERNEL_FIELDS)
 _VALUE = struct.Struct(_VALUE_FORMAT)
 _ROWS_SIZE = _VALUE.size
-#: After the rows: comm, ts, halt_ns, sub, sub_addr, tgid, code, detail, row, sub_seen, pad.
-_THREAD_TAIL = struct.Struct("=16s4Q6I")
+#: After the rows: comm, ts, halt_ns, sub, sub_addr, tgid, code, detail, row, sub_seen, pad,
+#: entry_ts, guest_ns, and struct kvmexit_split (12 u64, 2 u32).
+_THREAD_TAIL = struct.Struct("=16s4Q6I2Q12Q2I")
 #: struct kvmexit_sub_key: tgid, tid, code, detail, sub.
 _SUB_KEY = struct.Struct("=4IQ")
 #: The first two words of a row: pairs and unfinished (model.STAT_FIELDS' order).
@@ -711,6 +773,8 @@ _PAIRS_UNFINISHED = struct.Struct("=2Q")
 _TGID_ALLOW, _TGID_DENY = 1, 2
 #: With the slow-exit log, the slot ends with pc, esr, esr_known, pad2 (not decoded here).
 _SLOW_TAIL_SIZE = struct.calcsize("=2Q2I")
+#: The split's programs, and the parts each one's event is needed for.
+_SPLIT_PARTS = {"kvmexit_uexit": ("vmm_ns",), "kvmexit_switch": ("preempt_ns", "blocked_ns")}
 
 
 def _bytes_of(c: Any) -> bytes:

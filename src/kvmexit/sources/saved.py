@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from ..errors import BadTrace
 from ..model import (
     HIST_SLOTS,
+    SPLIT_FIELDS,
     ExitKey,
     ExitStats,
     Health,
@@ -234,6 +235,7 @@ def _assemble(docs: List[Dict[str, Any]], path: str, schema: str) -> SavedReport
     health = Health()
     totals: List[ExitStats] = []
     halt_known = True
+    unknown: Set[str] = set()
     for doc in docs:
         rows = []
         for r in doc["rows"]:
@@ -260,9 +262,15 @@ def _assemble(docs: List[Dict[str, Any]], path: str, schema: str) -> SavedReport
                 abandoned=t["abandoned"] if all("abandoned" in r for r in doc["rows"]) else 0,
                 total_ns=t["total_ns"],
                 halt_ns=t["halt_ns"] or 0,
+                guest_ns=t.get("guest_ns") or 0,
+                vmm_ns=t.get("vmm_ns") or 0,
+                preempt_ns=t.get("preempt_ns") or 0,
+                blocked_ns=t.get("blocked_ns") or 0,
             )
         )
         halt_known = halt_known and t["halt_ns"] is not None
+        # Fields a document does not carry (schema 1) or carries as null were not measured.
+        unknown.update(f for f in ("guest_ns", *SPLIT_FIELDS) if t.get(f) is None)
     rows = [_row(ident, merge_all(parts)) for ident, parts in per_ident.items()]
     merged_totals = merge_all(totals, with_hist=False) if len(totals) > 1 else totals[0]
     seconds: Optional[float] = None
@@ -272,10 +280,10 @@ def _assemble(docs: List[Dict[str, Any]], path: str, schema: str) -> SavedReport
         seconds = float(first["seconds"])
     arch = first["source"]["arch"]
     time_ns = round(seconds * 1e9) if seconds else 0
-    report = Report(rows, health, arch, group_by, merged_totals, halt_known, time_ns)
+    report = Report(rows, health, arch, group_by, merged_totals, halt_known, time_ns, unknown=frozenset(unknown))
     snapshot = None
     if group_by == "thread":
-        snapshot = _snapshot(rows, arch, health, halt_known, seconds)
+        snapshot = _snapshot(rows, arch, health, halt_known, seconds, frozenset(unknown))
     return SavedReport(
         path=path,
         source=dict(first["source"]),
@@ -289,7 +297,14 @@ def _assemble(docs: List[Dict[str, Any]], path: str, schema: str) -> SavedReport
     )
 
 
-def _snapshot(rows: List[Row], arch: str, health: Health, halt_known: bool, seconds: Optional[float]) -> Snapshot:
+def _snapshot(
+    rows: List[Row],
+    arch: str,
+    health: Health,
+    halt_known: bool,
+    seconds: Optional[float],
+    unknown: FrozenSet[str] = frozenset(),
+) -> Snapshot:
     stats: Dict[ExitKey, ExitStats] = {}
     threads: Dict[int, ThreadInfo] = {}
     for r in rows:
@@ -305,4 +320,5 @@ def _snapshot(rows: List[Row], arch: str, health: Health, halt_known: bool, seco
         threads=threads,
         time_ns=round(seconds * 1e9) if seconds else 0,
         halt_known=halt_known,
+        unknown=unknown,
     )

@@ -34,6 +34,12 @@ CSV_COLUMNS = (
     "p90_ns",
     "p99_ns",
     "halt_ns",
+    "guest_ns",
+    "exit_share",
+    "kernel_ns",
+    "vmm_ns",
+    "preempt_ns",
+    "blocked_ns",
     "sub",  # last: the columns before it keep their places
 )
 
@@ -45,10 +51,12 @@ def format_csv(report: Report, time: Optional[str] = None, header: bool = True, 
     if header:
         w.writeheader()
     for row in report.rows:
-        d: Dict[str, Any] = row_dict(row, with_hist=False, halt_known=report.halt_known)
+        d: Dict[str, Any] = row_dict(row, with_hist=False, halt_known=report.halt_known, unknown=report.unknown)
         d["time"] = time or ""
         if d["avg_ns"] is not None:
             d["avg_ns"] = "%.1f" % d["avg_ns"]
+        if d["exit_share"] is not None:
+            d["exit_share"] = "%.6f" % d["exit_share"]
         if escape:
             d["comm"], d["vm"] = printable(d["comm"] or ""), printable(d["vm"] or "")
         w.writerow({k: "" if v is None else v for k, v in d.items()})

@@ -1,18 +1,34 @@
 """JSON documents, schema ``kvmexit/2`` (see ``kvmexit/schema/report-v2.json``): ``kvmexit/1``
-with sub-reasons (rows' ``sub`` and ``sub_value``, the document's ``by_sub``)."""
+with sub-reasons (rows' ``sub`` and ``sub_value``, the document's ``by_sub``), guest time and the
+split of the exit time (null where not measured)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import AbstractSet, Any, Dict, Optional
 
-from ..model import Report, Row, bucket_bounds
+from ..model import SPLIT_FIELDS, ExitStats, Report, Row, bucket_bounds, exit_share, kernel_ns
 
 __all__ = ["SCHEMA_VERSION", "report_document", "row_dict"]
 
 SCHEMA_VERSION = "kvmexit/2"
 
 
-def row_dict(row: Row, with_hist: bool = True, halt_known: bool = True) -> Dict[str, Any]:
+def residency(st: ExitStats, halt_known: bool, unknown: AbstractSet[str]) -> Dict[str, Any]:
+    """Guest time, exit share and the split of the exit time (issue 11); null where not measured."""
+    out: Dict[str, Any] = {}
+    guest_known = "guest_ns" not in unknown
+    out["guest_ns"] = st.guest_ns if guest_known else None
+    out["exit_share"] = exit_share(st) if guest_known else None
+    for f in SPLIT_FIELDS:
+        out[f] = getattr(st, f) if f not in unknown else None
+    known = halt_known and not any(f in unknown for f in SPLIT_FIELDS)
+    out["kernel_ns"] = kernel_ns(st) if known else None
+    return out
+
+
+def row_dict(
+    row: Row, with_hist: bool = True, halt_known: bool = True, unknown: AbstractSet[str] = frozenset()
+) -> Dict[str, Any]:
     st = row.stats
     out: Dict[str, Any] = {
         "tgid": row.tgid,
@@ -41,6 +57,7 @@ def row_dict(row: Row, with_hist: bool = True, halt_known: bool = True) -> Dict[
         "sumsq_ns2": st.sumsq_ns2,
         "halt_ns": st.halt_ns if halt_known else None,
     }
+    out.update(residency(st, halt_known, unknown))
     if with_hist:
         out["hist"] = [[*bucket_bounds(i), n] for i, n in enumerate(st.hist) if n]
     return out
@@ -66,7 +83,7 @@ def report_document(
         "seconds": seconds,
         "group_by": report.group_by,
         "by_sub": report.by_sub,
-        "rows": [row_dict(r, with_hist, report.halt_known) for r in report.rows],
+        "rows": [row_dict(r, with_hist, report.halt_known, report.unknown) for r in report.rows],
         "totals": {
             "exits": t.exits,
             "pairs": t.pairs,
@@ -79,5 +96,6 @@ def report_document(
             "stats_map_full": h.stats_map_full,
             "sub_map_full": h.sub_map_full,
             "abandoned": t.abandoned,
+            **residency(t, report.halt_known, report.unknown),
         },
     }

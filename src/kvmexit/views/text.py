@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import operator
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
-from ..model import ExitStats, Health, Report, Row, bucket_bounds, percentile
+from ..model import SPLIT_FIELDS, ExitStats, Health, Report, Row, bucket_bounds, kernel_ns, percentile
 
-__all__ = ["accounting", "format_duration", "format_table", "format_hist", "format_health", "printable"]
+__all__ = ["accounting", "format_duration", "format_table", "format_hist", "format_health", "printable", "split_shown"]
 
 
 def printable(text: str) -> str:
@@ -66,33 +66,65 @@ def _ident_columns(report: Report) -> tuple:
     return ident
 
 
-def _cells(row: Row, ident: Callable[[Row], tuple], halt_known: bool) -> List[str]:
+def _cells(
+    row: Row, ident: Callable[[Row], tuple], halt_known: bool, guest_known: bool, split: Sequence[str]
+) -> List[str]:
     # The hot loop of big reports (10^5 rows): no per-cell helper calls.
     cells = ["-" if v is None or v == "" else str(v) for v in ident(row)]
     if not "".join(cells).isprintable():
         cells = [printable(c) for c in cells]
     st = row.stats
     pairs = st.pairs
+    total = st.total_ns
     cells += [
         str(st.exits),
-        format_duration(st.total_ns / pairs) if pairs else "-",
+        format_duration(total / pairs) if pairs else "-",
         format_duration(st.min_ns),
         format_duration(st.max_ns),
         format_duration(percentile(st, 99)),
-        "%d%%" % round(100 * st.halt_ns / st.total_ns) if st.total_ns and halt_known else "-",
+        "%d%%" % round(100 * st.halt_ns / total) if total and halt_known else "-",
     ]
+    if split:
+        cells += [_share(getattr(st, f) if f != "kernel" else kernel_ns(st), total) for f in split]
+    if guest_known:
+        whole = total + st.guest_ns
+        cells.append("%.1f%%" % (100 * total / whole) if whole else "-")
     return cells
+
+
+def _share(part: Optional[int], total: int) -> str:
+    return "%d%%" % round(100 * part / total) if total and part is not None else "-"
+
+
+#: The split's columns (with the parts known): each part's share of the exit time, beside HALT%.
+_SPLIT_COLUMNS = (("kernel", "KERN%"), ("vmm_ns", "VMM%"), ("preempt_ns", "PREEMPT%"), ("blocked_ns", "BLOCKED%"))
+
+
+def split_shown(report: Report) -> Tuple[str, ...]:
+    """The split's parts a table shows: none unless one of them was measured; the kernel's part
+    only when every other part (halt included) is known."""
+    known = [f for f in SPLIT_FIELDS if f not in report.unknown]
+    if not known:
+        return ()
+    kernel = len(known) == len(SPLIT_FIELDS) and report.halt_known
+    return tuple(f for f, _ in _SPLIT_COLUMNS if (kernel if f == "kernel" else f in known))
 
 
 def format_table(report: Report) -> str:
     """Aligned columns; HALT% is the share of exit->entry time the vCPU spent halted ("-" when
-    halts were not traced)."""
+    halts were not traced); with the split measured, KERN%, VMM%, PREEMPT% and BLOCKED% the other
+    parts' shares; EXIT% (where guest time was measured) the exit time's share of exit + guest time."""
     ident = _ident_columns(report)
+    split = split_shown(report)
+    halt_known = report.halt_known
+    split_names = dict(_SPLIT_COLUMNS)
     headers = [_IDENT_COLUMNS[f][0] for f in ident] + ["COUNT", "AVG", "MIN", "MAX", "P99", "HALT%"]
-    aligns = [_IDENT_COLUMNS[f][1] for f in ident] + [">"] * 6
+    guest_known = "guest_ns" not in report.unknown
+    headers += [split_names[f] for f in split] + (["EXIT%"] if guest_known else [])
+    aligns = [_IDENT_COLUMNS[f][1] for f in ident] + [">"] * (len(headers) - len(ident))
     getter = operator.attrgetter(*ident)
     fields = getter if len(ident) > 1 else lambda r: (getter(r),)  # attrgetter of one name: no tuple
-    body = [_cells(r, fields, report.halt_known) for r in report.rows]
+    body = [_cells(r, fields, halt_known, guest_known, split) for r in report.rows]
     widths = [max(len(h), max(map(len, map(operator.itemgetter(i), body)), default=0)) for i, h in enumerate(headers)]
     template = "  ".join("{:%s%d}" % (a, w) for a, w in zip(aligns, widths))
     return "\n".join(template.format(*cells).rstrip() for cells in [headers, *body])

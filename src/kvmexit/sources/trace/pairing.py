@@ -18,6 +18,12 @@ The rules mirror ``bpf/kvmexit.bpf.c`` exactly (see :mod:`kvmexit.model`):
   it; a pair whose events give it a sub-reason (:func:`.subdecode.exit_sub_arm64`, ``exit_sub_x86``)
   is also recorded under ``(tid, code, detail, sub)`` in :attr:`Pairer.sub_stats`, as the kernel's
   sub-reason map does;
+- guest time (issue 11): an exit of a thread whose previous event was a ``kvm_entry`` (no exit
+  open) is charged ``exit - entry`` when it closes (pair, unfinished, abandoned), as
+  ``KVMEXIT_GUEST`` does; a thread's first exit has none;
+- the split of the exit time (issue 11): ``sched_switch`` and ``kvm_userspace_exit`` drive
+  :class:`Split` exactly as ``KVMEXIT_SPLIT`` drives ``struct kvmexit_split`` (the rules and their
+  precedence are in ``docs/stats-layout.md``); known only where the trace has those events;
 - at the end, exits still open are reported as ``open``.
 
 Trace files add one rule the kernel does not need: a ring-buffer overrun on a CPU (``[LOST N
@@ -44,7 +50,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from operator import mul
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from ...model import (
     HIST_SLOTS,
@@ -83,15 +89,17 @@ _SERROR = arm64.SERROR_PENDING_BIT
 _EULER_510 = Decoder("arm64-openeuler-5.10")  # reads kvm_trap_enter before any exit named a layout
 
 # Indexes into a start record: [ts_ns, key, halt_ns, cpu, sub-reason records (a list) or None, the
-# key's accumulator]; key = (tid, code, detail). With the slow-exit log, the kvm_exit payload
-# follows (S_PAYLOAD).
-S_TS, S_KEY, S_HALT, S_CPU, S_SUBS, S_ACC, S_PAYLOAD = 0, 1, 2, 3, 4, 5, 6
+# key's accumulator, guest ns, Split or None]; key = (tid, code, detail). With the slow-exit log,
+# the kvm_exit payload follows (S_PAYLOAD).
+S_TS, S_KEY, S_HALT, S_CPU, S_SUBS, S_ACC, S_GUEST, S_SPLIT, S_PAYLOAD = 0, 1, 2, 3, 4, 5, 6, 7, 8
 #: An accumulator is a list with one item per field the kernel keeps (model.KERNEL_FIELDS, in
 #: that order; arrays as lists); min/max start at sentinels (reported as None before a pair).
 ACC_INDEX = {f.name: i for i, f in enumerate(KERNEL_FIELDS)}
 A_PAIRS, A_UNFIN, A_TOTAL = ACC_INDEX["pairs"], ACC_INDEX["unfinished"], ACC_INDEX["total_ns"]
 A_MIN, A_MAX, A_HALT, A_HIST = ACC_INDEX["min_ns"], ACC_INDEX["max_ns"], ACC_INDEX["halt_ns"], ACC_INDEX["hist"]
 A_SUMSQ = ACC_INDEX["sumsq"]  # [low, high]: here low takes the whole sum (Python ints do not overflow)
+A_GUEST, A_VMM = ACC_INDEX["guest_ns"], ACC_INDEX["vmm_ns"]
+A_PREEMPT, A_BLOCKED = ACC_INDEX["preempt_ns"], ACC_INDEX["blocked_ns"]
 
 NO_MIN = 1 << 64
 NO_MAX = -1
@@ -220,6 +228,126 @@ class Event(NamedTuple):
     kvm: bool = True  #: counted in TraceHealth.events (else other_events)
 
 
+class Switch(NamedTuple):
+    """A ``sched_switch``: ``prev`` goes off CPU (runnable or not), ``next`` comes on."""
+
+    prev: int
+    runnable: bool
+    next: int
+
+
+def _pid(word: bytes, key: bytes) -> int:
+    if not word.startswith(key) or not word[len(key) :].isdigit():
+        raise ValueError(word)
+    return int(word[len(key) :])
+
+
+def decode_switch(payload: bytes) -> Optional[Switch]:
+    """``sched_switch``'s payload, as ftrace and perf print it (``prev_comm=A prev_pid=1 prev_prio=120
+    prev_state=R+ ==> next_comm=B next_pid=2 next_prio=120``) or trace-cmd's plugin (``A:1 [120] R+ ==>
+    B:2 [120]``); comms may hold spaces, so it is split from the right (linear in the line). Runnable
+    is what ftrace prints as ``R`` or ``R+``, as the kernel side decides it."""
+    head, sep, tail = payload.rstrip().rpartition(b" ==> ")
+    if not sep:
+        return None
+    try:
+        words = head.rsplit(b" ", 3)
+        if len(words) == 4 and words[1].startswith(b"prev_pid="):
+            prev, state = _pid(words[1], b"prev_pid="), words[3][len(b"prev_state=") :]
+            if not words[3].startswith(b"prev_state="):
+                return None
+            nxt = tail.rsplit(b" ", 2)
+            if len(nxt) != 3:
+                return None
+            return Switch(prev, state in (b"R", b"R+"), _pid(nxt[1], b"next_pid="))
+        words = head.rsplit(b" ", 2)  # trace-cmd: COMM:PID [PRIO] STATE
+        nxt = tail.rsplit(b" ", 1)
+        if len(words) != 3 or len(nxt) != 2 or not words[1].startswith(b"["):
+            return None
+        prev = int(words[0].rpartition(b":")[2])
+        return Switch(prev, words[2] in (b"R", b"R+"), int(nxt[0].rpartition(b":")[2]))
+    except ValueError:
+        return None
+
+
+class Split:
+    """Where an open exit's time goes: the twin of ``struct kvmexit_split`` (``bpf/kvmexit.h``),
+    with the same rules (``split_*`` in ``bpf/kvmexit.bpf.c``; see ``docs/stats-layout.md``)."""
+
+    __slots__ = (
+        "blocked_ns",
+        "l_blk",
+        "l_pre",
+        "off_ts",
+        "p_blk",
+        "p_count",
+        "p_first",
+        "p_last",
+        "p_pre",
+        "preempt_ns",
+        "runnable",
+        "vmm_ns",
+        "vmm_off",
+        "vmm_ts",
+    )
+
+    def __init__(self) -> None:
+        self.off_ts = self.vmm_ts = self.vmm_off = self.vmm_ns = self.preempt_ns = self.blocked_ns = 0
+        self.p_pre = self.p_blk = self.p_first = self.p_last = self.l_pre = self.l_blk = self.p_count = 0
+        self.runnable = False
+
+    def vmm_end(self, end: int) -> None:
+        if not self.vmm_ts:
+            return
+        if end > self.vmm_ts + self.vmm_off:
+            self.vmm_ns += end - self.vmm_ts - self.vmm_off
+        self.vmm_ts = self.vmm_off = 0
+
+    def uexit(self, now: int) -> None:
+        self.vmm_end(now)
+        self.vmm_ts = now
+
+    def back_on_cpu(self, now: int) -> None:
+        off = now - self.off_ts
+        pre, blk = (off, 0) if self.runnable else (0, off)
+        if not self.p_count:
+            self.p_first = self.off_ts
+        self.p_last = self.off_ts
+        self.l_pre, self.l_blk = pre, blk
+        self.p_pre += pre
+        self.p_blk += blk
+        self.p_count += 1
+        if self.vmm_ts:
+            self.vmm_off += off
+        self.off_ts = 0
+
+    def halt(self, now: int, ns: int) -> None:
+        start = now - ns if now > ns else 0
+        self.vmm_end(max(start, self.vmm_ts))
+        if not self.p_count or self.p_first >= start:
+            pass  # nothing pending, or all of it inside the halt: already in halt_ns
+        elif self.p_last >= start or not self.l_pre:  # the last inside (a sleep: the halt's block)
+            self.preempt_ns += self.p_pre - self.l_pre
+            self.blocked_ns += self.p_blk - self.l_blk
+        else:
+            self.preempt_ns += self.p_pre
+            self.blocked_ns += self.p_blk
+        self.p_pre = self.p_blk = self.p_count = 0
+
+    def close(self, now: int, delta: int, halt: int) -> Tuple[int, int, int, int]:
+        """At the entry: (halt, preempted, blocked, VMM) of the pair, clamped within ``delta``."""
+        self.vmm_end(now)
+        self.preempt_ns += self.p_pre
+        self.blocked_ns += self.p_blk
+        halt = min(halt, delta)
+        left = delta - halt
+        pre = min(self.preempt_ns, left)
+        left -= pre
+        blk = min(self.blocked_ns, left)
+        left -= blk
+        return halt, pre, blk, min(self.vmm_ns, left)
+
+
 def _sub_decoder(name: bytes) -> Callable[[bytes], Any]:
     return lambda payload: decode_sub(name, payload)
 
@@ -234,6 +362,9 @@ EVENTS: Dict[Tuple[str, str], Event] = {
     ("sched", "sched_process_exit"): Event("thread_exit", kvm=False),
 }
 EVENTS.update({("kvm", name.decode()): Event("sub_event", _sub_decoder(name), kvm=False) for name in SUB_EVENTS})
+# The split of the exit time (issue 11); kvm_userspace_exit is a sub-reason event too.
+EVENTS[("kvm", "kvm_userspace_exit")] = Event("userspace_exit", _sub_decoder(b"kvm_userspace_exit"), kvm=False)
+EVENTS[("sched", "sched_switch")] = Event("switch", decode_switch, kvm=False)
 
 #: A dispatch table bound to one engine: event name as the trace prints it -> (decode, rule, kvm).
 Handlers = Dict[bytes, Tuple[Optional[Callable[[bytes], Any]], Callable[[int, Thread, Any], None], bool]]
@@ -275,6 +406,13 @@ class Pairer:
         self.time_bins = time_bins  # (a property: sets _extras)
         #: Accumulators with pending pairs (see :meth:`flush`).
         self._dirty: List[list] = []
+        #: tid -> its last kvm_entry (0: an exit since), for threads that have exited once (the
+        #: kernel's slot): guest time.
+        self.entry_ts: Dict[int, int] = {}
+        #: Threads switched out inside an exit (the kernel's offcpu map).
+        self.off_cpu: Dict[int, int] = {}
+        self.switches = 0  # sched_switch events seen: without any, preempted/blocked are unknown
+        self.userspace_exits = 0  # kvm_userspace_exit events seen: without any, VMM time is unknown
 
     @property
     def time_bins(self) -> Optional[TimeBins]:
@@ -348,13 +486,19 @@ class Pairer:
         prev = self.starts.get(tid)
         if prev is not None:
             self._unfinished(prev)
-        self.starts[tid] = [ts, key, 0, thread[2], self._extras, acc, *value[2:]]
+        last = self.entry_ts.get(tid, 0)
+        self.entry_ts[tid] = 0
+        guest = ts - last if prev is None and last else 0
+        self.starts[tid] = [ts, key, 0, thread[2], self._extras, acc, guest, None, *value[2:]]
 
     def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
         self.last_ns = ts
         if self.first_ns is None:
             self.first_ns = ts
-        s = self.starts.pop(thread[0], None)
+        tid = thread[0]
+        s = self.starts.pop(tid, None)
+        if tid in self.entry_ts:
+            self.entry_ts[tid] = ts
         if s is None:
             self.unpaired_entries += 1
             return
@@ -363,12 +507,19 @@ class Pairer:
         if not pending:
             self._dirty.append(acc)
         pending.append(ts - s[S_TS])
+        parts = None
+        if s[S_SPLIT] is not None or self.switches or self.userspace_exits:
+            halt, pre, blk, vmm = (s[S_SPLIT] or Split()).close(ts, max(ts - s[S_TS], 0), s[S_HALT])
+            s[S_HALT] = halt
+            parts = (pre, blk, vmm)
         if s[S_HALT]:
             acc[A_HALT] += s[S_HALT]
+        if s[S_GUEST] or parts is not None:
+            _add_parts(acc, s[S_GUEST], parts)
         if s[S_SUBS] is not None:
-            self._pair_extras(s, max(ts - s[S_TS], 0))
+            self._pair_extras(s, max(ts - s[S_TS], 0), parts)
 
-    def _pair_extras(self, s: list, d: int) -> None:
+    def _pair_extras(self, s: list, d: int, parts: Optional[Tuple[int, int, int]] = None) -> None:
         """What only some pairs need: their sub-reason, their time bin."""
         key = s[S_KEY]
         sub = 0
@@ -381,6 +532,7 @@ class Pairer:
                     acc = self.sub_stats[skey] = new_acc()
                 acc[A_PENDING].append(d)
                 acc[A_HALT] += s[S_HALT]
+                _add_parts(acc, s[S_GUEST], parts)
                 add_pending(acc)
         if self.time_bins is not None:
             self.time_bins.pair(s[S_TS], key[1], key[2], d)
@@ -411,15 +563,45 @@ class Pairer:
         s = self.starts.get(thread[0])
         if s is not None:
             s[S_HALT] += ns
+            if s[S_SPLIT] is not None:
+                s[S_SPLIT].halt(ts, ns)
 
     def thread_exit(self, ts: int, thread: Thread, value: Any = None) -> None:
         """``sched_process_exit`` of the thread: its open exit, if any, will never see its entry."""
         s = self.starts.pop(thread[0], None)
+        self.entry_ts.pop(thread[0], None)
         if s is not None:
             self.abandoned[s[S_KEY]] = self.abandoned.get(s[S_KEY], 0) + 1
+            s[S_ACC][A_GUEST] += s[S_GUEST]
             skey = self._sub_key(s)
             if skey is not None:
                 self.abandoned_subs[skey] = self.abandoned_subs.get(skey, 0) + 1
+
+    def userspace_exit(self, ts: int, thread: Thread, record: SubEvent) -> None:
+        """``kvm_userspace_exit``: a sub-reason event, and the start of a VMM window (the split)."""
+        self.sub_event(ts, thread, record)
+        self.userspace_exits += 1
+        s = self.starts.get(thread[0])
+        if s is not None:
+            if s[S_SPLIT] is None:
+                s[S_SPLIT] = Split()
+            s[S_SPLIT].uexit(ts)
+
+    def switch(self, ts: int, thread: Thread, sw: Switch) -> None:
+        """``sched_switch``: a thread with an exit open goes off CPU, or one comes back on. Runs
+        for every thread's line, whatever -p/-t keep (the reader), as the kernel's program does."""
+        self.switches += 1
+        s = self.starts.get(sw.prev)
+        if s is not None:
+            if s[S_SPLIT] is None:
+                s[S_SPLIT] = Split()
+            s[S_SPLIT].off_ts = ts
+            s[S_SPLIT].runnable = sw.runnable
+            self.off_cpu[sw.prev] = ts
+        if self.off_cpu.pop(sw.next, None) is not None:
+            s = self.starts.get(sw.next)
+            if s is not None and s[S_SPLIT] is not None and s[S_SPLIT].off_ts:
+                s[S_SPLIT].back_on_cpu(ts)
 
     def sub_event(self, ts: int, thread: Thread, record: SubEvent) -> None:
         """A sub-reason event inside the thread's open exit (outside one it says nothing)."""
@@ -454,14 +636,17 @@ class Pairer:
         return (*s[S_KEY], sub) if sub else None
 
     def _unfinished(self, s: list) -> None:
-        """An open exit followed by another exit (or a gap): unfinished, under its sub-reason too."""
+        """An open exit followed by another exit (or a gap): unfinished, under its sub-reason too;
+        its guest time is charged now (as the kernel side does)."""
         s[S_ACC][A_UNFIN] += 1
+        s[S_ACC][A_GUEST] += s[S_GUEST]
         skey = self._sub_key(s)
         if skey is not None:
             acc = self.sub_stats.get(skey)
             if acc is None:
                 acc = self.sub_stats[skey] = new_acc()
             acc[A_UNFIN] += 1
+            acc[A_GUEST] += s[S_GUEST]
 
     def _sub(self, key: Tuple[int, int, int], records: List[SubEvent]) -> int:
         """The sub-reason of a closed exit from the sub-reason events inside it (0: none)."""
@@ -532,7 +717,26 @@ class Pairer:
             halt_known=self.wakeups > 0,  # without kvm_vcpu_wakeup events, halt time is unknown
             subs=subs,
             subs_known=self.sub_events > 0,  # a trace without sub-reason events: unknown
+            unknown=self.unknown(),
         )
+
+    def unknown(self) -> FrozenSet[str]:
+        """The split's parts whose events the trace lacks (guest time is always known here)."""
+        out = set()
+        if not self.userspace_exits:
+            out.add("vmm_ns")
+        if not self.switches:
+            out.update(("preempt_ns", "blocked_ns"))
+        return frozenset(out)
+
+
+def _add_parts(acc: list, guest: int, parts: Optional[Tuple[int, int, int]]) -> None:
+    """Guest time and the split's (preempted, blocked, VMM) parts of a pair, as add_parts does."""
+    acc[A_GUEST] += guest
+    if parts is not None:
+        acc[A_PREEMPT] += parts[0]
+        acc[A_BLOCKED] += parts[1]
+        acc[A_VMM] += parts[2]
 
 
 def _vcpu(comm: str) -> Optional[int]:

@@ -498,14 +498,12 @@ def _loop(
                 if value is None:
                     health.note_malformed(n)
                     continue
-            if thread[4]:
+            if thread[4] or not kvm:  # other events: every thread's (a sched_switch names two)
                 rule(int(digits) * scale[len(frac)], thread, value)
                 if not kvm:
                     n_other += 1
-            elif kvm:
-                n_filtered += 1
             else:
-                n_other += 1
+                n_filtered += 1
         flush()
     flush()
     health.lines += n

@@ -1,0 +1,328 @@
+"""Guest residency and the split of the exit time offline (issue 11): the pairing engine on
+ftrace text, by the kernel side's rules (``split_*`` in bpf/kvmexit.bpf.c, docs/stats-layout.md).
+
+Timestamps here are whole microseconds, so every expected figure is exact."""
+
+from __future__ import annotations
+
+import io
+from typing import Dict, List
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvmexit.model import SPLIT_FIELDS, ExitStats, build_report, kernel_ns
+from kvmexit.reasons import label
+from kvmexit.sources.trace import read_stream
+from kvmexit.sources.trace.pairing import Switch, decode_switch
+
+US = 1000
+VCPU, OTHER = 501, 777
+VCPU_COMM = "CPU 0/KVM"
+
+EXIT = {
+    "DABT": "TRAP: HSR_EC: 0x0024 (DABT_LOW), PC: 0x0000000040000104",
+    "WFX": "TRAP: HSR_EC: 0x0001 (WFx), PC: 0x0000000040000038",
+    "HVC": "TRAP: HSR_EC: 0x0016 (HVC64), PC: 0x0000000040000040",
+}
+
+
+class Trace:
+    """ftrace lines for one vCPU thread (and whoever runs when it is off CPU)."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = ["# tracer: nop", "#"]
+
+    def _line(self, us: int, tid: int, comm: str, event: str, body: str) -> None:
+        self.lines.append(
+            "%16s-%-7d [000] .....  %d.%06d: %s: %s" % (comm, tid, us // 1_000_000, us % 1_000_000, event, body)
+        )
+
+    def exit(self, us: int, kind: str) -> None:
+        self._line(us, VCPU, VCPU_COMM, "kvm_exit", EXIT[kind])
+
+    def entry(self, us: int) -> None:
+        self._line(us, VCPU, VCPU_COMM, "kvm_entry", "PC: 0x0000000040000104")
+
+    def uexit(self, us: int) -> None:
+        self._line(us, VCPU, VCPU_COMM, "kvm_userspace_exit", "reason KVM_EXIT_MMIO (6)")
+
+    def wakeup(self, us: int, ns: int) -> None:
+        self._line(us, VCPU, VCPU_COMM, "kvm_vcpu_wakeup", "wait time %d ns, polling valid" % ns)
+
+    def out(self, us: int, state: str) -> None:
+        """The vCPU thread switched out (prev_state as ftrace prints it)."""
+        self._line(
+            us,
+            VCPU,
+            VCPU_COMM,
+            "sched_switch",
+            "prev_comm=%s prev_pid=%d prev_prio=120 prev_state=%s ==> next_comm=hog next_pid=%d next_prio=120"
+            % (VCPU_COMM, VCPU, state, OTHER),
+        )
+
+    def back(self, us: int) -> None:
+        """The vCPU thread switched back in (the line is the other task's)."""
+        self._line(
+            us,
+            OTHER,
+            "hog",
+            "sched_switch",
+            "prev_comm=hog prev_pid=%d prev_prio=120 prev_state=R+ ==> next_comm=%s next_pid=%d next_prio=120"
+            % (OTHER, VCPU_COMM, VCPU),
+        )
+
+    def read(self, **kw):
+        return read_stream(io.BytesIO(("\n".join(self.lines) + "\n").encode()), **kw)
+
+
+def rows(result) -> Dict[str, ExitStats]:
+    snap = result.snapshot
+    return {label(snap.arch, k.code, k.detail): s for k, s in snap.stats.items() if k.tid == VCPU}
+
+
+def test_guest_time_is_entry_to_next_exit_charged_to_that_exit():
+    t = Trace()
+    t.exit(1000, "DABT")  # first exit: no guest time before it
+    t.entry(1010)
+    t.exit(1110, "HVC")  # 100 us in the guest
+    t.entry(1115)
+    t.exit(1145, "WFX")  # 30 us
+    t.exit(1200, "DABT")  # WFX unfinished; no entry since the last exit: no guest time
+    t.entry(1300)
+    got = rows(t.read())
+    assert got["DABT_LOW"].guest_ns == 0
+    assert got["HVC64"].guest_ns == 100 * US
+    assert got["WFx"].guest_ns == 30 * US and got["WFx"].unfinished == 1
+    result = t.read()
+    assert "guest_ns" not in result.snapshot.unknown
+    # without sched_switch or kvm_userspace_exit lines the split is unknown, never 0
+    assert set(SPLIT_FIELDS) <= result.snapshot.unknown
+
+
+def test_vmm_preempted_and_kernel_parts_add_up_exactly():
+    t = Trace()
+    t.exit(1000, "DABT")
+    t.uexit(1020)  # kernel 20
+    t.out(1050, "R+")  # VMM 30 on CPU
+    t.back(1250)  # preempted 200
+    t.entry(1300)  # VMM 50 more (back in KVM_RUN is approximated by the entry)
+    result = t.read()
+    st = rows(result)["DABT_LOW"]
+    assert (st.total_ns, st.vmm_ns, st.preempt_ns, st.blocked_ns, st.halt_ns) == (
+        300 * US,
+        80 * US,
+        200 * US,
+        0,
+        0,
+    )
+    assert kernel_ns(st) == 20 * US
+    assert not (set(SPLIT_FIELDS) & result.snapshot.unknown)
+
+
+def test_sleep_inside_a_halt_is_halt_time_and_outside_it_blocked():
+    t = Trace()
+    t.exit(1000, "WFX")
+    t.out(1010, "S")  # the halt began at 1005 (wakeup at 1500 after 495 us)
+    t.back(1490)
+    t.wakeup(1500, 495 * US)
+    t.out(1510, "R")  # preempted after the halt, on the way back to the guest
+    t.back(1600)
+    t.entry(1610)
+    t.exit(2000, "DABT")
+    t.out(2010, "D")  # sleeping outside any halt (a page-cache read, say)
+    t.back(2110)
+    t.entry(2120)
+    got = rows(t.read())
+    wfx, dabt = got["WFx"], got["DABT_LOW"]
+    assert (wfx.halt_ns, wfx.preempt_ns, wfx.blocked_ns) == (495 * US, 90 * US, 0)
+    assert kernel_ns(wfx) == 610 * US - 495 * US - 90 * US
+    assert (dabt.blocked_ns, dabt.preempt_ns, kernel_ns(dabt)) == (100 * US, 0, 20 * US)
+
+
+def test_preempted_before_a_halt_stays_preempted_the_sleep_in_it_is_the_halt():
+    t = Trace()
+    t.exit(1000, "WFX")
+    t.out(1005, "R+")  # before the halt: preempted
+    t.back(1100)
+    t.out(1200, "S")  # inside the halt (it began at 1150)
+    t.back(1400)
+    t.wakeup(1450, 300 * US)
+    t.entry(1460)
+    st = rows(t.read())["WFx"]
+    assert (st.preempt_ns, st.blocked_ns, st.halt_ns) == (95 * US, 0, 300 * US)
+    assert kernel_ns(st) == 460 * US - 300 * US - 95 * US
+
+
+def test_two_sleeps_inside_one_halt_are_both_halt_time():
+    """A spurious wakeup inside kvm_vcpu_block: the thread sleeps twice in one halt."""
+    t = Trace()
+    t.exit(1000, "WFX")
+    t.out(1010, "S")
+    t.back(1100)
+    t.out(1110, "S")
+    t.back(1300)
+    t.wakeup(1310, 305 * US)  # the halt began at 1005
+    t.entry(1320)
+    st = rows(t.read())["WFx"]
+    assert (st.blocked_ns, st.preempt_ns, st.halt_ns, kernel_ns(st)) == (0, 0, 305 * US, 15 * US)
+
+
+def test_the_sleep_just_before_a_wakeup_is_the_halts_own_block():
+    """Without polling the halt's block begins microseconds after the halt's start, closer than
+    the clocks of the kernel (ns) and of the observer (the wakeup's timestamp) agree: a last
+    sleep that seems to begin just before the window is still the halt's; a preemption there is not."""
+    t = Trace()
+    t.exit(1000, "WFX")
+    t.out(1010, "S")  # the window below seems to begin at 1012
+    t.back(1400)
+    t.wakeup(1412, 400 * US)
+    t.entry(1420)
+    t.exit(2000, "WFX")
+    t.out(2010, "R+")  # preempted before the halt (it began at 2100)
+    t.back(2050)
+    t.wakeup(2400, 300 * US)
+    t.entry(2410)
+    st = rows(t.read())["WFx"]
+    assert (st.blocked_ns, st.preempt_ns, st.halt_ns) == (0, 40 * US, 700 * US)
+
+
+def test_parts_are_clamped_within_the_exit_time():
+    """A halt reported longer than its exit (clock skew between the kernel's clock and the trace's)
+    leaves no negative kernel part: halt first, within the pair's time."""
+    t = Trace()
+    t.exit(1000, "WFX")
+    t.uexit(1001)
+    t.wakeup(1100, 200 * US)
+    t.entry(1100)
+    st = rows(t.read())["WFx"]
+    assert st.halt_ns == 100 * US and kernel_ns(st) == 0 and st.vmm_ns == 0
+
+
+def test_switches_of_other_threads_and_between_exits_count_nothing():
+    t = Trace()
+    t.back(900)  # the vCPU thread comes on CPU with no exit open
+    t.exit(1000, "HVC")
+    t.entry(1010)
+    t.out(1020, "R+")  # in the guest's time: not an exit's
+    t.back(1100)
+    t.exit(1200, "HVC")
+    t.entry(1210)
+    st = rows(t.read())["HVC64"]
+    assert st.preempt_ns == st.blocked_ns == st.vmm_ns == 0
+    assert st.guest_ns == 190 * US  # entry 1010 -> exit 1200, off CPU for part of it
+
+
+def test_pid_filter_still_sees_the_other_tasks_switching_the_vcpu_back_in():
+    """-t keeps one thread's kvm events; the sched_switch that brings it back is another task's
+    line, and still counts (the kernel's program sees every switch too)."""
+    t = Trace()
+    t.exit(1000, "DABT")
+    t.out(1010, "R+")
+    t.back(1210)
+    t.entry(1220)
+    st = rows(t.read(tids=[VCPU]))["DABT_LOW"]
+    assert st.preempt_ns == 200 * US
+
+
+@pytest.mark.parametrize(
+    "payload, want",
+    [
+        (
+            b"prev_comm=CPU 0/KVM prev_pid=142 prev_prio=120 prev_state=R+ ==> next_comm=python3 next_pid=140 "
+            b"next_prio=120",
+            Switch(142, True, 140),
+        ),
+        (
+            b"prev_comm=CPU 0/KVM prev_pid=142 prev_prio=120 prev_state=S ==> next_comm=swapper/0 next_pid=0 "
+            b"next_prio=120",
+            Switch(142, False, 0),
+        ),
+        (
+            b"prev_comm=a b prev_pid=1 prev_prio=120 prev_state=R ==> next_comm=c d next_pid=2 next_prio=120",
+            Switch(1, True, 2),
+        ),
+        (
+            b"prev_comm=x prev_pid=1 prev_prio=120 prev_state=D|W ==> next_comm=y next_pid=2 next_prio=100",
+            Switch(1, False, 2),
+        ),
+        (b"CPU 0/KVM:142 [120] R+ ==> python3:140 [120]", Switch(142, True, 140)),  # trace-cmd's plugin
+        (b"CPU 0/KVM:142 [120] S ==> swapper/1:0 [120]", Switch(142, False, 0)),
+        (b"no arrow here", None),
+        (b"prev_comm=x prev_pid=z prev_prio=120 prev_state=R ==> next_comm=y next_pid=2 next_prio=120", None),
+        (b" ==> ", None),
+    ],
+)
+def test_sched_switch_payloads(payload, want):
+    assert decode_switch(payload) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_sched_switch_decoder_never_raises(payload):
+    got = decode_switch(payload)
+    assert got is None or isinstance(got, Switch)
+
+
+def test_sched_switch_decoder_is_linear_on_hostile_lines():
+    """Comms may hold spaces and arrows; the decoder splits from the right and never backtracks, so
+    a 3 MB line of them is one pass (a backtracking pattern would not end; no timing here)."""
+    payload = b"prev_comm=" + b" ==> prev_pid=1" * 200_000 + b" prev_pid=1 prev_prio=1 prev_state=R ==> next_pid=2"
+    assert decode_switch(payload) is None  # the next part has no comm: malformed
+    arrows = b"prev_comm=" + b" ==> prev_pid=1" * 200_000 + b" prev_pid=1 prev_prio=1 prev_state=R"
+    assert decode_switch(arrows + b" ==> next_comm=x ==> y next_pid=2 next_prio=1") is None  # an arrow in next_comm
+    assert decode_switch(arrows + b" ==> next_comm=x y next_pid=2 next_prio=1") == Switch(1, True, 2)
+
+
+def test_report_shows_the_split_from_a_trace_that_has_its_events():
+    t = Trace()
+    t.exit(1000, "DABT")
+    t.uexit(1020)
+    t.out(1050, "R+")
+    t.back(1250)
+    t.entry(1300)
+    t.exit(1400, "WFX")
+    t.wakeup(1480, 50 * US)
+    t.entry(1500)
+    report = build_report(t.read().snapshot, label)
+    from kvmexit.views import format_table
+
+    header = format_table(report).splitlines()[0].split()
+    assert header[-6:] == ["HALT%", "KERN%", "VMM%", "PREEMPT%", "BLOCKED%", "EXIT%"]
+
+
+def test_real_hog_capture_equals_the_kernels_own_accounting(data_dir):
+    """The hog scenario's real capture (tests/data/traces/README.md): per vCPU thread, the report's
+    preempted, blocked and guest time equal the harness's own reading of the same events
+    (tests/arm64/e2e_results.SplitTruth, written apart from the engine: every interval kept, halts
+    by their windows), and every row's parts add up to its exit time."""
+    import gzip
+    import sys
+
+    sys.path.insert(0, str(data_dir.parent / "arm64"))
+    try:
+        import e2e_results
+    finally:
+        sys.path.pop(0)
+    from kvmexit.sources.trace import read_trace
+
+    path = data_dir / "traces" / "arm64-6.1-hog.trace.gz"
+    truth = e2e_results.SplitTruth(gzip.open(str(path), "rt").read())
+    result = read_trace(str(path))
+    assert not (set(SPLIT_FIELDS) | {"guest_ns"}) & result.snapshot.unknown
+    per_tid: Dict[int, Dict[str, int]] = {}
+    for key, stats in result.snapshot.stats.items():
+        t = per_tid.setdefault(key.tid, {"preempt_ns": 0, "blocked_ns": 0, "guest_ns": 0})
+        for f in t:
+            t[f] += getattr(stats, f)
+        parts = (kernel_ns(stats), stats.halt_ns, stats.vmm_ns, stats.preempt_ns, stats.blocked_ns)
+        assert min(parts) >= 0 and sum(parts) == stats.total_ns
+    assert set(truth.preempt_ns) == {137, 138}
+    for tid in (137, 138):
+        assert per_tid[tid] == {
+            "preempt_ns": truth.preempt_ns[tid],
+            "blocked_ns": truth.blocked_ns[tid],
+            "guest_ns": truth.guest_ns[tid],
+        }, tid
+        assert truth.preempt_ns[tid] > 100_000_000  # the hog really preempted it
