@@ -278,6 +278,27 @@ def test_bad_arguments_are_usage_errors(args, message):
     assert proc.stderr.strip().splitlines()[-1].startswith("kvmexit: error: " + message)
 
 
+@pytest.mark.parametrize("command", ["exporter", "top"])
+@pytest.mark.parametrize("option", ["--max-threads", "--max-keys"])
+def test_every_live_command_bounds_its_map_sizes(command, option):
+    """top and the exporter had their own unbounded copies of these options."""
+    proc = kvmexit(command, option, "0")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("kvmexit %s: error: argument %s: 0: must be 1 to" % (command, option))
+    )
+
+
+def test_the_exporter_sizes_its_sub_reason_map():
+    from kvmexit.cli import exporter_parser
+
+    args = exporter_parser().parse_args(["--sub", "--max-sub-keys", "1024"])
+    assert args.sub and args.max_sub_keys == 1024
+
+
 def test_a_misspelt_reason_gets_the_close_names():
     proc = kvmexit("report", "--example", "--reason", "wfi")
     assert proc.returncode == 2

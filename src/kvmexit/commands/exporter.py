@@ -20,7 +20,7 @@ from ..model import Snapshot
 from ..names import NameResolver
 from ..sources import Source
 from ..sources.live import LiveSource
-from .live import StopRequest, open_live
+from .live import StopRequest, add_map_options, open_live
 
 __all__ = ["DESCRIPTION", "EPILOG", "DEFAULT_LISTEN", "SharedSource", "parse_listen", "prepare_parser", "run", "serve"]
 
@@ -94,10 +94,7 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="only this guest (repeatable), also one that starts later",
     )
-    g = parser.add_argument_group("advanced")
-    g.add_argument("--max-threads", type=int, default=16384, help="size of the per-thread open-exit map")
-    g.add_argument("--max-keys", type=int, default=65536, help="size of the (thread, reason) statistics map")
-    g.add_argument("--tracefs", help="tracefs mount point (default: auto)")
+    add_map_options(parser)
 
 
 def require_prometheus_client() -> Any:
@@ -198,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         args.max_threads,
         args.max_keys,
         subreasons=args.sub,
+        max_sub_keys=args.max_sub_keys,
     )
     try:
         shared = SharedSource(source)

@@ -133,6 +133,18 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         help="split each exit's time into kernel, VMM, halted, preempted and other blocked, with --guest (traces "
         "sched_switch, which fires for every context switch of the host: see README Overhead)",
     )
+    g = add_map_options(parser)
+    g.add_argument("--ebpf", action="store_true", help="print the BPF program and its defines, then exit")
+    g.add_argument(
+        "--fallback-example",
+        action="store_true",
+        help="if live tracing is impossible here or no exit occurs, report on the shipped arm64 example instead",
+    )
+
+
+def add_map_options(parser: argparse.ArgumentParser, sub: bool = True) -> argparse._ArgumentGroup:
+    """The kernel maps' sizes (``sub``: with the sub-reason map's) and the tracefs mount point, for
+    every command that traces live."""
     g = parser.add_argument_group("advanced")
     g.add_argument(
         "--max-threads",
@@ -148,20 +160,16 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="size of the (thread, reason) statistics map (default: 65536)",
     )
-    g.add_argument(
-        "--max-sub-keys",
-        type=bounded_int(1, MAX_KEYS_LIMIT, "the whole map is read into memory at every report"),
-        default=65536,
-        metavar="N",
-        help="with --sub: size of the (thread, reason, sub-reason) map (default: 65536)",
-    )
+    if sub:
+        g.add_argument(
+            "--max-sub-keys",
+            type=bounded_int(1, MAX_KEYS_LIMIT, "the whole map is read into memory at every report"),
+            default=65536,
+            metavar="N",
+            help="with --sub: size of the (thread, reason, sub-reason) map (default: 65536)",
+        )
     g.add_argument("--tracefs", help="tracefs mount point (default: auto)")
-    g.add_argument("--ebpf", action="store_true", help="print the BPF program and its defines, then exit")
-    g.add_argument(
-        "--fallback-example",
-        action="store_true",
-        help="if live tracing is impossible here or no exit occurs, report on the shipped arm64 example instead",
-    )
+    return g
 
 
 def check_machine(machine: Optional[str] = None) -> str:

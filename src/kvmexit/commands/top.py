@@ -12,7 +12,7 @@ from ..model import GROUPINGS, SORT_KEYS, paused_gc
 from ..names import NameResolver
 from ..sources.live import LiveSource
 from .common import positive_float
-from .live import SWEEP_SECONDS, open_live
+from .live import SWEEP_SECONDS, add_map_options, open_live
 
 __all__ = ["DESCRIPTION", "EPILOG", "prepare_parser", "run"]
 
@@ -46,10 +46,7 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         "--vm", dest="vms", action="append", default=[], metavar="NAME", help="in the kernel; also a VM started later"
     )
     g.add_argument("--reason", dest="reasons", action="append", default=[], metavar="NAME", help="in the view")
-    g = parser.add_argument_group("advanced")
-    g.add_argument("--max-threads", type=int, default=16384, help="size of the per-thread open-exit map")
-    g.add_argument("--max-keys", type=int, default=65536, help="size of the (thread, reason) statistics map")
-    g.add_argument("--tracefs", help="tracefs mount point (default: auto)")
+    add_map_options(parser, sub=False)
 
 
 def run(args: argparse.Namespace) -> int:
