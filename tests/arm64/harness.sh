@@ -9,9 +9,9 @@
 #   harness.sh hosts               the selected host names, one a line
 #
 # HOST is a kernel/userland pair (host_conf below): arm64-6.1 (Debian 12),
-# arm64-5.10 (Debian 11), x86-6.1 (Debian 12 amd64 with AMD SVM under TCG); the
-# last two are not in ALL_HOSTS (CI) yet, see README.md. Without HOST: $KVMEXIT_E2E_HOSTS (comma-separated), else
-# ALL_HOSTS; `run` without HOST boots arm64-6.1.
+# arm64-5.10 (Debian 11), x86-6.1 (Debian 12 amd64 with AMD SVM under TCG); CI
+# runs ALL_HOSTS (the other two not yet: README.md). Without HOST: $KVMEXIT_E2E_HOSTS (comma-separated),
+# else ALL_HOSTS; `run` without HOST boots arm64-6.1.
 # Cache: ${KVMEXIT_ARM64_CACHE:-/var/cache/kvmexit-arm64}; images are keyed by
 # a hash of their inputs, so a warm run rebuilds nothing.
 set -euo pipefail
