@@ -416,6 +416,9 @@ def test_cost_ratio(results, arch):
 #: by different callbacks (ftrace's record, then the BPF program), and ftrace prints microseconds.
 SLOW_NS = 1_000_000
 SLOW_MARGIN_NS = 100_000
+# Under TCG an interrupt can land between ftrace's probe and kvmexit's on the same kvm_exit call:
+# seen on arm64-5.10, 100 and 107 us (the same exits: their kvm_vcpu_wakeup wait equal to the ns).
+PROBE_SKEW_NS = 250_000
 
 
 def _offline_slow(trace: str, threshold_ns: int) -> list:
@@ -443,11 +446,13 @@ def test_slow_exit_log_live_matches_ftrace(results, arch):
     assert sure, "the workload made no exit above %d ns: nothing was checked" % SLOW_NS
 
     def same(x, y):
-        """The same exit: thread, reason and PC, and its start and duration within the margin."""
+        """The same exit: thread, reason and PC, its start inside ftrace's exit -> entry interval
+        (kvmexit's probe and ftrace's run one after the other on the same tracepoint call), and its
+        duration within the probes' skew."""
         return (
             (x["tid"], x["reason"], x["pc"]) == (y["tid"], y["reason"], y["pc"])
-            and abs(x["time_ns"] - y["time_ns"]) < SLOW_MARGIN_NS
-            and abs(x["duration_ns"] - y["duration_ns"]) < SLOW_MARGIN_NS
+            and y["time_ns"] - SLOW_MARGIN_NS <= x["time_ns"] <= y["time_ns"] + y["duration_ns"]
+            and abs(x["duration_ns"] - y["duration_ns"]) < PROBE_SKEW_NS
         )
 
     # ftrace's own timestamps are occasionally off under TCG (seen: a WFx exit stamped 6 ms before
