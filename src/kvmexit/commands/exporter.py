@@ -17,10 +17,9 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..errors import KvmexitError
 from ..model import Snapshot
-from ..names import NameResolver
 from ..sources import Source
 from ..sources.live import LiveSource
-from .live import StopRequest, add_map_options, open_live
+from .live import StopRequest, add_map_options, open_live_args
 
 __all__ = ["DESCRIPTION", "EPILOG", "DEFAULT_LISTEN", "SharedSource", "parse_listen", "prepare_parser", "run", "serve"]
 
@@ -186,17 +185,7 @@ def serve(
 
 def run(args: argparse.Namespace) -> int:
     require_prometheus_client()  # before compiling anything
-    source = open_live(
-        NameResolver(),
-        args.tracefs,
-        args.pids,
-        args.tids,
-        args.vms,
-        args.max_threads,
-        args.max_keys,
-        subreasons=args.sub,
-        max_sub_keys=args.max_sub_keys,
-    )
+    source = open_live_args(args, subreasons=args.sub)
     try:
         shared = SharedSource(source)
         info = {"arch": source.layout.arch, "layout": source.layout.name, "kernel": platform.release()}

@@ -32,7 +32,17 @@ from .common import (
 )
 from .logfile import LogFile
 
-__all__ = ["DESCRIPTION", "EPILOG", "StopRequest", "announce", "left_out", "open_live", "prepare_parser", "run"]
+__all__ = [
+    "DESCRIPTION",
+    "EPILOG",
+    "StopRequest",
+    "announce",
+    "left_out",
+    "open_live",
+    "open_live_args",
+    "prepare_parser",
+    "run",
+]
 
 DESCRIPTION = (
     "Trace KVM VM exits with eBPF and report, per VM, vCPU thread and exit reason, how many there were "
@@ -243,6 +253,22 @@ def open_live(
     return source.open()
 
 
+def open_live_args(args: argparse.Namespace, **options: Any) -> Any:
+    """:func:`open_live` with the filters and map sizes every live command parses
+    (:func:`add_map_options`: ``--max-sub-keys`` only where the command has ``--sub``)."""
+    return open_live(
+        NameResolver(),
+        args.tracefs,
+        args.pids,
+        args.tids,
+        args.vms,
+        args.max_threads,
+        args.max_keys,
+        max_sub_keys=getattr(args, "max_sub_keys", 65536),
+        **options,
+    )
+
+
 def _tgid_of(procfs: str, task_id: int) -> Optional[int]:
     """The process of a running thread (any thread id works as a /proc entry), else None."""
     try:
@@ -312,16 +338,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         slow = SlowPrinter(args, log) if args.slower_than is not None else None
         try:
-            source = open_live(
-                NameResolver(),
-                args.tracefs,
-                args.pids,
-                args.tids,
-                args.vms,
-                args.max_threads,
-                args.max_keys,
+            source = open_live_args(
+                args,
                 subreasons=wants_sub(args),
-                max_sub_keys=args.max_sub_keys,
                 slow_ns=args.slower_than,
                 on_slow=slow,
                 split=args.split,

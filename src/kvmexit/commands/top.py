@@ -9,10 +9,9 @@ import time
 from typing import Any, Dict, List
 
 from ..model import GROUPINGS, SORT_KEYS, paused_gc
-from ..names import NameResolver
 from ..sources.live import LiveSource
 from .common import positive_float
-from .live import SWEEP_SECONDS, add_map_options, open_live
+from .live import SWEEP_SECONDS, add_map_options, open_live_args
 
 __all__ = ["DESCRIPTION", "EPILOG", "prepare_parser", "run"]
 
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import KvmexitError
 
         raise KvmexitError("top needs a terminal", hint="use `kvmexit -i SECS` for a scrolling or logged view")
-    source = open_live(NameResolver(), args.tracefs, args.pids, args.tids, args.vms, args.max_threads, args.max_keys)
+    source = open_live_args(args)
     stop: List[int] = []
     saved: Dict[signal.Signals, Any] = {}
     try:
