@@ -170,3 +170,116 @@ def test_sub_reason_label_only_when_asked():
     assert got["kvmexit_exits_total", lbl("web01", "0", "HVC64", sub_reason="PSCI_VERSION")] == 3
     assert got["kvmexit_exits_total", lbl("web01", "0", "HVC64", sub_reason="-")] == 2  # 5,000 ns + unfinished
     assert got["kvmexit_exits_total", lbl("web01", "0", "WFx", sub_reason="-")] == 2
+
+
+# -- guest residency and the split of the exit time (issue 11) -------------------------------------
+
+
+def with_split(st: ExitStats, guest: int, vmm: int, preempt: int, blocked: int) -> ExitStats:
+    assert st.halt_ns + vmm + preempt + blocked <= st.total_ns  # as the kernel charges them
+    return st._replace(guest_ns=guest, vmm_ns=vmm, preempt_ns=preempt, blocked_ns=blocked)
+
+
+SPLIT_SNAP = Snapshot(
+    arch="arm64",
+    stats={
+        # web01 vCPU 0: WFx (mostly halted) and HVC64 on two threads (merged under one label set)
+        ExitKey(100, 101, *WFX): with_split(stats([1_500, 3_000_000], halt=2_000_000), 7_000, 0, 400_000, 1_000),
+        ExitKey(100, 101, *HVC): with_split(stats([700, 900, 5_000], unfinished=1), 90_000, 3_000, 1_000, 0),
+        ExitKey(100, 103, *HVC): with_split(stats([10]), 11, 2, 0, 3),
+        ExitKey(200, 201, *HVC): with_split(stats([40_000]), 1_000_000, 30_000, 0, 5_000),
+    },
+    threads=SNAP.threads,
+    unknown=frozenset(),
+)
+
+
+def split_rows(got, name):
+    """{(vm, vcpu, reason, part): value} of one metric."""
+    out = {}
+    for (n, labels), v in got.items():
+        if n == name:
+            d = dict(labels)
+            out[d["vm"], d["vcpu"], d["reason"], d.get("part")] = v
+    return out
+
+
+def test_guest_seconds_and_the_parts_of_the_exit_time_per_label_set():
+    got = scrape(SPLIT_SNAP)
+    guest = split_rows(got, "kvmexit_guest_seconds_total")
+    assert guest == {
+        ("web01", "0", "WFx", None): 7_000 / 1e9,
+        ("web01", "0", "HVC64", None): 90_011 / 1e9,  # two threads of vCPU 0, summed
+        ("tgid-200", "", "HVC64", None): 1_000_000 / 1e9,
+    }
+    parts = split_rows(got, "kvmexit_exit_part_seconds_total")
+    # the kernel's part is what the others leave: total - halt - vmm - preempt - blocked
+    assert parts == {
+        ("web01", "0", "WFx", "kernel"): (3_001_500 - 2_000_000 - 0 - 400_000 - 1_000) / 1e9,
+        ("web01", "0", "WFx", "vmm"): 0.0,
+        ("web01", "0", "WFx", "halt"): 2_000_000 / 1e9,
+        ("web01", "0", "WFx", "preempt"): 400_000 / 1e9,
+        ("web01", "0", "WFx", "blocked"): 1_000 / 1e9,
+        ("web01", "0", "HVC64", "kernel"): (6_610 - 0 - 3_002 - 1_000 - 3) / 1e9,
+        ("web01", "0", "HVC64", "vmm"): 3_002 / 1e9,
+        ("web01", "0", "HVC64", "halt"): 0.0,
+        ("web01", "0", "HVC64", "preempt"): 1_000 / 1e9,
+        ("web01", "0", "HVC64", "blocked"): 3 / 1e9,
+        ("tgid-200", "", "HVC64", "kernel"): (40_000 - 30_000 - 5_000) / 1e9,
+        ("tgid-200", "", "HVC64", "vmm"): 30_000 / 1e9,
+        ("tgid-200", "", "HVC64", "halt"): 0.0,
+        ("tgid-200", "", "HVC64", "preempt"): 0.0,
+        ("tgid-200", "", "HVC64", "blocked"): 5_000 / 1e9,
+    }
+    seconds = split_rows(got, "kvmexit_exit_seconds_total")
+    for (vm, vcpu, reason, _), total in seconds.items():  # summed over part: the exit time
+        assert math.isclose(sum(v for k, v in parts.items() if k[:3] == (vm, vcpu, reason)), total, rel_tol=1e-12)
+    # the same labels as the exit-time counters, plus part
+    assert {k[:3] for k in parts} == {k[:3] for k in seconds} == {k[:3] for k in guest}
+
+
+def test_parts_not_measured_are_absent_never_zero():
+    import dataclasses
+
+    got = scrape(dataclasses.replace(SPLIT_SNAP, unknown=frozenset({"vmm_ns"})))  # no kvm_userspace_exit
+    parts = split_rows(got, "kvmexit_exit_part_seconds_total")
+    assert {k[3] for k in parts} == {"halt", "preempt", "blocked"}  # no vmm, so no kernel either
+    assert parts["web01", "0", "WFx", "preempt"] == 400_000 / 1e9
+
+    got = scrape(dataclasses.replace(SPLIT_SNAP, halt_known=False))  # no kvm_vcpu_wakeup
+    assert {k[3] for k in split_rows(got, "kvmexit_exit_part_seconds_total")} == {"vmm", "preempt", "blocked"}
+
+    no_split = dataclasses.replace(SPLIT_SNAP, unknown=frozenset(model.SPLIT_FIELDS))  # --guest alone
+    got = scrape(no_split)
+    assert not split_rows(got, "kvmexit_exit_part_seconds_total")
+    assert split_rows(got, "kvmexit_guest_seconds_total")["web01", "0", "WFx", None] == 7_000 / 1e9
+
+    got = scrape(dataclasses.replace(no_split, unknown=no_split.unknown | {"guest_ns"}))  # neither
+    assert not any(name.startswith(("kvmexit_guest_", "kvmexit_exit_part_")) for name, _ in got)
+    assert got["kvmexit_exits_total", lbl("web01", "0", "WFx")] == 2  # the rest as before
+
+
+def test_parts_with_sub_reasons_add_up_per_sub_reason():
+    from dataclasses import replace
+
+    from kvmexit.model import SubKey
+    from kvmexit.reasons.subreasons import hvc_sub, sub_label
+
+    psci = hvc_sub(0x84000000)
+    sub = with_split(stats([700, 900]), 50_000, 1_000, 500, 0)
+    snap = replace(SPLIT_SNAP, subs={SubKey(100, 101, *HVC, psci): sub}, subs_known=True)
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(view.ExitCollector(lambda: snap, label, False, lambda: 0, {}, sub_label=sub_label))
+    text = prometheus_client.generate_latest(registry).decode()
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    part = "kvmexit_exit_part_seconds_total"
+    assert got[part, lbl("web01", "0", "HVC64", sub_reason="PSCI_VERSION", part="vmm")] == 1_000 / 1e9
+    assert got[part, lbl("web01", "0", "HVC64", sub_reason="PSCI_VERSION", part="kernel")] == 100 / 1e9
+    # the rest of vCPU 0's HVC64: thread 101's other exit and thread 103's, parts subtracted exactly
+    assert got[part, lbl("web01", "0", "HVC64", sub_reason="-", part="vmm")] == 2_002 / 1e9
+    assert got[part, lbl("web01", "0", "HVC64", sub_reason="-", part="preempt")] == 500 / 1e9
+    assert got["kvmexit_guest_seconds_total", lbl("web01", "0", "HVC64", sub_reason="-")] == 40_011 / 1e9

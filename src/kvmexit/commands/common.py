@@ -141,8 +141,13 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_filter_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("filters")
+def add_filter_options(
+    parser: argparse.ArgumentParser, reasons: bool = True, bcc: bool = True, title: str = "filters"
+) -> argparse._ArgumentGroup:
+    """-p/--pid, -t/--tid, -T/--tids and --vm (bounded task ids), for every command that traces
+    live or reads a trace; ``reasons``: also --reason (a filter of the view); ``bcc``: also bcc
+    kvmexit's -a and -v (they are about the report's rows)."""
+    g = parser.add_argument_group(title)
     g.add_argument(
         "-p",
         "--pid",
@@ -180,6 +185,8 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="only this guest, by QEMU -name or libvirt domain (repeatable); live, also one that starts later",
     )
+    if not reasons:
+        return g
     g.add_argument(
         "--reason",
         dest="reasons",
@@ -188,6 +195,8 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="only this exit reason, e.g. WFx, IRQ, HLT, EC_0x2a (repeatable)",
     )
+    if not bcc:
+        return g
     # bcc's kvmexit options: -T is above; -a is what kvmexit does anyway; -v has no kernel-side
     # equivalent here (a vCPU is a thread: its TID is in the VCPU column).
     g.add_argument(
@@ -207,6 +216,7 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
         const="filter the vCPU's thread with -t TID (the VCPU column names each thread's vCPU), or use --by vcpu",
         help="refused (bcc kvmexit's vCPU filter): use -t TID of the vCPU's thread",
     )
+    return g
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:

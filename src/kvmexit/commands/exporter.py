@@ -19,6 +19,7 @@ from ..errors import KvmexitError
 from ..model import Snapshot
 from ..sources import Source
 from ..sources.live import LiveSource
+from .common import add_filter_options
 from .live import StopRequest, add_map_options, open_live_args
 
 __all__ = ["DESCRIPTION", "EPILOG", "DEFAULT_LISTEN", "SharedSource", "parse_listen", "prepare_parser", "run", "serve"]
@@ -34,9 +35,12 @@ examples:
   kvmexit exporter                          # http://127.0.0.1:9479/metrics
   kvmexit exporter --listen 0.0.0.0:9479    # reachable from other hosts: your decision (no auth, no TLS)
   kvmexit exporter --vm web01 --per-thread  # one guest, with tgid/tid labels
+  kvmexit exporter --split                  # where exit time went, and time in the guest
 
 metrics: kvmexit_exits_total, kvmexit_exit_seconds_total, kvmexit_halted_seconds_total and the
-histogram kvmexit_exit_duration_seconds, labelled vm, vcpu, reason; health counters
+histogram kvmexit_exit_duration_seconds, labelled vm, vcpu, reason (and sub_reason with --sub);
+with --guest, kvmexit_guest_seconds_total; with --split, kvmexit_exit_part_seconds_total{part}
+(kernel, vmm, halt, preempt, blocked: parts this kernel cannot measure are absent); health counters
 kvmexit_unpaired_entries_total, kvmexit_map_full_total, kvmexit_abandoned_exits_total,
 kvmexit_unfinished_exits_total, kvmexit_lost_events_total; with --vm (VMs that start later are
 learned), kvmexit_vm_filter_excluded_exits_total. See the README.
@@ -82,17 +86,20 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="trace sub-reasons and add a sub_reason label (one series set per sub-reason seen: per MMIO address)",
     )
-    g = parser.add_argument_group("filters (applied in the kernel)")
-    g.add_argument("-p", "--pid", dest="pids", type=int, action="append", default=[], metavar="TGID")
-    g.add_argument("-t", "--tid", dest="tids", type=int, action="append", default=[], metavar="TID")
-    g.add_argument(
-        "--vm",
-        dest="vms",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="only this guest (repeatable), also one that starts later",
+    parser.add_argument(
+        "--guest",
+        action="store_true",
+        help="also measure time in the guest: kvmexit_guest_seconds_total (adds ~1-3%% to the cost of an exit: "
+        "see README Overhead)",
     )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="split each exit's time by where it went (part: kernel, vmm, halt, preempt, blocked): "
+        "kvmexit_exit_part_seconds_total, with --guest (traces sched_switch, which fires for every context switch of "
+        "the host: see README Overhead)",
+    )
+    add_filter_options(parser, reasons=False, bcc=False, title="filters (applied in the kernel)")
     add_map_options(parser)
 
 
@@ -185,7 +192,7 @@ def serve(
 
 def run(args: argparse.Namespace) -> int:
     require_prometheus_client()  # before compiling anything
-    source = open_live_args(args, subreasons=args.sub)
+    source = open_live_args(args, subreasons=args.sub, split=args.split, guest=args.guest)
     try:
         shared = SharedSource(source)
         info = {"arch": source.layout.arch, "layout": source.layout.name, "kernel": platform.release()}
@@ -198,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+        for note in getattr(source, "notes", ()):  # what this kernel cannot measure (absent metrics)
+            print("kvmexit exporter: %s" % note, file=sys.stderr, flush=True)
         with StopRequest() as stop:
             # A daemon has no terminal: a hang-up ends it cleanly too, instead of killing it.
             previous = signal.signal(signal.SIGHUP, lambda signum, frame: setattr(stop, "requested", True))

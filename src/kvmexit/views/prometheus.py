@@ -13,6 +13,14 @@ VMs x vCPUs x reasons; a restarted VM of the same name reuses its series. ``per_
 seen, off by default): a few per reason for WFx, HVC and SYS64 (the functions and registers a
 guest uses, tens), but one per MMIO address a guest touches outside its memory (one per device
 register: hundreds on a busy VM), so up to VMs x vCPUs x (reasons + sub-reasons seen).
+
+Guest residency and the split of the exit time (issue 11) are exported where the source measured
+them (``kvmexit exporter --guest`` / ``--split``; a trace with their events), and absent where it
+did not, never 0: ``kvmexit_guest_seconds_total`` and ``kvmexit_exit_part_seconds_total`` with a
+``part`` label (kernel, vmm, halt, preempt, blocked) whose values add up to
+``kvmexit_exit_seconds_total`` of the same labels. One metric with a label rather than five
+metrics: the parts are one quantity cut one way, so ``sum without (part)`` is meaningful (it is
+the exit time), and a query, graph or alert over the parts needs no list of metric names.
 """
 
 from __future__ import annotations
@@ -23,9 +31,28 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from ..model import HIST_SLOTS, ExitStats, Row, Snapshot, bucket_bounds, build_report, merge_all
+from ..model import (
+    HIST_SLOTS,
+    SPLIT_FIELDS,
+    ExitStats,
+    Row,
+    Snapshot,
+    bucket_bounds,
+    build_report,
+    kernel_ns,
+    merge_all,
+)
 
-__all__ = ["LABELS", "THREAD_LABELS", "SUB_LABELS", "ExitCollector", "bucket_edges", "row_labels"]
+__all__ = [
+    "LABELS",
+    "THREAD_LABELS",
+    "SUB_LABELS",
+    "PARTS",
+    "ExitCollector",
+    "bucket_edges",
+    "known_parts",
+    "row_labels",
+]
 
 #: Labels of every per-exit metric.
 LABELS: Tuple[str, ...] = ("vm", "vcpu", "reason")
@@ -35,6 +62,28 @@ THREAD_LABELS: Tuple[str, ...] = ("tgid", "tid")
 SUB_LABELS: Tuple[str, ...] = ("sub_reason",)
 
 _NS = 1e9
+
+#: The ``part`` label's values of kvmexit_exit_part_seconds_total, each with its statistics field
+#: (the kernel's part is what the others leave: :func:`kvmexit.model.kernel_ns`), as in the
+#: report's KERN%, VMM%, HALT%, PREEMPT% and BLOCKED% columns and the JSON fields ``*_ns``.
+PARTS: Tuple[Tuple[str, str], ...] = (
+    ("kernel", "kernel_ns"),
+    ("vmm", "vmm_ns"),
+    ("halt", "halt_ns"),
+    ("preempt", "preempt_ns"),
+    ("blocked", "blocked_ns"),
+)
+
+
+def known_parts(snap: Snapshot) -> Tuple[Tuple[str, str], ...]:
+    """The parts of the exit time this snapshot measured (none unless the split was traced): halt
+    where halts are traced, the kernel's only when every other part is known."""
+    measured = [f for f in SPLIT_FIELDS if f not in snap.unknown]
+    if not measured:
+        return ()
+    every = snap.halt_known and len(measured) == len(SPLIT_FIELDS)
+    known = set(measured) | ({"halt_ns"} if snap.halt_known else set()) | ({"kernel_ns"} if every else set())
+    return tuple(p for p in PARTS if p[1] in known)
 
 
 def bucket_edges() -> List[Tuple[int, float]]:
@@ -117,6 +166,19 @@ class ExitCollector:
             "Of kvmexit_exit_seconds, time the vCPU was halted (kvm_vcpu_wakeup)",
             labels=names,
         )
+        guest_known = "guest_ns" not in snap.unknown
+        guest = CounterMetricFamily(
+            "kvmexit_guest_seconds",
+            "Time in the guest (kvm_entry to the next kvm_exit), charged to the reason of that exit",
+            labels=names,
+        )
+        parts = known_parts(snap)
+        part = CounterMetricFamily(
+            "kvmexit_exit_part_seconds",
+            "Of kvmexit_exit_seconds, by where it went (part: kernel, vmm, halt, preempt, blocked; "
+            "parts not measured are absent); summed over part, the exit time",
+            labels=(*names, "part"),
+        )
         hist = HistogramMetricFamily(
             "kvmexit_exit_duration_seconds",
             "Exit durations (exits whose entry was seen), in the kernel's own buckets",
@@ -127,11 +189,20 @@ class ExitCollector:
             seconds.add_metric(labels, st.total_ns / _NS)
             if snap.halt_known:
                 halted.add_metric(labels, st.halt_ns / _NS)
+            if guest_known:
+                guest.add_metric(labels, st.guest_ns / _NS)
+            for name, field in parts:
+                ns = kernel_ns(st) if field == "kernel_ns" else getattr(st, field)
+                part.add_metric((*labels, name), ns / _NS)
             hist.add_metric(labels, self._buckets(st.hist), st.total_ns / _NS)
         yield exits
         yield seconds
         if snap.halt_known:
             yield halted
+        if guest_known:
+            yield guest
+        if parts:
+            yield part
         yield hist
         yield from self._health(snap, report.totals)
 
