@@ -129,8 +129,8 @@ def parse_vmm(text: str) -> Tuple[Dict[int, Dict[str, int]], Dict[str, int]]:
 def expected_traps(v: Dict[str, int]) -> Dict[str, int]:
     """Exits the guest code of e2evmm.c (arm64) or e2evmm_x86.c makes, exactly (WFx/hlt apart; x86's
     npf: see x86_npf_problems)."""
-    if "out" in v:  # x86 SVM: io = OUT + the done doorbell
-        return {"io": v["out"] + 1, "cpuid": v["cpuid"]}
+    if "out" in v:  # x86 SVM: io = OUT + the done doorbell; msr = a read and a write per round
+        return {"io": v["out"] + 1, "cpuid": v["cpuid"], "msr": 2 * v.get("msr", 0)}
     return {"DABT_LOW": v["mmio"] + 1, "HVC64": v["hvc"], "SYS64": v["sys"], "IABT_LOW": 1}
 
 
@@ -156,7 +156,7 @@ class Arch:
     def __init__(self, host: str) -> None:
         self.x86 = host.startswith("x86")
         #: the exits the e2e VMM's guest code makes (the halt one last)
-        self.traps = ("io", "npf", "cpuid", "hlt") if self.x86 else ("DABT_LOW", "HVC64", "SYS64", "IABT_LOW", "WFx")
+        self.traps = ("io", "npf", "cpuid", "msr", "hlt") if self.x86 else ("DABT_LOW", "HVC64", "SYS64", "IABT_LOW", "WFx")
         #: the halting exit and the spec field that counts it
         self.halt, self.halt_field = ("hlt", "hlt") if self.x86 else ("WFx", "wfi")
         #: exits the host's own interrupts cause, in varying number
@@ -238,6 +238,10 @@ _HSR = re.compile(r"^HSR 0x(?P<esr>[0-9a-f]+)$")
 _MMIO = re.compile(r"^mmio (?P<type>\S+) len (?P<len>\d+) gpa 0x(?P<gpa>[0-9a-f]+) val 0x[0-9a-f]+$")
 _USER = re.compile(r"^reason (?P<name>\S+) \((?P<num>-?\d+)\)$")
 _WFX = re.compile(r"^guest executed wf(?P<k>[ie]) at: 0x[0-9a-f]+$")
+# x86 (arch/x86/kvm/trace.h, 6.1): the I/O port, the MSR and the CPUID leaf an exit was for.
+_PIO = re.compile(r"^pio_(?P<rw>read|write) at 0x(?P<port>[0-9a-f]+) size \d+ count \d+")
+_MSR = re.compile(r"^msr_(?P<rw>read|write) (?P<index>[0-9a-f]+) = 0x[0-9a-f]+")
+_CPUID = re.compile(r"^func (?P<func>[0-9a-f]+) ")
 
 
 def sysreg_of_esr(esr: int) -> Tuple[Tuple[int, int, int, int, int], str]:
@@ -358,7 +362,8 @@ class SubFtrace:
         """Per (class, what the kernel's events inside the exit say): how many exits, from the
         events alone (the first event of a kind decides; "-" when none says anything):
         ("wfi",) / ("wfe",); ("hvc", x0); ("sys", encoding, direction); ("memory",) /
-        ("kernel-mmio", gpa) / ("user-mmio", gpa) for aborts."""
+        ("kernel-mmio", gpa) / ("user-mmio", gpa) for aborts and x86's npf; ("pio", rw, port),
+        ("msr", rw, index), ("cpuid", leaf) on x86."""
         out: Counter = Counter()
         for e in self.by_tid(tid):
             if paired_only and not e.paired:
@@ -383,10 +388,28 @@ class SubFtrace:
         if e.label in ("DABT_LOW", "IABT_LOW") and "kvm_guest_fault" in first:
             if "kvm_mmio" not in first:
                 return ("memory",)
-            m = _MMIO.match(first["kvm_mmio"])
-            user = any(ev == "kvm_userspace_exit" and "KVM_EXIT_MMIO" in b for ev, b in e.events)
-            return ("user-mmio" if user else "kernel-mmio", int(m.group("gpa"), 16)) if m else ("unparsed",)
+            return SubFtrace._mmio(e, first["kvm_mmio"])
+        if e.label == "io" and "kvm_pio" in first:
+            m = _PIO.match(first["kvm_pio"])
+            return ("pio", m.group("rw"), int(m.group("port"), 16)) if m else ("unparsed",)
+        if e.label == "msr" and "kvm_msr" in first:
+            m = _MSR.match(first["kvm_msr"])
+            return ("msr", m.group("rw"), int(m.group("index"), 16)) if m else ("unparsed",)
+        if e.label == "cpuid" and "kvm_cpuid" in first:
+            m = _CPUID.match(first["kvm_cpuid"])
+            return ("cpuid", int(m.group("func"), 16)) if m else ("unparsed",)
+        if e.label == "npf":  # x86: MMIO if the kernel emulated any, else a fault on memory
+            if "kvm_mmio" in first:
+                return SubFtrace._mmio(e, first["kvm_mmio"])
+            if "kvm_page_fault" in first:
+                return ("memory",)
         return ("-",)
+
+    @staticmethod
+    def _mmio(e: Exit, body: str) -> tuple:
+        m = _MMIO.match(body)
+        user = any(ev == "kvm_userspace_exit" and "KVM_EXIT_MMIO" in b for ev, b in e.events)
+        return ("user-mmio" if user else "kernel-mmio", int(m.group("gpa"), 16)) if m else ("unparsed",)
 
 
 def row_meaning(reason: str, sub_value: int) -> tuple:
@@ -400,7 +423,15 @@ def row_meaning(reason: str, sub_value: int) -> tuple:
         return ("hvc", sub_value & 0xFFFFFFFF)
     if reason == "SYS64" and sub_value >> 32 == 1:
         return ("sys", *sysreg_of_esr(sub_value & 0xFFFFFFFF))
-    if reason in ("DABT_LOW", "IABT_LOW"):
+    x86_seen = sub_value >> 62 == 1  # X86_SEEN, bit 63 clear
+    low = sub_value & ((1 << 62) - 1)
+    if reason == "io" and x86_seen and low >> 17 == 0:
+        return ("pio", "write" if low >> 16 else "read", low & 0xFFFF)
+    if reason == "msr" and x86_seen and low >> 33 == 0:
+        return ("msr", "write" if low >> 32 else "read", low & 0xFFFFFFFF)
+    if reason == "cpuid" and x86_seen and low >> 32 == 0:
+        return ("cpuid", low)
+    if reason in ("DABT_LOW", "IABT_LOW", "npf"):
         kind, addr = sub_value >> 56, sub_value & ((1 << 56) - 1)
         if kind == 1 and addr == 0:
             return ("memory",)

@@ -169,7 +169,6 @@ class Scenario:
 #: Scenarios the guest runs on arm64 hosts only, and why.
 ARM64_ONLY = {
     "compat": "kvmexit-aarch64 (the original script's front end) is for arm64 hosts only",
-    "subreasons": "the sub-reason workload (PSCI/SMCCC calls, trapped system registers, the vGIC) is arm64 guest code",
 }
 
 
@@ -584,15 +583,30 @@ MMIO_ADDR, DONE_ADDR, GICD_BASE, GICR_BASE = 0x09000000, 0x09001000, 0x08000000,
 
 
 class Sub(Scenario):
-    def __init__(self, res: str) -> None:
+    def __init__(self, res: str, arch: er.Arch) -> None:
         super().__init__(res, "subreasons")
         self.sub = er.SubFtrace(_read(self.dir, "trace"))
+        self.arch = arch
 
 
 @pytest.fixture(scope="session")
 def sub(results, arch):
     _skip_not_run(arch, "subreasons")
-    return Sub(results)
+    return Sub(results, arch)
+
+
+@pytest.fixture(scope="session")
+def arm64_sub(sub):
+    if sub.arch.x86:
+        pytest.skip("arm64's sub-reason workload (PSCI/SMCCC calls, system registers, the vGIC)")
+    return sub
+
+
+@pytest.fixture(scope="session")
+def x86_sub(sub):
+    if not sub.arch.x86:
+        pytest.skip("x86's sub-reason workload (I/O ports, MSRs, CPUID, nested page faults)")
+    return sub
 
 
 def _each_vcpu(sub):
@@ -600,47 +614,47 @@ def _each_vcpu(sub):
         yield tid, idx, sub.vcpus[idx]
 
 
-def test_scenario_ran_its_workload(sub):
-    sub.check_ftrace_complete()
-    for _tid, idx, v in _each_vcpu(sub):
+def test_scenario_ran_its_workload(arm64_sub):
+    arm64_sub.check_ftrace_complete()
+    for _tid, idx, v in _each_vcpu(arm64_sub):
         assert v["calls"] and v["sysrw"] and v["gic"] and v["pages"], "vCPU %d spec has no sub-reason work: %r" % (
             idx,
             v,
         )
 
 
-def test_hypercall_functions_equal_the_guest_code(sub):
-    for tid, idx, v in _each_vcpu(sub):
+def test_hypercall_functions_equal_the_guest_code(arm64_sub):
+    for tid, idx, v in _each_vcpu(arm64_sub):
         want = Counter({fid: v["calls"] for fid in CALLS})
         want[0] = v["hvc"]
-        got = sub.sub.hvc_functions(tid)
+        got = arm64_sub.sub.hvc_functions(tid)
         print("\nvCPU %d hypercalls (kernel's kvm_hvc_arm64): %s" % (idx, {hex(k): n for k, n in sorted(got.items())}))
         assert got == want, "vCPU %d" % idx
-        hvc_exits = [e for e in sub.sub.by_tid(tid) if e.label == "HVC64"]
+        hvc_exits = [e for e in arm64_sub.sub.by_tid(tid) if e.label == "HVC64"]
         assert len(hvc_exits) == v["hvc"] + 8 * v["calls"]
         assert all(e.kinds().count("kvm_hvc_arm64") == 1 for e in hvc_exits), "one kvm_hvc_arm64 in each HVC64 exit"
 
 
-def test_system_registers_equal_the_guest_code(sub):
-    for tid, idx, v in _each_vcpu(sub):
+def test_system_registers_equal_the_guest_code(arm64_sub):
+    for tid, idx, v in _each_vcpu(arm64_sub):
         want = Counter({ID_AA64PFR0: v["sys"], OSLAR: v["sysrw"], OSLSR: v["sysrw"]})
-        got = sub.sub.sysregs(tid)
+        got = arm64_sub.sub.sysregs(tid)
         print("\nvCPU %d system registers (kernel's kvm_handle_sys_reg ESR): %s" % (idx, dict(got)))
         assert got == want, "vCPU %d" % idx
-        sys_exits = [e for e in sub.sub.by_tid(tid) if e.label == "SYS64"]
+        sys_exits = [e for e in arm64_sub.sub.by_tid(tid) if e.label == "SYS64"]
         assert len(sys_exits) == v["sys"] + 2 * v["sysrw"]
         assert all(e.kinds().count("kvm_handle_sys_reg") == 1 for e in sys_exits)
 
 
-def test_aborts_are_mmio_in_user_space_in_the_kernel_or_memory(sub):
-    for tid, idx, v in _each_vcpu(sub):
-        got = sub.sub.abort_kinds(tid)
+def test_aborts_are_mmio_in_user_space_in_the_kernel_or_memory(arm64_sub):
+    for tid, idx, v in _each_vcpu(arm64_sub):
+        got = arm64_sub.sub.abort_kinds(tid)
         want = Counter({"user-mmio": v["mmio"] + 1, "kernel-mmio": 2 * v["gic"], "memory": v["pages"]})
         print("\nvCPU %d DABT_LOW: %s" % (idx, dict(got)))
         assert got == want, "vCPU %d" % idx
-        assert sub.sub.abort_kinds(tid, "IABT_LOW") == Counter({"memory": 1})
+        assert arm64_sub.sub.abort_kinds(tid, "IABT_LOW") == Counter({"memory": 1})
         redist = GICR_BASE + idx * 0x20000 + 8
-        assert sub.sub.mmio_addresses(tid) == Counter(
+        assert arm64_sub.sub.mmio_addresses(tid) == Counter(
             {
                 ("write", MMIO_ADDR): v["mmio"],
                 ("write", DONE_ADDR): 1,
@@ -652,11 +666,11 @@ def test_aborts_are_mmio_in_user_space_in_the_kernel_or_memory(sub):
         ), "vCPU %d" % idx
 
 
-def test_wfx_exits_are_wfi(sub):
-    for tid, idx, _v in _each_vcpu(sub):
-        wfx = [e for e in sub.sub.by_tid(tid) if e.label == "WFx"]
+def test_wfx_exits_are_wfi(arm64_sub):
+    for tid, idx, _v in _each_vcpu(arm64_sub):
+        wfx = [e for e in arm64_sub.sub.by_tid(tid) if e.label == "WFx"]
         assert wfx, "vCPU %d made no WFx exit" % idx
-        assert sub.sub.wfx_kinds(tid) == Counter({"wfi": len(wfx)})
+        assert arm64_sub.sub.wfx_kinds(tid) == Counter({"wfi": len(wfx)})
 
 
 def test_sub_events_fire_inside_an_exit(sub):
@@ -731,9 +745,9 @@ def test_kvmexit_live_and_offline_sub_reasons_agree(sub):
     assert live and live == offline
 
 
-def test_kvmexit_live_sub_reason_names(sub):
+def test_kvmexit_live_sub_reason_names(arm64_sub):
     """The SUB column's names of the guest's calls and registers (unknown ids as numbers)."""
-    rows = [r for r in _rows(sub)[0]["rows"] if r["tid"] in sub.tids()]
+    rows = [r for r in _rows(arm64_sub)[0]["rows"] if r["tid"] in arm64_sub.tids()]
     hvc = {r["sub_value"] & 0xFFFFFFFF: r["sub"] for r in rows if r["reason"] == "HVC64" and r["sub_value"]}
     assert {fid: hvc.get(fid) for fid in CALLS} == CALLS
     sys_names = {r["sub"] for r in rows if r["reason"] == "SYS64" and r["sub_value"]}
@@ -742,12 +756,12 @@ def test_kvmexit_live_sub_reason_names(sub):
     assert mmio == {"mmio-vmm %#x" % MMIO_ADDR, "mmio-vmm %#x" % DONE_ADDR}
 
 
-def test_kvmexit_decodes_the_real_lines(sub):
+def test_kvmexit_decodes_the_real_lines(arm64_sub):
     """kvmexit's text decoder reads every sub-reason line of the capture, and names what it reads
     as the kernel does (kvm_sys_access prints KVM's own register names)."""
-    assert sub.sub.lines
+    assert arm64_sub.sub.lines
     seen = Counter()
-    for event, body in sub.sub.lines:
+    for event, body in arm64_sub.sub.lines:
         rec = subdecode.decode_sub(event.encode(), body.encode())
         assert rec is not None, (event, body)
         seen[event] += 1
@@ -769,6 +783,62 @@ def test_kvmexit_decodes_the_real_lines(sub):
         "kvm_userspace_exit",
         "kvm_wfx_arm64",
     ):
+        assert seen[event], "no %s line in the capture" % event
+
+
+# x86 (SVM): e2evmm_x86 with SUB_VCPU0/SUB_VCPU1 of scenario-x86.conf (OUT:MMIO:CPUID:HLT:MSR).
+X86_OUT_PORT, X86_DONE_PORT, X86_UCODE_REV = 0x510, 0x511, 0x8B
+X86_SUB_CLASSES = ("io", "msr", "cpuid", "npf")
+
+
+def test_x86_sub_reasons_equal_the_guest_code(x86_sub):
+    """What the kernel's events inside each exit say (ftrace) is what the guest code did: each I/O
+    exit a write to its port, IA32_UCODE_REV read and written once per MSR round, CPUID leaf 0,
+    the MMIO stores handed to the VMM (npf with kvm_mmio and KVM_EXIT_MMIO), and the code page's
+    first fetch a nested page fault on memory (once, or a few times when KVM retries it)."""
+    x86_sub.check_ftrace_complete()
+    for tid, idx, v in _each_vcpu(x86_sub):
+        assert v["out"] and v["mmio"] and v["cpuid"] and v["msr"], "vCPU %d spec has no sub-reason work: %r" % (idx, v)
+        got = x86_sub.sub.meanings(tid)
+        print("\nvCPU %d tid %d (kernel's events inside each exit): %s" % (idx, tid, dict(got)))
+        memory = got.pop(("npf", ("memory",)), 0)
+        assert 1 <= memory <= 3, "vCPU %d: %d npf exits on memory" % (idx, memory)
+        assert +Counter({k: n for k, n in got.items() if k[0] in X86_SUB_CLASSES}) == Counter(
+            {
+                ("io", ("pio", "write", X86_OUT_PORT)): v["out"],
+                ("io", ("pio", "write", X86_DONE_PORT)): 1,
+                ("msr", ("msr", "read", X86_UCODE_REV)): v["msr"],
+                ("msr", ("msr", "write", X86_UCODE_REV)): v["msr"],
+                ("cpuid", ("cpuid", 0)): v["cpuid"],
+                ("npf", ("user-mmio", er.X86_MMIO_GPA)): v["mmio"],
+            }
+        ), "vCPU %d" % idx
+        # hlt and the host's interrupts: no sub-reason event of their own
+        assert {k[1] for k in got if k[0] not in X86_SUB_CLASSES} <= {("-",)}, got
+
+
+def test_x86_kvmexit_live_sub_reason_names(x86_sub):
+    """The SUB column names the port, the MSR and its direction, the leaf, MMIO and memory."""
+    rows = [r for r in _rows(x86_sub)[0]["rows"] if r["tid"] in x86_sub.tids()]
+    assert {(r["reason"], r["sub"]) for r in rows if r["reason"] in X86_SUB_CLASSES} == {
+        ("io", "port %#x write" % X86_OUT_PORT),
+        ("io", "port %#x write" % X86_DONE_PORT),
+        ("msr", "IA32_UCODE_REV read"),
+        ("msr", "IA32_UCODE_REV write"),
+        ("cpuid", "leaf 0"),
+        ("npf", "mmio-vmm %#x" % er.X86_MMIO_GPA),
+        ("npf", "memory"),
+    }
+
+
+def test_x86_kvmexit_decodes_the_real_lines(x86_sub):
+    """kvmexit's text decoder reads every x86 sub-reason line of the capture."""
+    seen: Counter = Counter()
+    for event, body in x86_sub.sub.lines:
+        assert subdecode.decode_sub(event.encode(), body.encode()) is not None, (event, body)
+        seen[event] += 1
+    print("\nsub-reason lines decoded: %s" % dict(seen))
+    for event in ("kvm_pio", "kvm_msr", "kvm_cpuid", "kvm_mmio", "kvm_page_fault", "kvm_userspace_exit"):
         assert seen[event], "no %s line in the capture" % event
 
 

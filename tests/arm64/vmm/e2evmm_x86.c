@@ -1,7 +1,7 @@
 /*
  * e2evmm_x86: a tiny x86 KVM VMM producing a known number of VM exits per vCPU.
  *
- * Usage: e2evmm_x86 [-name guest=NAME,...] OUT:MMIO:CPUID:HLT [OUT:MMIO:CPUID:HLT ...]
+ * Usage: e2evmm_x86 [-name guest=NAME,...] OUT:MMIO:CPUID:HLT[:MSR] [...]
  *
  * The x86 twin of e2evmm.c. One VM with an in-kernel irqchip (so HLT blocks in
  * the kernel and kvm_vcpu_wakeup fires), one vCPU thread per spec, thread i
@@ -11,15 +11,18 @@
  *
  *   OUT   x  out dx, al           port 0x510: SVM io, KVM_EXIT_IO to this VMM
  *   MMIO  x  mov es:[0], al       GPA 0xe0000, no memslot: SVM npf, KVM_EXIT_MMIO
+ *   MSR   x  rdmsr; wrmsr         MSR 0x8b (IA32_UCODE_REV): two SVM msr exits (read, write),
+ *                                 handled in the kernel (a guest's write is ignored)
  *   HLT   x  hlt                  SVM hlt; the vCPU blocks in the kernel until
  *                                 this VMM kicks its thread with SIGUSR1
  *   CPUID x  xor eax,eax; cpuid   SVM cpuid, handled in the kernel
  *   then     out to port 0x511    the "done" doorbell: one more io exit, thread ends.
  *
- * Counters live in esi, edi (32 bits: the `abandon` scenario's long runs), bx, bp (cpuid clobbers
- * eax-edx; it runs last).
+ * Counters live in esi, edi (32 bits: the `abandon` scenario's long runs), bx (HLT) and the upper
+ * half of ebx (MSR), bp (rdmsr clobbers eax and edx, so MSR runs after OUT; cpuid clobbers eax-edx,
+ * so it runs last).
  * A count of zero skips its loop. Each thread prints one line:
- *   E2EVMM vcpu=I tid=T out=N mmio=M cpuid=K hlt=H io_exits=E mmio_exits=F kicks=S eintr=R run_ns=D
+ *   E2EVMM vcpu=I tid=T out=N mmio=M cpuid=K hlt=H msr=R io_exits=E mmio_exits=F kicks=S eintr=R run_ns=D
  * and the process finally prints  E2EVMM done pid=P wall_ns=D
  */
 #define _GNU_SOURCE
@@ -46,6 +49,7 @@
 #define MMIO_ADDR 0xe0000UL    /* no memslot here */
 #define OUT_PORT 0x510
 #define DONE_PORT 0x511
+#define MSR_UCODE_REV 0x8b
 
 extern const unsigned char guest_code[], guest_code_end[];
 __asm__(
@@ -63,7 +67,16 @@ __asm__(
     "3:  mov %al, %es:0\n"
     "    dec %edi\n"
     "    jnz 3b\n"
-    "4:  test %bx, %bx\n"
+    "4:  mov %ebx, %eax\n"
+    "    shr $16, %eax\n"
+    "    jz 41f\n"
+    "    mov $0x8b, %ecx\n"
+    "40: rdmsr\n"
+    "    wrmsr\n"
+    "    sub $0x10000, %ebx\n"
+    "    test $0xffff0000, %ebx\n"
+    "    jnz 40b\n"
+    "41: test %bx, %bx\n"
     "    jz 6f\n"
     "5:  hlt\n"
     "    dec %bx\n"
@@ -87,7 +100,7 @@ struct vcpu {
     int fd;
     struct kvm_run *run;
     pthread_t thread;
-    unsigned long counts[4];  /* out mmio cpuid hlt */
+    unsigned long counts[5];  /* out mmio cpuid hlt msr */
     volatile int in_run;
     volatile uint64_t run_since;
     volatile int finished;
@@ -230,7 +243,7 @@ static void setup_vcpu(struct vcpu *v)
     regs.rsi = v->counts[0];
     regs.rdi = v->counts[1];
     regs.rbp = v->counts[2];
-    regs.rbx = v->counts[3];
+    regs.rbx = v->counts[4] << 16 | v->counts[3];
     regs.rdx = OUT_PORT;
     if (ioctl(v->fd, KVM_SET_REGS, &regs) < 0)
         die("KVM_SET_REGS");
@@ -240,7 +253,7 @@ static void setup_vcpu(struct vcpu *v)
 
 int main(int argc, char **argv)
 {
-    int kvm, i, n = 0;
+    int kvm, i, fields, end, n = 0;
     const char *name = "";
     struct sigaction sa;
     uint64_t t0;
@@ -254,18 +267,20 @@ int main(int argc, char **argv)
             fprintf(stderr, "e2evmm_x86: too many vCPUs\n");
             return 2;
         }
-        if (sscanf(argv[i], "%lu:%lu:%lu:%lu", &vcpus[n].counts[0], &vcpus[n].counts[1],
-                   &vcpus[n].counts[2], &vcpus[n].counts[3]) != 4
-            || vcpus[n].counts[0] > 0xffffffffUL || vcpus[n].counts[1] > 0xffffffffUL
-            || vcpus[n].counts[2] > 0xffff || vcpus[n].counts[3] > 0xffff) {
-            fprintf(stderr, "usage: e2evmm_x86 [-name NAME] OUT:MMIO:CPUID:HLT ... (OUT, MMIO <= 2^32-1; CPUID, HLT <= 65535)\n");
+        end = 0;
+        fields = sscanf(argv[i], "%lu:%lu:%lu:%lu%n:%lu%n", &vcpus[n].counts[0], &vcpus[n].counts[1],
+                        &vcpus[n].counts[2], &vcpus[n].counts[3], &end, &vcpus[n].counts[4], &end);
+        if (fields < 4 || argv[i][end] != '\0' || vcpus[n].counts[0] > 0xffffffffUL
+            || vcpus[n].counts[1] > 0xffffffffUL || vcpus[n].counts[2] > 0xffff
+            || vcpus[n].counts[3] > 0xffff || vcpus[n].counts[4] > 0xffff) {
+            fprintf(stderr, "usage: e2evmm_x86 [-name NAME] OUT:MMIO:CPUID:HLT[:MSR] ... (OUT, MMIO <= 2^32-1; CPUID, HLT, MSR <= 65535)\n");
             return 2;
         }
         vcpus[n].idx = n;
         n++;
     }
     if (n == 0) {
-        fprintf(stderr, "usage: e2evmm_x86 [-name NAME] OUT:MMIO:CPUID:HLT ...\n");
+        fprintf(stderr, "usage: e2evmm_x86 [-name NAME] OUT:MMIO:CPUID:HLT[:MSR] ...\n");
         return 2;
     }
 
@@ -317,10 +332,10 @@ int main(int argc, char **argv)
     for (i = 0; i < n; i++) {
         struct vcpu *v = &vcpus[i];
         pthread_join(v->thread, NULL);
-        printf("E2EVMM vcpu=%d tid=%d out=%lu mmio=%lu cpuid=%lu hlt=%lu io_exits=%lu "
+        printf("E2EVMM vcpu=%d tid=%d out=%lu mmio=%lu cpuid=%lu hlt=%lu msr=%lu io_exits=%lu "
                "mmio_exits=%lu kicks=%lu eintr=%lu run_ns=%llu\n",
                v->idx, (int)v->tid, v->counts[0], v->counts[1], v->counts[2], v->counts[3],
-               v->io_exits, v->mmio_exits, v->kicks, v->eintr, (unsigned long long)v->run_ns);
+               v->counts[4], v->io_exits, v->mmio_exits, v->kicks, v->eintr, (unsigned long long)v->run_ns);
     }
     printf("E2EVMM done pid=%d wall_ns=%llu\n", (int)getpid(),
            (unsigned long long)(now_ns() - t0));
