@@ -156,7 +156,9 @@ class Arch:
     def __init__(self, host: str) -> None:
         self.x86 = host.startswith("x86")
         #: the exits the e2e VMM's guest code makes (the halt one last)
-        self.traps = ("io", "npf", "cpuid", "msr", "hlt") if self.x86 else ("DABT_LOW", "HVC64", "SYS64", "IABT_LOW", "WFx")
+        self.traps = (
+            ("io", "npf", "cpuid", "msr", "hlt") if self.x86 else ("DABT_LOW", "HVC64", "SYS64", "IABT_LOW", "WFx")
+        )
         #: the halting exit and the spec field that counts it
         self.halt, self.halt_field = ("hlt", "hlt") if self.x86 else ("WFx", "wfi")
         #: exits the host's own interrupts cause, in varying number

@@ -825,7 +825,7 @@ def test_x86_kvmexit_live_sub_reason_names(x86_sub):
         ("io", "port %#x write" % X86_DONE_PORT),
         ("msr", "IA32_UCODE_REV read"),
         ("msr", "IA32_UCODE_REV write"),
-        ("cpuid", "leaf 0"),
+        ("cpuid", "leaf 0x0"),
         ("npf", "mmio-vmm %#x" % er.X86_MMIO_GPA),
         ("npf", "memory"),
     }
