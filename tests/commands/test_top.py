@@ -272,3 +272,39 @@ def test_without_a_terminal_it_says_so(tmp_path):
     assert proc.stderr.strip() == (
         "kvmexit top: error: top needs a terminal (hint: use `kvmexit -i SECS` for a scrolling or logged view)"
     )
+
+
+def test_split_guest_and_sub_columns_from_the_kernel_and_on_eighty_columns(tmp_path):
+    """``top --split --sub`` attached for real (sched_switch host-wide): a fake vCPU sleeps 20 ms
+    inside each HVC64 exit, so nearly all of that time is BLOCKED% (off CPU asleep, not halted);
+    EXIT% is there; u unfolds a SUB column (these exits have no sub-reason event: '-'); on 80
+    columns the table still fits, with its identity and the split kept."""
+    term = Terminal(tmp_path, "-d", "0.5", "--split", "--sub", "--by", "reason")
+    try:
+        fds = prog_fds_of(term.pid)
+        vmm = FakeVmm(fds, [(0, EC_HVC64, 5, 0, 0.02), (1, EC_SYS64, 4, 0, 0)], "web01")
+        vmm.close()
+        term.keys("c")
+        screen = term.wait_for(lambda s: "totals since start" in s and "HVC64" in s and "SYS64" in s)
+        head = next(ln for ln in screen.splitlines() if ln.startswith("REASON"))
+        assert head.split()[:2] == ["REASON", "SUB"]  # --sub: unfolded from the start
+        assert head.split()[-7:] == ["HALT%", "KERN%", "VMM%", "PREEMPT%", "BLOCKED%", "EXIT%", "TOTAL"]
+        table = {r[0]: dict(zip(head.split(), r)) for r in rows(screen, "REASON")}
+        assert table["HVC64"]["SUB"] == "-" and table["HVC64"]["TOTAL"] == "5"
+        assert int(table["HVC64"]["BLOCKED%"][:-1]) >= 90, screen  # 20 ms asleep in each exit of ~20 ms
+        assert table["HVC64"]["HALT%"] == "0%" and table["HVC64"]["EXIT%"].endswith("%")
+        term.keys("u")  # folded: no SUB column
+        screen = term.wait_for(lambda s: any(ln.startswith("REASON ") and " SUB " not in ln for ln in s.splitlines()))
+        term.run("resize-window", "-x", "80", "-y", "24")
+        term.keys("u", "3")  # by thread, sub-reasons unfolded: the widest table
+        screen = term.wait_for(lambda s: "by thread + sub" in s and len(s.splitlines()[0]) <= 80)
+        lines = screen.splitlines()
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("VM "))
+        assert all(len(ln) <= 79 for ln in lines[start:] if not ln.startswith("q quit"))
+        head = lines[start].split()
+        assert head[:4] == ["VM", "VCPU", "REASON", "SUB"]
+        assert head[-6:] == ["HALT%", "KERN%", "VMM%", "PRE%", "BLK%", "EXIT%"]
+        term.keys("q")
+        assert term.exit_status() == 0
+    finally:
+        term.close()

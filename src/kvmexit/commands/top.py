@@ -10,8 +10,9 @@ from typing import Any, Dict, List
 
 from ..model import GROUPINGS, SORT_KEYS, paused_gc
 from ..sources.live import LiveSource
-from .common import positive_float
-from .live import SWEEP_SECONDS, add_map_options, open_live_args
+from ..views.top import DROP_ORDER
+from .common import add_filter_options, check_reasons, positive_float
+from .live import SWEEP_SECONDS, add_map_options, check_machine, open_live_args
 
 __all__ = ["DESCRIPTION", "EPILOG", "prepare_parser", "run"]
 
@@ -21,10 +22,15 @@ examples:
   kvmexit top                   # per VM, every 2 seconds
   kvmexit top -d 1 --by reason  # per exit reason, every second
   kvmexit top --vm web01        # one guest (filtered in the kernel)
+  kvmexit top --sub --by reason # per reason, each unfolded into its sub-reasons (u folds them)
+  kvmexit top --split           # where exit time went (KERN% VMM% HALT% PREEMPT% BLOCKED%), EXIT%
 
-keys: q quit, 1-4 group by vm/vcpu/thread/reason, s sort, enter drill into a VM then a vCPU,
-backspace back, f/r filter by VM/reason, x clear filters, space pause, c totals/interval, ? help.
-"""
+keys: q quit, 1-5 group by vm/vcpu/thread/reason/sub-reason, s sort, enter drill into a VM, then a
+vCPU, then (--sub) a reason, backspace back, u fold/unfold sub-reasons, t show/hide the split,
+g show/hide EXIT%, f/r filter by VM/reason, x clear filters, space pause, c totals/interval, ? help.
+On a narrow terminal, PREEMPT% and BLOCKED% become PRE% and BLK%, gaps one space, then columns go in
+this order: DROP_ORDER.
+""".replace("DROP_ORDER", ", ".join(DROP_ORDER))
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -33,19 +39,29 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-d", "--delay", type=positive_float, default=2.0, metavar="SECS", help="refresh every SECS (default: 2)"
     )
-    # top has no sub-reason view (yet): its groupings are those without one
     parser.add_argument(
-        "--by", choices=sorted(set(GROUPINGS) - {"sub"}), default="vm", help="first grouping (default: vm)"
+        "--by", choices=sorted(GROUPINGS), default="vm", help="first grouping (default: vm); sub: implies --sub"
     )
     parser.add_argument("--sort", choices=sorted(SORT_KEYS), default="count", help="first sort order (default: count)")
-    g = parser.add_argument_group("filters")
-    g.add_argument("-p", "--pid", dest="pids", type=int, action="append", default=[], metavar="TGID")
-    g.add_argument("-t", "--tid", dest="tids", type=int, action="append", default=[], metavar="TID")
-    g.add_argument(
-        "--vm", dest="vms", action="append", default=[], metavar="NAME", help="in the kernel; also a VM started later"
+    parser.add_argument(
+        "--sub",
+        action="store_true",
+        help="trace sub-reasons and start with them unfolded under each reason (a SUB column; key u folds them)",
     )
-    g.add_argument("--reason", dest="reasons", action="append", default=[], metavar="NAME", help="in the view")
-    add_map_options(parser, sub=False)
+    parser.add_argument(
+        "--guest",
+        action="store_true",
+        help="also measure time in the guest: an EXIT%% column, exit time / (exit + guest time) (adds ~1-3%% to the "
+        "cost of an exit: see README Overhead)",
+    )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="split each exit's time: KERN%%, VMM%%, PREEMPT%%, BLOCKED%% beside HALT%%, with --guest (traces "
+        "sched_switch, which fires for every context switch of the host: see README Overhead)",
+    )
+    add_filter_options(parser, bcc=False)
+    add_map_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,14 +74,28 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import KvmexitError
 
         raise KvmexitError("top needs a terminal", hint="use `kvmexit -i SECS` for a scrolling or logged view")
-    source = open_live_args(args)
+    from ..reasons.subreasons import sub_label
+
+    check_reasons(check_machine(), args.reasons)
+    subs = args.sub or args.by == "sub"
+    source = open_live_args(args, subreasons=subs, split=args.split, guest=args.guest)
     stop: List[int] = []
     saved: Dict[signal.Signals, Any] = {}
     try:
         for sig in _SIGNALS:
             saved[sig] = signal.signal(sig, lambda signum, frame: stop.append(signum))
         title = "kvmexit top: %s (%s)" % (source.layout.arch, source.layout.name)
-        view = TopView(label, args.by, args.sort, vms=args.vms, reasons=args.reasons, title=title, interval=args.delay)
+        view = TopView(
+            label,
+            args.by,
+            args.sort,
+            vms=args.vms,
+            reasons=args.reasons,
+            title=title,
+            interval=args.delay,
+            sub_label=sub_label if subs else None,
+            show_sub=subs,
+        )
         curses.wrapper(_loop, source, view, args.delay, stop)
     finally:
         for sig, handler in saved.items():
