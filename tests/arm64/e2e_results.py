@@ -244,6 +244,12 @@ _WFX = re.compile(r"^guest executed wf(?P<k>[ie]) at: 0x[0-9a-f]+$")
 _PIO = re.compile(r"^pio_(?P<rw>read|write) at 0x(?P<port>[0-9a-f]+) size \d+ count \d+")
 _MSR = re.compile(r"^msr_(?P<rw>read|write) (?P<index>[0-9a-f]+) = 0x[0-9a-f]+")
 _CPUID = re.compile(r"^func (?P<func>[0-9a-f]+) ")
+_CR = re.compile(r"^cr_(?P<rw>read|write) (?P<cr>[0-9a-f]+) = 0x")
+_HCALL = re.compile(r"^nr 0x(?P<nr>[0-9a-f]+) ")
+_FAST_MMIO = re.compile(r"^fast mmio at gpa 0x(?P<gpa>[0-9a-f]+)")
+#: SVM's exits for control registers and hypercalls, as its kvm_exit prints them.
+_X86_CR_EXITS = {"%s_cr%d" % (rw, n) for rw in ("read", "write") for n in range(16)} | {"cr0_sel_write"}
+_X86_HCALL_EXITS = {"vmmcall", "hypercall"}
 
 
 def sysreg_of_esr(esr: int) -> Tuple[Tuple[int, int, int, int, int], str]:
@@ -365,7 +371,7 @@ class SubFtrace:
         events alone (the first event of a kind decides; "-" when none says anything):
         ("wfi",) / ("wfe",); ("hvc", x0); ("sys", encoding, direction); ("memory",) /
         ("kernel-mmio", gpa) / ("user-mmio", gpa) for aborts and x86's npf; ("pio", rw, port),
-        ("msr", rw, index), ("cpuid", leaf) on x86."""
+        ("msr", rw, index), ("cpuid", leaf), ("cr", rw, n), ("hypercall", nr) on x86."""
         out: Counter = Counter()
         for e in self.by_tid(tid):
             if paired_only and not e.paired:
@@ -400,16 +406,23 @@ class SubFtrace:
         if e.label == "cpuid" and "kvm_cpuid" in first:
             m = _CPUID.match(first["kvm_cpuid"])
             return ("cpuid", int(m.group("func"), 16)) if m else ("unparsed",)
-        if e.label == "npf":  # x86: MMIO if the kernel emulated any, else a fault on memory
-            if "kvm_mmio" in first:
-                return SubFtrace._mmio(e, first["kvm_mmio"])
+        if e.label in _X86_CR_EXITS and "kvm_cr" in first:
+            m = _CR.match(first["kvm_cr"])
+            return ("cr", m.group("rw"), int(m.group("cr"), 16)) if m else ("unparsed",)
+        if e.label in _X86_HCALL_EXITS and "kvm_hypercall" in first:
+            m = _HCALL.match(first["kvm_hypercall"])
+            return ("hypercall", int(m.group("nr"), 16)) if m else ("unparsed",)
+        if e.label == "npf":  # x86: MMIO (the first address) if the kernel saw any, else a fault on memory
+            mmio = next(((ev, b) for ev, b in e.events if ev in ("kvm_mmio", "kvm_fast_mmio")), None)
+            if mmio is not None:
+                return SubFtrace._mmio(e, mmio[1], fast=mmio[0] == "kvm_fast_mmio")
             if "kvm_page_fault" in first:
                 return ("memory",)
         return ("-",)
 
     @staticmethod
-    def _mmio(e: Exit, body: str) -> tuple:
-        m = _MMIO.match(body)
+    def _mmio(e: Exit, body: str, fast: bool = False) -> tuple:
+        m = (_FAST_MMIO if fast else _MMIO).match(body)
         user = any(ev == "kvm_userspace_exit" and "KVM_EXIT_MMIO" in b for ev, b in e.events)
         return ("user-mmio" if user else "kernel-mmio", int(m.group("gpa"), 16)) if m else ("unparsed",)
 
@@ -433,6 +446,10 @@ def row_meaning(reason: str, sub_value: int) -> tuple:
         return ("msr", "write" if low >> 32 else "read", low & 0xFFFFFFFF)
     if reason == "cpuid" and x86_seen and low >> 32 == 0:
         return ("cpuid", low)
+    if reason in _X86_CR_EXITS and x86_seen and low >> 9 == 0:
+        return ("cr", "write" if low >> 8 else "read", low & 0xFF)
+    if reason in _X86_HCALL_EXITS and x86_seen:
+        return ("hypercall", low)
     if reason in ("DABT_LOW", "IABT_LOW", "npf"):
         kind, addr = sub_value >> 56, sub_value & ((1 << 56) - 1)
         if kind == 1 and addr == 0:
