@@ -734,3 +734,22 @@ class SlowExit(NamedTuple):
     thread: ThreadInfo = ThreadInfo()
     #: Unix time of the exit, where the source can tell.
     wall: Optional[float] = None
+    #: The split of the duration (issue 11; live with --split, offline where the trace has the
+    #: events so far), as the pair's row gets it: on CPU in user space, off CPU runnable, off CPU
+    #: sleeping outside a halt. None where unknown (never 0 for unknown).
+    vmm_ns: Optional[int] = None
+    preempt_ns: Optional[int] = None
+    blocked_ns: Optional[int] = None
+
+    @property
+    def kernel_ns(self) -> Optional[int]:
+        """The host kernel's part: what the other parts leave (None unless they are all known)."""
+        parts = (self.halt_ns, self.vmm_ns, self.preempt_ns, self.blocked_ns)
+        if any(p is None for p in parts):
+            return None
+        return self.duration_ns - sum(parts)  # type: ignore[arg-type]
+
+    @property
+    def split_known(self) -> bool:
+        """Whether the split was measured at all (some of its parts known)."""
+        return not (self.vmm_ns is None and self.preempt_ns is None and self.blocked_ns is None)

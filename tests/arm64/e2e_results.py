@@ -571,6 +571,8 @@ class SplitTruth:
         self.intervals: Counter = Counter()
         #: exit -> entry time of the exits that got their entry (kvmexit's total_ns), per thread
         self.total_ns: Counter = Counter()
+        #: (tid, kvm_exit ns) -> (duration, preempted, blocked) of each exit that got its entry
+        self.per_exit: Dict[Tuple[int, int], Tuple[int, int, int]] = {}
         exit_ts: Dict[int, int] = {}
         last_entry: Dict[int, int] = {}
         open_exit: Dict[int, bool] = {}
@@ -615,10 +617,13 @@ class SplitTruth:
                         if before and not intervals[before[-1]][2]:
                             inside.add(before[-1])
                         since = w
+                    parts = [0, 0]  # this exit's preempted, blocked
                     for i, (a, b, runnable) in enumerate(intervals):
                         if i not in inside:
                             (self.preempt_ns if runnable else self.blocked_ns)[tid] += b - a
+                            parts[0 if runnable else 1] += b - a
                             self.intervals[tid] += 1
+                    self.per_exit[tid, exit_ts[tid]] = (ns - exit_ts[tid], parts[0], parts[1])
             elif event == "kvm_vcpu_wakeup":
                 w = _WAKEUP.match(m.group("body"))
                 if w and open_exit.get(tid):

@@ -426,7 +426,7 @@ def _offline_slow(trace: str, threshold_ns: int) -> list:
     cmd = [sys.executable, "-m", "kvmexit", "report", "--json", "--slower-than", "%dns" % threshold_ns, trace]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    return [d for d in er.json_docs(p.stdout) if d.get("schema") == "kvmexit-slow/1"]
+    return [d for d in er.json_docs(p.stdout) if d.get("schema") == "kvmexit-slow/2"]
 
 
 def test_slow_exit_log_live_matches_ftrace(results, arch):
@@ -436,7 +436,7 @@ def test_slow_exit_log_live_matches_ftrace(results, arch):
     d = os.path.join(results, "slow")
     if not os.path.isdir(d):
         pytest.fail("scenario slow produced nothing")
-    live_docs = [x for x in er.json_docs(_read(d, "kvmexit.out")) if x.get("schema") == "kvmexit-slow/1"]
+    live_docs = [x for x in er.json_docs(_read(d, "kvmexit.out")) if x.get("schema") == "kvmexit-slow/2"]
     err = _read(d, "kvmexit.err")
     assert "slow-exit log: %d exit" % len(live_docs) in err and "lost" not in err, err[-2000:]
     trace = os.path.join(d, "trace")

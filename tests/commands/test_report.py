@@ -194,17 +194,25 @@ def test_slower_than_json_lines(capsys):
     rc, out, _err = run(capsys, "--example", "--slower-than", "4000us", "--json")
     assert rc == 0
     docs = [json.loads(line) for line in out.splitlines()]
-    slow = [d for d in docs if d.get("schema") == "kvmexit-slow/1"]
+    slow = [d for d in docs if d.get("schema") == "kvmexit-slow/2"]
     assert [(d["reason"], d["vm"], d["vcpu"], d["esr_ec"], d["esr"]) for d in slow] == [
         ("IRQ", "e2e-vm", 0, None, None),
         ("DABT_LOW", "e2e-vm", 0, 0x24, None),
     ]
     assert all(d["duration_ns"] > 4_000_000 and d["pc"] >= 0x40000000 for d in slow)
-    schema = json.loads((SCHEMA.parent / "slow-v1.json").read_text())
+    # the example has no sched_switch or kvm_userspace_exit lines: its split is unknown, not 0
+    assert all(d[f] is None for d in slow for f in ("kernel_ns", "vmm_ns", "preempt_ns", "blocked_ns"))
+    schema = json.loads((SCHEMA.parent / "slow-v2.json").read_text())
     for d in slow:
         jsonschema.validate(d, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(dict(slow[0], duration_ns=-1), schema)
+    with pytest.raises(jsonschema.ValidationError):  # /2 lines carry the split, null where unknown
+        jsonschema.validate({k: v for k, v in slow[0].items() if k != "vmm_ns"}, schema)
+    # A line of the old version (what kvmexit wrote before the split) still validates against its own.
+    old = {k: v for k, v in slow[0].items() if not k.endswith(("kernel_ns", "vmm_ns", "preempt_ns", "blocked_ns"))}
+    old["schema"] = "kvmexit-slow/1"
+    jsonschema.validate(old, json.loads((SCHEMA.parent / "slow-v1.json").read_text()))
     assert docs[-1]["schema"] == SCHEMA_VERSION  # the report follows
 
 

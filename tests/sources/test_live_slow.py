@@ -103,8 +103,9 @@ def test_a_full_perf_buffer_drops_are_counted_not_silent():
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
-def test_every_arm64_variant_with_the_log_passes_the_verifier(name):
-    d = SlowDriver(name, slow_ns=1000, tids=[1])
+@pytest.mark.parametrize("options", [{}, {"split": True, "guest": True, "subreasons": True}], ids=["log", "all"])
+def test_every_arm64_variant_with_the_log_passes_the_verifier(name, options):
+    d = SlowDriver(name, slow_ns=1000, tids=[1], **options)
     d.close()
 
 

@@ -392,3 +392,103 @@ def test_the_last_sleep_before_a_wakeup_is_the_halts_own_block(split):
     tid = in_thread(body)
     st = rows_of(split.snapshot(), tid)["WFx"]
     assert st.blocked_ns == 0 and st.preempt_ns >= 20 * MS
+
+
+# -- the slow-exit log with the split (--slower-than with --split) -----------------------------------
+
+
+def _slow_driver(**options):
+    from kvmexit.model import SlowExit
+
+    got: List[SlowExit] = []
+    d = Driver(detect(FORMATS["arm64"]), slow_ns=5 * MS, on_slow=lambda arch, e: got.append(e), **options)
+    return d, got
+
+
+def test_a_slow_exit_carries_its_split_the_same_as_its_row():
+    """--split with --slower-than: the logged exit's parts are the ones its row gets (one pair here,
+    so equal), inside the bounds of the events that delimit them, and add up to its duration."""
+    d, got = _slow_driver(split=True)
+    ev = Events(d)
+    c = Clock()
+    task = 0x1000_0005
+    try:
+
+        def body():
+            c.mark("exit", d.arm64_exit, TRAP, EC_DABT_LOW)
+            c.mark("uexit", ev.uexit)
+            time.sleep(0.01)  # the VMM emulates (on CPU)
+            c.mark("out", ev.switch, 1, task, 0xDEAD0000, 0)  # preempted
+            time.sleep(0.02)
+            c.mark("in", ev.switch_in_from_another_thread, task)
+            c.mark("out2", ev.switch, 0, task, 0xDEAD0000, TASK_INTERRUPTIBLE)  # sleeps in the VMM
+            time.sleep(0.01)
+            c.mark("in2", ev.switch_in_from_another_thread, task)
+            c.mark("entry", d.entry)
+            d.arm64_exit(TRAP, EC_HVC64)  # fast: not logged
+            d.entry()
+
+        tid = in_thread(body)
+        d.source.poll(100)
+        (e,) = got
+        st = rows_of(d.snapshot(), tid)["DABT_LOW"]
+        assert (e.vmm_ns, e.preempt_ns, e.blocked_ns, e.halt_ns) == (st.vmm_ns, st.preempt_ns, st.blocked_ns, 0)
+        assert e.duration_ns == st.total_ns and e.kernel_ns == kernel_ns(st) >= 0
+        assert e.kernel_ns + e.vmm_ns + e.halt_ns + e.preempt_ns + e.blocked_ns == e.duration_ns
+        assert within(e.preempt_ns, c.gap("out", "in")) and within(e.blocked_ns, c.gap("out2", "in2"))
+        lo, hi = c.gap("uexit", "entry")
+        off_lo = c.gap("out", "in")[0] + c.gap("out2", "in2")[0]
+        off_hi = c.gap("out", "in")[1] + c.gap("out2", "in2")[1]
+        assert lo - off_hi <= e.vmm_ns <= hi - off_lo and e.vmm_ns >= 10 * MS
+    finally:
+        d.close()
+
+
+def test_a_slow_halt_is_clamped_like_its_row():
+    """A halt reported longer than the exit: the log's halted time is the row's (within the
+    duration), and the kernel's part is 0, not negative."""
+    d, got = _slow_driver(split=True)
+    try:
+
+        def body():
+            d.arm64_exit(TRAP, EC_WFX)
+            time.sleep(0.01)
+            d.wakeup(10_000 * MS)
+            d.entry()
+
+        tid = in_thread(body)
+        d.source.poll(100)
+        (e,) = got
+        st = rows_of(d.snapshot(), tid)["WFx"]
+        assert e.halt_ns == st.halt_ns == e.duration_ns and e.kernel_ns == 0
+        assert (e.vmm_ns, e.preempt_ns, e.blocked_ns) == (0, 0, 0)  # measured, and none here
+    finally:
+        d.close()
+
+
+def test_without_split_the_slow_exits_split_is_unknown_not_zero():
+    d, got = _slow_driver()
+    try:
+        assert "-DKVMEXIT_SPLIT" not in d.source.program.cflags
+        in_thread(lambda: (d.arm64_exit(TRAP, EC_DABT_LOW), time.sleep(0.01), d.entry()))
+        d.source.poll(100)
+        (e,) = got
+        assert (e.vmm_ns, e.preempt_ns, e.blocked_ns, e.kernel_ns) == (None, None, None, None)
+        assert e.halt_ns == 0 and not e.split_known
+    finally:
+        d.close()
+
+
+def test_a_part_whose_event_is_missing_is_unknown_in_the_slow_log_too():
+    """--split where sched_switch could not be attached: preempted and blocked are unknown in each
+    logged exit (and so the kernel's part), VMM time is still measured."""
+    d, got = _slow_driver(split=True)
+    try:
+        d.source.unknown.update(("preempt_ns", "blocked_ns"))  # what _attach_split does on a refusal
+        in_thread(lambda: (d.arm64_exit(TRAP, EC_DABT_LOW), Events(d).uexit(), time.sleep(0.01), d.entry()))
+        d.source.poll(100)
+        (e,) = got
+        assert e.preempt_ns is None and e.blocked_ns is None and e.kernel_ns is None
+        assert e.vmm_ns is not None and e.vmm_ns >= 10 * MS
+    finally:
+        d.close()

@@ -20,7 +20,7 @@ from kvmexit.views.slow import slow_document
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TRACES = ROOT / "tests" / "data" / "traces"
-SLOW_SCHEMA = json.loads((ROOT / "src" / "kvmexit" / "schema" / "slow-v1.json").read_text())
+SLOW_SCHEMA = json.loads((ROOT / "src" / "kvmexit" / "schema" / "slow-v2.json").read_text())
 REAL = TRACES / "arm64-6.1-e2e.trace"  # a real capture (tests/data/traces/README.md)
 
 _LINE = re.compile(r"-(\d+)\s+\[\d+\] \S+\s+(\d+)\.(\d{6}): (kvm_exit|kvm_entry): (.*)$")

@@ -6,6 +6,7 @@ Timestamps here are whole microseconds, so every expected figure is exact."""
 from __future__ import annotations
 
 import io
+import re
 from typing import Dict, List
 
 import pytest
@@ -326,3 +327,175 @@ def test_real_hog_capture_equals_the_kernels_own_accounting(data_dir):
             "guest_ns": truth.guest_ns[tid],
         }, tid
         assert truth.preempt_ns[tid] > 100_000_000  # the hog really preempted it
+
+
+# -- the slow-exit log's split (report --slower-than on a trace with the split's events) ------------
+
+
+def _slow(result_reader, threshold_ns: int = 0):
+    from kvmexit.sources.trace.slow import SlowLog
+
+    got: list = []
+    result = result_reader(slow=SlowLog(threshold_ns, lambda arch, e: got.append(e)))
+    return got, result
+
+
+def test_a_slow_exit_carries_the_split_its_row_gets():
+    t = Trace()
+    t.exit(400, "WFX")
+    t.out(410, "S")
+    t.back(470)
+    t.wakeup(480, 75 * US)  # the halt began at 405: the sleep is its own
+    t.entry(500)
+    t.exit(1000, "DABT")
+    t.uexit(1020)  # kernel 20
+    t.out(1050, "R+")  # VMM 30 on CPU
+    t.back(1250)  # preempted 200
+    t.out(1260, "D")  # VMM 10 more, then blocked 40 (a page-cache read in the VMM, say)
+    t.back(1300)
+    t.entry(1340)  # VMM 40 more
+    t.exit(1400, "HVC")
+    t.entry(1450)  # 50 us: not above the threshold
+    got, result = _slow(t.read, 90 * US)
+    wfx, dabt = got
+    assert (dabt.duration_ns, dabt.vmm_ns, dabt.preempt_ns, dabt.blocked_ns, dabt.halt_ns, dabt.kernel_ns) == (
+        340 * US,
+        80 * US,
+        200 * US,
+        40 * US,
+        0,
+        20 * US,
+    )
+    # the WFx exit came before the trace's first kvm_userspace_exit: its VMM part is unknown
+    assert (wfx.duration_ns, wfx.halt_ns, wfx.vmm_ns, wfx.preempt_ns, wfx.blocked_ns, wfx.kernel_ns) == (
+        100 * US,
+        75 * US,
+        None,
+        0,
+        0,
+        None,
+    )
+    row = rows(result)["DABT_LOW"]
+    assert (row.vmm_ns, row.preempt_ns, row.blocked_ns, kernel_ns(row)) == (
+        dabt.vmm_ns,
+        dabt.preempt_ns,
+        dabt.blocked_ns,
+        dabt.kernel_ns,
+    )
+
+
+def test_before_the_traces_first_split_events_a_slow_exits_parts_are_unknown_not_zero():
+    """The log is written as the trace is read: a part is known from its event's first line on (as
+    halted time from the first kvm_vcpu_wakeup), so an exit before it says -, null."""
+    import jsonschema
+
+    from kvmexit.views.slow import format_slow, slow_document, slow_schema
+
+    t = Trace()
+    t.exit(1000, "HVC")
+    t.entry(1100)  # no sched_switch, kvm_userspace_exit or wakeup yet
+    t.exit(1200, "DABT")
+    t.out(1210, "R+")
+    t.back(1260)
+    t.entry(1300)  # a switch seen: preempted and blocked known, VMM not yet
+    t.exit(1400, "DABT")
+    t.uexit(1410)
+    t.entry(1500)
+    got, _ = _slow(t.read)
+    first, second, third = got
+    assert (first.vmm_ns, first.preempt_ns, first.blocked_ns, first.kernel_ns) == (None, None, None, None)
+    assert (second.preempt_ns, second.blocked_ns, second.vmm_ns, second.kernel_ns) == (50 * US, 0, None, None)
+    assert (third.preempt_ns, third.blocked_ns, third.vmm_ns) == (0, 0, 90 * US)
+    assert third.halt_ns is None and third.kernel_ns is None  # no kvm_vcpu_wakeup in this trace
+    assert "(halted -) pc" in format_slow("arm64", first)
+    assert "(kernel -, vmm -, halted -, preempted 50us, blocked 0ns) pc" in format_slow("arm64", second)
+    for e in got:
+        doc = slow_document("arm64", e)
+        jsonschema.validate(doc, slow_schema(doc["schema"]))
+    assert slow_document("arm64", second)["vmm_ns"] is None and slow_document("arm64", second)["preempt_ns"] == 50 * US
+
+
+def test_real_hog_capture_each_slow_exits_split_equals_the_kernels_own_events(data_dir):
+    """On the hog scenario's real capture, every pair (threshold 0) is logged with preempted and
+    blocked time equal to the harness's own reading of that exit's sched_switch lines
+    (e2e_results.SplitTruth.per_exit, written apart from the engine), all parts known and adding
+    up to its duration; per thread they sum to the report's rows."""
+    import gzip
+    import sys
+
+    import jsonschema
+
+    from kvmexit.sources.trace import read_trace
+    from kvmexit.views.slow import format_slow, slow_document, slow_schema
+
+    sys.path.insert(0, str(data_dir.parent / "arm64"))
+    try:
+        import e2e_results
+    finally:
+        sys.path.pop(0)
+    path = data_dir / "traces" / "arm64-6.1-hog.trace.gz"
+    truth = e2e_results.SplitTruth(gzip.open(str(path), "rt").read())
+    got, result = _slow(lambda **kw: read_trace(str(path), **kw))
+    assert len(got) == len(truth.per_exit) > 100
+    sums: Dict[int, Dict[str, int]] = {}
+    preempted = known = 0
+    text = gzip.open(str(path), "rt").read()
+    first = {  # the trace's first line of each event (the log knows its part from there on)
+        ev: min(
+            int(m.group(1)) * 10**9 + int(m.group(2)) * 1000 for m in re.finditer(r" (\d+)\.(\d{6}): %s:" % ev, text)
+        )
+        for ev in ("sched_switch", "kvm_userspace_exit", "kvm_vcpu_wakeup")
+    }
+    for e in got:
+        duration, preempt, blocked = truth.per_exit[e.tid, e.time_ns]
+        entry = e.time_ns + e.duration_ns
+        assert (e.preempt_ns is None, e.vmm_ns is None, e.halt_ns is None) == tuple(
+            entry < first[ev] for ev in ("sched_switch", "kvm_userspace_exit", "kvm_vcpu_wakeup")
+        ), e
+        assert (e.duration_ns, e.preempt_ns, e.blocked_ns) == (duration, preempt, blocked), e
+        s = sums.setdefault(e.tid, {"vmm_ns": 0, "preempt_ns": 0, "blocked_ns": 0, "halt_ns": 0})
+        for f in s:
+            s[f] += getattr(e, f) or 0  # unknown before its event's first line: no such time there
+        doc = slow_document("arm64", e)
+        jsonschema.validate(doc, slow_schema(doc["schema"]))
+        assert ("(kernel " in format_slow("arm64", e)) == (e.preempt_ns is not None)
+        if e.kernel_ns is None:
+            continue
+        assert e.kernel_ns >= 0 and e.kernel_ns + e.vmm_ns + e.halt_ns + e.preempt_ns + e.blocked_ns == e.duration_ns
+        known += 1
+        preempted += e.preempt_ns > 0
+    assert preempted > 10 and known > 100  # the hog preempted many
+    for tid, s in sums.items():
+        rows_of_tid = [st for k, st in result.snapshot.stats.items() if k.tid == tid]
+        assert s == {f: sum(getattr(st, f) for st in rows_of_tid) for f in s}, tid
+
+
+def test_a_record_header_listing_the_split_events_makes_them_known_from_the_start(data_dir):
+    """`kvmexit record --split` names the events it enabled in its header: the log then knows every
+    part from the first exit on (an exit before the first sched_switch had none), and the report's
+    parts too (as live --split knows them from attaching, even where none fired)."""
+    import gzip
+
+    from kvmexit.sources.trace import read_stream
+
+    text = gzip.open(str(data_dir / "traces" / "arm64-6.1-hog.trace.gz"), "rb").read()
+    header = (
+        b"# kvmexit record: layout=arm64 kernel=6.1.0-18-arm64 events=kvm_exit,kvm_entry,kvm_vcpu_wakeup,"
+        b"sched:sched_process_exit,sched:sched_switch,kvm:kvm_userspace_exit instance=kvmexit-1\n"
+    )
+    got, result = _slow(lambda **kw: read_stream(io.BytesIO(header + text), **kw))
+    plain, _ = _slow(lambda **kw: read_stream(io.BytesIO(text), **kw))
+    assert len(got) == len(plain) > 100
+    for e, p in zip(got, plain):
+        assert e.kernel_ns is not None and e.kernel_ns >= 0, e
+        assert e.kernel_ns + e.vmm_ns + e.halt_ns + e.preempt_ns + e.blocked_ns == e.duration_ns
+        for f in ("halt_ns", "vmm_ns", "preempt_ns", "blocked_ns"):  # where both know, the same
+            assert getattr(p, f) is None or getattr(p, f) == getattr(e, f), (f, e, p)
+    assert not set(SPLIT_FIELDS) & result.snapshot.unknown and result.snapshot.halt_known
+    # Without sched_switch in its list (record without --split) and no line of it: unknown.
+    bare = b"# kvmexit record: layout=arm64 kernel=6.1.0 events=kvm_exit,kvm_entry instance=x\n"
+    t = Trace()
+    t.exit(1000, "HVC")
+    t.entry(1100)
+    snap = read_stream(io.BytesIO(bare + ("\n".join(t.lines) + "\n").encode())).snapshot
+    assert set(SPLIT_FIELDS) <= snap.unknown and not snap.halt_known

@@ -22,7 +22,9 @@
  *                       (arm64: kvm_exit arg EXIT_PC_ARG; x86: record offset X86_RIP_OFF) and the
  *                       ESR (arm64: the EC, and the whole ESR where kvm_handle_sys_reg or
  *                       kvm_guest_fault fires in the exit) or exit qualification (x86:
- *                       X86_INFO1_OFF). Without SLOW_LOG none of it is compiled in.
+ *                       X86_INFO1_OFF); with KVMEXIT_SPLIT also the pair's split (vmm, preempted,
+ *                       blocked, and halt_ns clamped as its row's). Without SLOW_LOG none of it
+ *                       is compiled in.
  *
  * Stays within what 4.19 verifies: no loops, no global data, no ring buffer.
  *
@@ -498,6 +500,11 @@ static __always_inline void log_slow(void *ctx, struct kvmexit_thread *t, u32 ti
 		.code = t->code,
 		.detail = t->detail,
 		.esr_known = t->esr_known,
+#ifdef KVMEXIT_SPLIT
+		.vmm_ns = t->split.vmm_ns, /* split_close has run: the pair's parts, within delta */
+		.preempt_ns = t->split.preempt_ns,
+		.blocked_ns = t->split.blocked_ns,
+#endif
 	};
 	/* A full buffer drops the event; user space counts it (the perf buffer's lost callback). */
 	slow_exits.perf_submit(ctx, &e, sizeof(e));
@@ -524,6 +531,9 @@ static __always_inline void on_entry(void *ctx)
 	t->entry_ts = now;
 #endif
 	u64 delta = now - t->ts;
+#ifdef KVMEXIT_SPLIT
+	split_close(t, now, delta); /* before the log, which sends the parts it leaves in the slot */
+#endif
 #ifdef SLOW_LOG
 	if (delta > SLOW_NS)
 		log_slow(ctx, t, tid, delta);
@@ -533,9 +543,6 @@ static __always_inline void on_entry(void *ctx)
 		t->ts = 0;
 		return;
 	}
-#ifdef KVMEXIT_SPLIT
-	split_close(t, now, delta);
-#endif
 	add_parts(v, t);
 	add_pair(v, delta, t->halt_ns);
 #ifdef KVMEXIT_SUB

@@ -105,7 +105,11 @@ struct kvmexit_slow {
 	u32 detail;
 	u32 esr_known;
 	u32 pad;
-	/* Hook for the time split (issue 11 section 2): vmm_ns, preempt_ns, blocked_ns from the slot go here. */
+	/* With KVMEXIT_SPLIT, the pair's parts as its row gets them (halt_ns above is then clamped
+	 * within the duration as well); without it 0, which user space reports as unknown. */
+	u64 vmm_ns;
+	u64 preempt_ns;
+	u64 blocked_ns;
 };
 
 /* Key of the sub-reason map (KVMEXIT_SUB): a pair with a sub-reason, recorded a second time. */

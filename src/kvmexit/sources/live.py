@@ -503,6 +503,7 @@ class LiveSource(Source):
         if self._on_slow is None:
             return
         x86 = self.layout.arch != "arm64"
+        unknown = self.unknown
         self._on_slow(
             self.layout.arch,
             SlowExit(
@@ -519,6 +520,10 @@ class LiveSource(Source):
                 sub=e.sub,
                 thread=self._slow_thread(e.tgid, e.tid),
                 wall=self._wall_offset + e.ts / 1e9,
+                # --split: the pair's parts (their 0 without it, or without their event, is unknown)
+                vmm_ns=None if "vmm_ns" in unknown else e.vmm_ns,
+                preempt_ns=None if "preempt_ns" in unknown else e.preempt_ns,
+                blocked_ns=None if "blocked_ns" in unknown else e.blocked_ns,
             ),
         )
 

@@ -11,10 +11,22 @@ from ..reasons.arm64 import ARM_EXCEPTION_TRAP
 from ..reasons.subreasons import label_arm64, label_x86
 from .text import format_duration, printable
 
-__all__ = ["SLOW_SCHEMA", "format_slow", "slow_document", "format_slow_lost", "sub_label"]
+__all__ = [
+    "SLOW_SCHEMA",
+    "SLOW_SCHEMA_FILES",
+    "format_slow",
+    "slow_document",
+    "format_slow_lost",
+    "slow_schema",
+    "sub_label",
+]
 
-#: The ``schema`` member of each JSON line of the log (a report's documents are ``kvmexit/1``).
-SLOW_SCHEMA = "kvmexit-slow/1"
+#: The ``schema`` member of each JSON line of the log (a report's documents are ``kvmexit/2``).
+#: ``kvmexit-slow/2`` (schema/slow-v2.json) adds the split of the duration to ``kvmexit-slow/1``
+#: (schema/slow-v1.json), which lines written before it still validate against.
+SLOW_SCHEMA = "kvmexit-slow/2"
+#: Schema name -> its file under kvmexit/schema/.
+SLOW_SCHEMA_FILES = {"kvmexit-slow/1": "slow-v1.json", "kvmexit-slow/2": "slow-v2.json"}
 
 
 def sub_label(arch: str, code: int, detail: int, sub: int) -> str:
@@ -39,9 +51,19 @@ def _esr_text(arch: str, e: SlowExit) -> str:
     return "%#x" % e.esr
 
 
+def _split_text(e: SlowExit) -> str:
+    """``(halted H)``; with the split (``--split``), every part of the duration, which add up to it:
+    ``(kernel K, vmm V, halted H, preempted P, blocked B)``."""
+    if not e.split_known:
+        return "(halted %s)" % format_duration(e.halt_ns)
+    return "(kernel %s, vmm %s, halted %s, preempted %s, blocked %s)" % tuple(
+        format_duration(v) for v in (e.kernel_ns, e.vmm_ns, e.halt_ns, e.preempt_ns, e.blocked_ns)
+    )
+
+
 def format_slow(arch: str, e: SlowExit) -> str:
-    """``TIME vm NAME vcpu N tid N REASON [SUB] DURATION (halted H) pc 0x.. esr 0x..``; ``-`` marks
-    what the source does not know."""
+    """``TIME vm NAME vcpu N tid N REASON [SUB] DURATION (halted H) pc 0x.. esr 0x..``, the
+    parenthesis holding the whole split with ``--split``; ``-`` marks what the source does not know."""
     t = e.thread
     parts = [
         _stamp(e),
@@ -51,7 +73,7 @@ def format_slow(arch: str, e: SlowExit) -> str:
         label(arch, e.code, e.detail),
         "sub %s" % printable(sub_label(arch, e.code, e.detail, e.sub)),
         format_duration(e.duration_ns),
-        "(halted %s)" % format_duration(e.halt_ns),
+        _split_text(e),
         "pc %s" % ("-" if e.pc is None else "%#x" % e.pc),
         "%s %s" % ("esr" if arch == "arm64" else "qual", _esr_text(arch, e)),
     ]
@@ -77,6 +99,10 @@ def slow_document(arch: str, e: SlowExit) -> Dict[str, Any]:
         "sub_reason": sub_label(arch, e.code, e.detail, e.sub),
         "duration_ns": e.duration_ns,
         "halt_ns": e.halt_ns,
+        "kernel_ns": e.kernel_ns,
+        "vmm_ns": e.vmm_ns,
+        "preempt_ns": e.preempt_ns,
+        "blocked_ns": e.blocked_ns,
         "pc": e.pc,
     }
     if arch == "arm64":
@@ -86,6 +112,18 @@ def slow_document(arch: str, e: SlowExit) -> Dict[str, Any]:
     else:
         doc["exit_qualification"] = e.esr
     return doc
+
+
+def slow_schema(name: str) -> Dict[str, Any]:
+    """The JSON schema of a log line's ``schema`` member (``kvmexit-slow/1`` or ``/2``)."""
+    import json
+    import os
+
+    if name not in SLOW_SCHEMA_FILES:
+        raise ValueError("not a kvmexit slow-exit log schema: %r" % (name,))
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "schema", SLOW_SCHEMA_FILES[name])
+    with open(path) as f:
+        return json.load(f)  # type: ignore[no-any-return]
 
 
 def format_slow_lost(lost: int, total: Optional[int] = None) -> str:

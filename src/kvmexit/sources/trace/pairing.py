@@ -413,6 +413,19 @@ class Pairer:
         self.off_cpu: Dict[int, int] = {}
         self.switches = 0  # sched_switch events seen: without any, preempted/blocked are unknown
         self.userspace_exits = 0  # kvm_userspace_exit events seen: without any, VMM time is unknown
+        self.recorded = frozenset()  # (a property: sets _split_recorded)
+
+    @property
+    def recorded(self) -> FrozenSet[str]:
+        """The events the trace's recorder says it enabled (``kvmexit record``'s header; empty when
+        unknown): those are known to be traced even before (or without) their first line."""
+        return self._recorded
+
+    @recorded.setter
+    def recorded(self, events: FrozenSet[str]) -> None:
+        self._recorded = events
+        #: The split's events were recorded: every pair is split, as the live --split does.
+        self._split_recorded = bool(events & {"sched_switch", "kvm_userspace_exit"})
 
     @property
     def time_bins(self) -> Optional[TimeBins]:
@@ -508,7 +521,7 @@ class Pairer:
             self._dirty.append(acc)
         pending.append(ts - s[S_TS])
         parts = None
-        if s[S_SPLIT] is not None or self.switches or self.userspace_exits:
+        if s[S_SPLIT] is not None or self.switches or self.userspace_exits or self._split_recorded:
             halt, pre, blk, vmm = (s[S_SPLIT] or Split()).close(ts, max(ts - s[S_TS], 0), s[S_HALT])
             s[S_HALT] = halt
             parts = (pre, blk, vmm)
@@ -537,7 +550,7 @@ class Pairer:
         if self.time_bins is not None:
             self.time_bins.pair(s[S_TS], key[1], key[2], d)
         if self._slow is not None and d > self._slow.threshold_ns:  # model.is_slower
-            self._slow.pair(self, s, d, sub)
+            self._slow.pair(self, s, d, sub, parts)
 
     def flush(self) -> None:
         """Add the pending pairs to the statistics (:data:`A_PENDING`); every read of them does."""
@@ -714,18 +727,26 @@ class Pairer:
             health=Health(unpaired_entries=self.unpaired_entries, abandoned=sum(self.abandoned.values())),
             threads=threads,
             time_ns=span,
-            halt_known=self.wakeups > 0,  # without kvm_vcpu_wakeup events, halt time is unknown
+            halt_known=self.traced("kvm_vcpu_wakeup"),  # without its events, halt time is unknown
             subs=subs,
             subs_known=self.sub_events > 0,  # a trace without sub-reason events: unknown
             unknown=self.unknown(),
         )
 
+    def traced(self, event: str) -> bool:
+        """Whether the trace has ``event`` (one of the split's or kvm_vcpu_wakeup), so far: its
+        recorder said it enabled it, or a line of it has been read."""
+        seen = {"sched_switch": self.switches, "kvm_userspace_exit": self.userspace_exits}.get(event)
+        if seen is None:
+            seen = self.wakeups if event == "kvm_vcpu_wakeup" else 0
+        return seen > 0 or event in self.recorded
+
     def unknown(self) -> FrozenSet[str]:
         """The split's parts whose events the trace lacks (guest time is always known here)."""
         out = set()
-        if not self.userspace_exits:
+        if not self.traced("kvm_userspace_exit"):
             out.add("vmm_ns")
-        if not self.switches:
+        if not self.traced("sched_switch"):
             out.update(("preempt_ns", "blocked_ns"))
         return frozenset(out)
 

@@ -16,7 +16,7 @@ import lzma
 import os
 import re
 from dataclasses import dataclass
-from typing import IO, Any, Dict, Iterable, List, Optional, Tuple
+from typing import IO, Any, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from ...errors import BadTrace, KvmexitError
 from ...layouts import detect as detect_layout_from_formats
@@ -46,6 +46,8 @@ __all__ = ["TraceInfo", "TraceResult", "TraceSource", "read_trace", "read_stream
 
 NAMES_SUFFIX = ".names.json"
 _RECORD_HEADER = re.compile(rb"^# kvmexit record: layout=(\S+)")
+#: The header's list of the events kvmexit record enabled (``kvm_exit,...,sched:sched_switch``).
+_RECORD_EVENTS = re.compile(rb" events=(\S*)")
 
 #: ns per unit for a timestamp fraction of n digits (0 digits: a raw counter, taken as ns).
 _SCALE = tuple([1] + [10 ** (9 - n) for n in range(1, MAX_FRACTION + 1)])
@@ -333,11 +335,16 @@ def read_stream(
     order = tuple(rx.groupindex[g] for g in GROUPS)
     if layout is None and names is not None and names.layout:
         layout = names.layout
-    if layout is None:
-        for line in head[:5]:
-            m = _RECORD_HEADER.match(line)
-            if m is not None and m.group(1).decode() in LAYOUTS:
-                layout = m.group(1).decode()  # written by kvmexit record
+    recorded: FrozenSet[str] = frozenset()
+    for line in head[:5]:
+        m = _RECORD_HEADER.match(line)
+        if m is None:
+            continue
+        if layout is None and m.group(1).decode() in LAYOUTS:
+            layout = m.group(1).decode()  # written by kvmexit record
+        ev = _RECORD_EVENTS.search(line)
+        if ev is not None:  # what it recorded: a part whose event it recorded is known from the start
+            recorded = frozenset(e.rpartition(":")[2] for e in ev.group(1).decode("ascii", "replace").split(",") if e)
     if layout is None:
         samples: List[Tuple[bytes, bytes]] = []
         for line in head:
@@ -346,6 +353,7 @@ def read_stream(
                 samples.append((m.group("event"), m.group("payload")))
         layout = detect_layout(samples)
     pairer = engine if engine is not None else Pairer()
+    pairer.recorded = recorded
     if layout is not None and pairer.decoder is None:
         pairer.decoder = Decoder(layout)
     if time_bins is not None:

@@ -1,9 +1,13 @@
 """The slow-exit log of a trace (``report --slower-than``): the engine hands over every pair longer
-than the threshold (:func:`kvmexit.model.is_slower`, the live rule), in trace order."""
+than the threshold (:func:`kvmexit.model.is_slower`, the live rule), in trace order, with its split
+as the engine charges it to the pair's row. A part is known where the trace has its event
+(``sched_switch``: preempted and blocked; ``kvm_userspace_exit``: VMM; ``kvm_vcpu_wakeup``: halted):
+from the start when ``kvmexit record``'s header lists it, else from its first line on (the log is
+written as the trace is read), so an exit before it has that part unknown (``-``, null), never 0."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from ...model import SlowExit, ThreadInfo
 from ...names import vcpu_from_comm
@@ -23,8 +27,11 @@ class SlowLog:
         #: The names side file of the trace (the reader sets it): VM names, tgids, vCPUs.
         self.names: Optional[Any] = None
 
-    def pair(self, engine: Any, start: list, duration_ns: int, sub: int) -> None:
-        """A slow pair of ``engine`` (a :class:`~.pairing.Pairer`): ``start`` is its start record."""
+    def pair(
+        self, engine: Any, start: list, duration_ns: int, sub: int, parts: Optional[Tuple[int, int, int]] = None
+    ) -> None:
+        """A slow pair of ``engine`` (a :class:`~.pairing.Pairer`): ``start`` is its start record,
+        ``parts`` its split (preempted, blocked, VMM) where the engine computed one."""
         from .pairing import S_HALT, S_KEY, S_PAYLOAD, S_SUBS, S_TS
 
         tid, code, detail = start[S_KEY]
@@ -49,6 +56,12 @@ class SlowLog:
                     break
         else:
             esr, esr_whole = qualification, qualification is not None
+        preempt = blocked = vmm = None
+        if parts is not None:
+            if engine.traced("sched_switch"):
+                preempt, blocked = parts[0], parts[1]
+            if engine.traced("kvm_userspace_exit"):
+                vmm = parts[2]
         self.count += 1
         self.emit(
             decoder.arch,
@@ -59,11 +72,14 @@ class SlowLog:
                 code=code,
                 detail=detail,
                 duration_ns=duration_ns,
-                halt_ns=start[S_HALT] if engine.wakeups else None,
+                halt_ns=start[S_HALT] if engine.traced("kvm_vcpu_wakeup") else None,
                 pc=pc,
                 esr=esr,
                 esr_whole=esr_whole,
                 sub=sub,
                 thread=ThreadInfo(comm=comm, vm=vm or (side.vm if side else None), vcpu=vcpu),
+                vmm_ns=vmm,
+                preempt_ns=preempt,
+                blocked_ns=blocked,
             ),
         )
