@@ -240,8 +240,65 @@ class Kvmexit:
         return rc
 
 
-def traced_scenario(name, args, module="kvmexit", ftrace=None, specs=None, cpus=None, around=None, vmm=None):
-    """Attach kvmexit, run the VMM (e2evmm, or vmm(outdir)) under ftrace, stop kvmexit with SIGINT."""
+#: Where a scenario's `kvmexit record` writes (its names file: RECORD_FILE.names.json).
+RECORD_FILE = "record.trace"
+RECORD_READY_TIMEOUT = 300
+
+
+class Recorder:
+    """`kvmexit record -o OUTDIR/record.trace ARGS` (tracefs only, no bcc), beside live kvmexit and
+    the reference ftrace instance: started before the VMM, stopped with SIGINT after it (record's
+    own stop: it drains its instance, writes the names file and says whether events were lost).
+    Its stderr goes to record.err, its exit status to record.rc."""
+
+    def __init__(self, outdir, args):
+        self.outdir = outdir
+        self.args = list(args)
+        self.path = os.path.join(outdir, RECORD_FILE)
+        self.proc = None
+
+    def start(self):
+        """True once the trace's header is written: record writes it after its instance's events
+        are enabled (a new instance traces from its creation), so from then on nothing is missed."""
+        env = dict(os.environ, PYTHONPATH=PYDIR, PYTHONUNBUFFERED="1")
+        cmd = ["python3", "-m", "kvmexit", "record", "-o", self.path, *self.args]
+        write(os.path.join(self.outdir, "record.cmd"), " ".join(cmd) + "\n")
+        self.err = open(os.path.join(self.outdir, "record.err"), "w")
+        t0 = time.time()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.err, env=env)
+        while time.time() - t0 < RECORD_READY_TIMEOUT and self.proc.poll() is None:
+            if os.path.exists(self.path):
+                with open(self.path) as f:
+                    if f.readline().endswith("\n"):
+                        say("record tracing after %.1fs" % (time.time() - t0))
+                        return True
+            time.sleep(0.2)
+        say("record did not start (rc=%s)" % self.proc.poll())
+        self.stop()
+        return False
+
+    def stop(self):
+        rc = self.proc.poll()
+        if rc is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                rc = self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                rc = self.proc.wait()
+                self.err.write("e2e: killed after %ds\n" % STOP_TIMEOUT)
+        self.err.close()
+        write(os.path.join(self.outdir, "record.rc"), "%s\n" % rc)
+        say("record exited rc=%s" % rc)
+        return rc
+
+
+def traced_scenario(
+    name, args, module="kvmexit", ftrace=None, specs=None, cpus=None, around=None, vmm=None, record=None
+):
+    """Attach kvmexit, run the VMM (e2evmm, or vmm(outdir)) under ftrace, stop kvmexit with SIGINT.
+    With record (a list of `kvmexit record` options, e.g. ["--sub"]), `kvmexit record` of the same
+    run too (Recorder: record.trace, record.err, record.rc in the scenario's directory)."""
     outdir = os.path.join(RESULTS, name)
     os.makedirs(outdir)
     say("scenario %s: %s %s" % (name, module, " ".join(args)))
@@ -252,6 +309,10 @@ def traced_scenario(name, args, module="kvmexit", ftrace=None, specs=None, cpus=
         write(os.path.join(outdir, "bpftool_after.json"), bpftool_progs())
         return
     write(os.path.join(outdir, "bpftool_attached.json"), bpftool_progs())
+    recorder = Recorder(outdir, record) if record is not None else None
+    if recorder is not None and not recorder.start():
+        write(os.path.join(outdir, "record_failed"), "1\n")
+        recorder = None
     with around(outdir) if around else contextlib.nullcontext():
         if ftrace is not None:
             ftrace.start()
@@ -261,6 +322,8 @@ def traced_scenario(name, args, module="kvmexit", ftrace=None, specs=None, cpus=
             run_vmm(outdir, specs=specs, cpus=cpus, perf=(name == "live"))
         if ftrace is not None:
             ftrace.stop(outdir)
+    if recorder is not None:
+        recorder.stop()
     time.sleep(1.5)  # at least one more interval tick for -i 1
     k.stop()
     time.sleep(1)
@@ -374,13 +437,15 @@ def scenario_ab(ftrace, specs_b):
 def scenario_subreasons():
     """Known sub-reasons (scenario.conf SUB_VCPU*: PSCI/SMCCC calls, sysreg reads and writes,
     vGIC MMIO, fresh pages; scenario-x86.conf: I/O ports, MSR reads and writes, CPUID, MMIO and
-    nested page faults) under kvmexit --sub and an ftrace instance with the sub-reason events."""
+    nested page faults) under kvmexit --sub and an ftrace instance with the sub-reason events, and
+    `kvmexit record --sub` of the same run."""
     ftrace = Ftrace(INSTANCE + "-sub", SUB_EVENTS)
     traced_scenario(
         "subreasons",
         ["--json", "--by", "thread", "--sub"],
         ftrace=ftrace,
         specs=[CONF["SUB_VCPU0"], CONF["SUB_VCPU1"]],
+        record=["--sub"],
     )
 
 
@@ -408,10 +473,11 @@ def scenario_hog():
     """The standard workload with the VMM pinned to CPU 0 next to a CPU hog on CPU 0: vCPU threads
     are preempted inside exits; ftrace records sched:sched_switch with the kvm events. kvmexit
     runs with --split (guest time and the split of the exit time, issue 11); ftrace on the
-    monotonic clock, as kvmexit record --split records (halt windows are measured on it)."""
+    monotonic clock, as kvmexit record --split records (halt windows are measured on it), and
+    `kvmexit record --split --sub` of the same run."""
     ftrace = Ftrace(INSTANCE + "-hog", ("sched/sched_switch", *SUB_EVENTS), clock="mono")
     args = ["--json", "--by", "thread", "--split"]
-    traced_scenario("hog", args, ftrace=ftrace, cpus={0}, around=lambda d: Hog(0, d))
+    traced_scenario("hog", args, ftrace=ftrace, cpus={0}, around=lambda d: Hog(0, d), record=["--split", "--sub"])
 
 
 EXPORTER_LISTEN = "127.0.0.1:9479"
