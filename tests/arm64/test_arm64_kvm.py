@@ -696,18 +696,24 @@ def test_kvmexit_live_counts_per_sub_reason_equal_ftrace(sub):
     assert sub.rc == 0, sub.err[-3000:]
     docs = _rows(sub)
     assert len(docs) == 1 and docs[0]["by_sub"], "the scenario runs kvmexit --sub"
-    for tid, idx in sorted(sub.tids().items()):
+    _check_sub_meanings(docs[0]["rows"], sub.sub, sub.tids())
+
+
+def _check_sub_meanings(rows: list, truth: er.SubFtrace, tids: dict) -> None:
+    """Per vCPU thread, class and sub-reason (a row's sub_value decoded by er.row_meaning), the
+    rows' exits and pairs equal what the kernel's own events inside each exit say, exactly."""
+    for tid, idx in sorted(tids.items()):
         got: Counter = Counter()
         got_pairs: Counter = Counter()
-        for row in docs[0]["rows"]:
+        for row in rows:
             if row["tid"] == tid:
                 meaning = er.row_meaning(row["reason"], row["sub_value"])
                 got[row["reason"], meaning] += row["count"]
                 got_pairs[row["reason"], meaning] += row["pairs"]
-        want = sub.sub.meanings(tid)
+        want = truth.meanings(tid)
         print("\nvCPU %d tid %d sub-reasons, kvmexit %s\nftrace %s" % (idx, tid, dict(got), dict(want)))
         assert got == want, "vCPU %d (tid %d)" % (idx, tid)
-        assert +got_pairs == sub.sub.meanings(tid, paired_only=True), "vCPU %d pairs" % idx
+        assert +got_pairs == truth.meanings(tid, paired_only=True), "vCPU %d pairs" % idx
 
 
 def test_kvmexit_live_and_offline_sub_reasons_agree(sub):
@@ -719,12 +725,7 @@ def test_kvmexit_live_and_offline_sub_reasons_agree(sub):
     from kvmexit.sources.trace import read_trace
 
     def accounts(rows):
-        out: Counter = Counter()
-        for r in rows:
-            if r["tid"] in sub.tids():
-                for f in ("count", "pairs", "unfinished", "open", "abandoned"):
-                    out[r["tid"], r["reason"], r["sub_value"], f] += r[f]
-        return +out
+        return _accounts(rows, sub.tids())
 
     live = accounts(_rows(sub)[0]["rows"])
     snap = read_trace(os.path.join(sub.dir, "trace")).snapshot
@@ -743,6 +744,17 @@ def test_kvmexit_live_and_offline_sub_reasons_agree(sub):
         for r in report.rows
     )
     assert live and live == offline
+
+
+def _accounts(rows, tids: dict, by_sub: bool = True) -> Counter:
+    """(tid, reason, sub_value or None, field) -> the rows' exits, pairs, unfinished, open and
+    abandoned, for the vCPU threads; without by_sub, sub-reasons folded into their reason."""
+    out: Counter = Counter()
+    for r in rows:
+        if r["tid"] in tids:
+            for f in ("count", "pairs", "unfinished", "open", "abandoned"):
+                out[r["tid"], r["reason"], r["sub_value"] if by_sub else None, f] += r[f]
+    return +out
 
 
 def test_kvmexit_live_sub_reason_names(arm64_sub):
@@ -903,7 +915,10 @@ def test_hog_split_parts_add_up_exactly(hog, arch):
     none negative, and add up to its exit time exactly (integer ns); the exits the tiny VMM
     emulates have VMM time."""
     assert hog.rc == 0, hog.err[-3000:]
-    rows = _rows(hog)[-1]["rows"]
+    _check_split_parts(_rows(hog)[-1]["rows"], arch)
+
+
+def _check_split_parts(rows: list, arch: er.Arch) -> None:
     assert rows
     for row in rows:
         parts = [row[f] for f in ("kernel_ns", "vmm_ns", "halt_ns", "preempt_ns", "blocked_ns")]
@@ -920,9 +935,11 @@ def test_hog_preempted_and_guest_time_equal_ftrace(hog):
     guest + exit time too, to within ftrace's µs; guest time alone also to within the two probes'
     skew (see PROBE_SKEW_SHARE)."""
     hog.check_ftrace_complete()
-    truth = er.SplitTruth(_read(hog.dir, "trace"))
-    got = _split_by_tid(_rows(hog))
-    for tid, idx in sorted(hog.tids().items()):
+    _check_split_equals_ftrace(_split_by_tid(_rows(hog)), er.SplitTruth(_read(hog.dir, "trace")), hog.tids())
+
+
+def _check_split_equals_ftrace(got: dict, truth: er.SplitTruth, tids: dict) -> None:
+    for tid, idx in sorted(tids.items()):
         k = got[tid]
         tight, loose = _slack(truth, tid, k), _slack(truth, tid, k, skew=True)
         print(
@@ -937,7 +954,7 @@ def test_hog_preempted_and_guest_time_equal_ftrace(hog):
         both = k["guest_ns"] + k["total_ns"] - truth.guest_ns[tid] - truth.total_ns[tid]
         assert abs(both) <= tight, "vCPU %d guest + exit time" % idx
         assert abs(k["guest_ns"] - truth.guest_ns[tid]) <= loose, "vCPU %d guest" % idx
-    assert any(got[tid]["preempt_ns"] > 0 and truth.preempt_ns[tid] > 0 for tid in hog.tids())
+    assert any(got[tid]["preempt_ns"] > 0 and truth.preempt_ns[tid] > 0 for tid in tids)
 
 
 def test_hog_split_live_equals_offline(hog):
@@ -951,9 +968,12 @@ def test_hog_split_live_equals_offline(hog):
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     offline = _split_by_tid(er.json_docs(p.stdout))
-    live = _split_by_tid(_rows(hog))
     truth = er.SplitTruth(_read(hog.dir, "trace"))
-    for tid, idx in sorted(hog.tids().items()):
+    _check_split_live_equals_offline(_split_by_tid(_rows(hog)), offline, truth, hog.tids())
+
+
+def _check_split_live_equals_offline(live: dict, offline: dict, truth: er.SplitTruth, tids: dict) -> None:
+    for tid, idx in sorted(tids.items()):
         tight, loose = _slack(truth, tid, live[tid]), _slack(truth, tid, live[tid], skew=True)
         for f in ("halt_ns", "preempt_ns", "blocked_ns", "guest_ns", "vmm_ns", "kernel_ns"):
             print("\nvCPU %d %s: live %d offline %d" % (idx, f, live[tid][f], offline[tid][f]))
@@ -961,6 +981,161 @@ def test_hog_split_live_equals_offline(hog):
             assert abs(live[tid][f] - offline[tid][f]) <= slack, "vCPU %d %s" % (idx, f)
         both = [d[tid]["guest_ns"] + d[tid]["total_ns"] for d in (live, offline)]
         assert abs(both[0] - both[1]) <= tight, "vCPU %d guest + exit time" % idx
+
+
+# --- `kvmexit record` of the same run (issue 11: "live and offline from a `record`") -------------
+#
+# In these scenarios the guest also runs `kvmexit record -o record.trace OPTIONS` (tracefs only,
+# its own instance), started before the VMM and stopped with SIGINT after it, beside live kvmexit
+# and the reference ftrace instance (guest/scenarios.py traced_scenario(record=[...])). `kvmexit
+# report` (the CLI, on this side) on that file is held to the reference ftrace (the kernel's own
+# events, parsed by e2e_results apart from kvmexit) and to the live run.
+
+#: Scenario -> the `kvmexit record` options its guest side gives (another scenario opts in by
+#: passing record=[...] to traced_scenario and adding itself here).
+RECORDED = {"subreasons": ("--sub",), "hog": ("--split", "--sub")}
+
+
+class Recorded(Scenario):
+    def __init__(self, res: str, arch: er.Arch, name: str) -> None:
+        super().__init__(res, name)
+        self.arch = arch
+        self.name = name
+        self.record_err = _read(self.dir, "record.err") if _exists(self.dir, "record.err") else ""
+        if _exists(self.dir, "record_failed") or not _exists(self.dir, "record.rc"):
+            pytest.fail("kvmexit record did not start in scenario %s:\n%s" % (name, self.record_err[-3000:]))
+        self.record_rc = int(_read(self.dir, "record.rc").strip())
+        self.options = _read(self.dir, "record.cmd").split()[6:]  # after python3 -m kvmexit record -o FILE
+        assert tuple(self.options) == RECORDED[name], "scenario %s recorded with %r" % (name, self.options)
+        self.sub_opt = "--sub" in self.options
+        self.split_opt = "--split" in self.options
+        self.path = os.path.join(self.dir, "record.trace")
+        self._report = None
+
+    def report(self) -> list:
+        """`kvmexit report --json --by thread [--sub]` on the recorded file (its names file beside it)."""
+        if self._report is None:
+            self._report = _report("--json", "--by", "thread", *(["--sub"] if self.sub_opt else []), self.path)
+            assert len(self._report) == 1, self._report
+        return self._report
+
+
+@pytest.fixture(scope="session", params=sorted(RECORDED))
+def recorded(request, results, arch):
+    _skip_not_run(arch, request.param, results)
+    return Recorded(results, arch, request.param)
+
+
+def _recorded_with(option: str):
+    @pytest.fixture(scope="session", params=sorted(n for n, opts in RECORDED.items() if option in opts))
+    def fixture(request, results, arch):
+        _skip_not_run(arch, request.param, results)
+        return Recorded(results, arch, request.param)
+
+    return fixture
+
+
+recorded_sub = _recorded_with("--sub")
+recorded_split = _recorded_with("--split")
+
+
+def test_record_lost_nothing(recorded):
+    """record's own accounting: it exited 0 after SIGINT and says it lost no event (its instance's
+    per-CPU overrun and dropped counts), in its closing line and in the names file."""
+    err = recorded.record_err
+    print("\n%s: %s" % (recorded.name, err.strip().replace("\n", "; ")[-400:]))
+    assert recorded.record_rc == 0, err[-3000:]
+    lost = re.search(r"EVENTS LOST: [^\n]*", err)
+    assert not lost, "kvmexit record in scenario %s: %s" % (recorded.name, lost.group(0))
+    assert re.search(r"kvmexit record: \d+ bytes in [\d.]+s \(SIGINT\) to \S+; no events lost$", err, re.M), err
+    names = json.loads(_read(recorded.dir, "record.trace.names.json"))
+    assert names["lost"] == {}, names["lost"]
+    recorded.check_ftrace_complete()  # the reference lost nothing either
+
+
+def test_record_holds_the_same_events_as_ftrace(recorded):
+    """Harness self-check (what record wrote, read apart from kvmexit): the recording covers the
+    run, so per vCPU thread its kvm_exit lines, pairs and halt times are the reference ftrace
+    instance's, and with --sub so is what the events inside each exit say."""
+    mine = er.Ftrace(_read(recorded.path))
+    ref = recorded.ftrace
+    for tid, idx in sorted(recorded.tids().items()):
+        assert mine.counts(tid) == ref.counts(tid), "vCPU %d (tid %d) exits" % (idx, tid)
+        assert +mine.pairs[tid] == +ref.pairs[tid], "vCPU %d pairs" % idx
+        assert +mine.halt_ns[tid] == +ref.halt_ns[tid], "vCPU %d halts" % idx
+    assert set(mine.exits) == set(ref.exits), "threads with exits"
+    if recorded.sub_opt:
+        mine_sub, ref_sub = er.SubFtrace(_read(recorded.path)), er.SubFtrace(_read(recorded.dir, "trace"))
+        assert ref_sub.lines, "the reference instance of scenario %s has no sub-reason events" % recorded.name
+        for tid in recorded.tids():
+            assert mine_sub.meanings(tid) == ref_sub.meanings(tid), "tid %d" % tid
+
+
+def _fold(rows: list, tids: dict) -> dict:
+    """tid -> reason -> summed count, pairs and halt_ns (sub-reason rows folded into their reason)."""
+    out: dict = defaultdict(lambda: defaultdict(Counter))
+    for r in rows:
+        for f in ("count", "pairs", "halt_ns"):
+            out[r["tid"]][r["reason"]][f] += r[f] or 0
+    return out
+
+
+def test_record_report_equals_ftrace(recorded):
+    """`kvmexit report` on the recorded file: per vCPU thread and class, exits, pairs and halt time
+    equal the reference ftrace exactly, and no other thread has a row."""
+    rows = recorded.report()[0]["rows"]
+    got = _fold(rows, recorded.tids())
+    assert set(got) == set(recorded.tids()), "rows of threads that are not vCPUs: %r" % sorted(got)
+    for tid, idx in sorted(recorded.tids().items()):
+        ref = recorded.ftrace
+        print("\n%s vCPU %d tid %d: %d exits" % (recorded.name, idx, tid, sum(ref.counts(tid).values())))
+        assert {k: v["count"] for k, v in got[tid].items()} == ref.counts(tid), "vCPU %d exits" % idx
+        assert {k: v["pairs"] for k, v in got[tid].items() if v["pairs"]} == +ref.pairs[tid], "vCPU %d pairs" % idx
+        assert {k: v["halt_ns"] for k, v in got[tid].items() if v["halt_ns"]} == +ref.halt_ns[tid], "vCPU %d halt" % idx
+
+
+def test_record_report_sub_reasons_equal_ftrace(recorded_sub):
+    """`kvmexit report --sub` on the recorded file: per vCPU thread, class and sub-reason, exits and
+    pairs equal what the kernel's own events inside each exit say (the reference ftrace), exactly."""
+    doc = recorded_sub.report()[0]
+    assert doc["by_sub"], doc.get("by_sub")
+    truth = er.SubFtrace(_read(recorded_sub.dir, "trace"))
+    assert truth.lines, "the reference instance of scenario %s has no sub-reason events" % recorded_sub.name
+    _check_sub_meanings(doc["rows"], truth, recorded_sub.tids())
+
+
+def test_record_report_equals_live(recorded):
+    """`kvmexit report` on the recorded file gives the live run's exits, pairs, unfinished, open and
+    abandoned counts, per vCPU thread, class and (both with --sub) sub-reason, and the same totals."""
+    assert recorded.rc == 0, recorded.err[-3000:]
+    live_doc, doc = _rows(recorded)[-1], recorded.report()[0]
+    by_sub = bool(live_doc.get("by_sub")) and bool(doc.get("by_sub"))
+    live = _accounts(live_doc["rows"], recorded.tids(), by_sub)
+    offline = _accounts(doc["rows"], recorded.tids(), by_sub)
+    assert live and live == offline
+    want = {k: live_doc["totals"][k] for k in ACCOUNTS}
+    print("\n%s: live %s, report of the record %s" % (recorded.name, want, {k: doc["totals"][k] for k in ACCOUNTS}))
+    assert {k: doc["totals"][k] for k in ACCOUNTS} == want
+
+
+def test_record_split_parts_add_up_and_equal_ftrace(recorded_split):
+    """`kvmexit report` on a `record --split` file: every row's parts are measured, none negative,
+    and add up to its exit time exactly (sub-reason rows and their reason's rest alike); per vCPU
+    thread, preempted time > 0 and equal to the reference's sched_switch accounting, blocked and
+    guest + exit time too (e2e_results.SplitTruth, the tolerances of the live check)."""
+    rec = recorded_split
+    docs = rec.report()
+    _check_split_parts(docs[0]["rows"], rec.arch)
+    _check_split_equals_ftrace(_split_by_tid(docs), er.SplitTruth(_read(rec.dir, "trace")), rec.tids())
+
+
+def test_record_split_equals_live(recorded_split):
+    """The split per vCPU thread from the record equals kvmexit --split live, as the live check
+    holds report on the reference capture (to within the trace's µs and the probes' skew)."""
+    rec = recorded_split
+    assert rec.rc == 0, rec.err[-3000:]
+    truth = er.SplitTruth(_read(rec.dir, "trace"))
+    _check_split_live_equals_offline(_split_by_tid(_rows(rec)), _split_by_tid(rec.report()), truth, rec.tids())
 
 
 # --- the `exporter` scenario: `kvmexit exporter --vm e2e-vm` started before any VM runs -------
