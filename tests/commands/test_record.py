@@ -186,6 +186,20 @@ def test_split_records_its_events_on_the_monotonic_clock(tmp_path):
     assert ours(p.pid) == []
 
 
+@needs_tracefs
+def test_split_and_sub_name_each_event_once(tmp_path):
+    """--split --sub: kvm_userspace_exit, which both record, is enabled and named in the header once."""
+    out = tmp_path / "both.trace"
+    p = record("-o", str(out), "-d", "0.3", "--split", "--sub", "--buffer-size", "1024")
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    events = out.read_text().splitlines()[0].split("events=")[1].split()[0].split(",")
+    names = [e.split(":")[-1] for e in events]
+    assert len(names) == len(set(names)), events
+    assert "kvm_userspace_exit" in names and "sched:sched_switch" in events, events
+    assert ours(p.pid) == []
+
+
 def args(**kw):
     ns = argparse.Namespace(
         output="x",

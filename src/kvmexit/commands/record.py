@@ -367,6 +367,8 @@ def _setup(
             except OSError as e:
                 notes.append("trace_clock mono refused (%s): halts placed on the default clock" % e.strerror)
             for system, event in SPLIT_EVENTS:
+                if system == "kvm" and event in enabled:
+                    continue  # --sub records it already (kvm_userspace_exit): named once
                 if inst.enable_event(system, event):
                     enabled.append("%s:%s" % (system, event))
                 else:
