@@ -77,6 +77,14 @@ BPF_HASH(sub_stats, struct kvmexit_sub_key, struct kvmexit_value, MAX_SUB_KEYS);
 #ifdef SLOW_LOG
 BPF_PERF_OUTPUT(slow_exits);
 #endif
+#ifdef KVMEXIT_ENTRY_CACHE
+#if defined(KVMEXIT_SUB) || defined(KVMEXIT_GUEST) || defined(KVMEXIT_SPLIT) || defined(SLOW_LOG)
+#error "KVMEXIT_ENTRY_CACHE is the default path's: the opt-in paths pair at kvm_entry in the slot"
+#endif
+/* Each CPU's last kvm_exit (index bpf_get_smp_processor_id(); a plain array, whose lookups the
+ * verifier inlines): see "The entry cache" below. */
+BPF_ARRAY(exit_cache, struct kvmexit_cpu, MAX_CPUS);
+#endif
 #ifdef FILTER_TGID
 BPF_HASH(tgid_filter, u32, u8, 4096); /* tgid -> TGID_ALLOW, or TGID_DENY (FILTER_LEARN only) */
 #endif
@@ -419,6 +427,64 @@ int kvmexit_switch_tp(void *ctx)
 #endif
 #endif /* KVMEXIT_SPLIT */
 
+#ifdef KVMEXIT_ENTRY_CACHE
+/*
+ * The entry cache (default path): kvm_exit, which looks the thread's slot up anyway, also writes
+ * its CPU's record in exit_cache (pid_tgid, CPU_OPEN). kvm_entry on the same CPU by the same thread
+ * finds the record without a hash lookup and only marks it CPU_CLOSED with its time; the pair is
+ * folded into the slot's row at the thread's next kvm_exit, which looks the slot up anyway (or by
+ * user space, reading exit_cache before the slots). So a pair costs one hash lookup, not two. In
+ * KVM the next kvm_exit after a kvm_entry is on the same CPU (the vCPU cannot leave the CPU in
+ * guest mode), so the record is still there; the other cases keep exact pairing:
+ *  - kvm_entry on another CPU, or a record another thread's exit replaced: the hash lookup, and
+ *    pairing in the slot as without the cache;
+ *  - the slot is the truth for the open exit; t->cpu says which record is the thread's current
+ *    one. Only the thread itself folds its pairs (its events run one at a time), and an entry
+ *    closes the open exit only if it is not older than it (entry_ts >= ts), so a stale record
+ *    or mail can never pair twice;
+ *  - a record the thread left behind on another CPU is made stale for kvm_entry by an atomic add
+ *    to its kills (an add from another CPU cannot undo the owner's writes; a spurious kill only
+ *    sends an entry to the hash lookup);
+ *  - a CPU_CLOSED record another thread's exit replaces before its thread's next exit (not in KVM:
+ *    tests, a program attached or filtered in between) is mailed to its slot (mail_ts).
+ */
+static __always_inline struct kvmexit_cpu *cpu_record(u32 cpu)
+{
+	return exit_cache.lookup(&cpu);
+}
+
+/* The time of the entry already seen for the slot's open exit (t->ts != 0), or 0. */
+static __always_inline u64 seen_entry(struct kvmexit_thread *t, struct kvmexit_cpu *p, u64 id)
+{
+	u64 ts = t->ts;
+	if (p) {
+		u64 e = p->entry_ts;
+		asm volatile("" ::: "memory"); /* read entry_ts, state, then id: id is written first */
+		u32 state = p->state;
+		asm volatile("" ::: "memory");
+		if (p->id == id && state == CPU_CLOSED && e >= ts)
+			return e;
+	}
+	u64 m = t->mail_ts;
+	return m >= ts ? m : 0;
+}
+
+/* This CPU's record is about to hold another exit: a pending entry of another thread in it is
+ * mailed to that thread's slot, if the record is still its current one. */
+static __always_inline void evict(u32 tid, u64 exit_ts, u64 entry_ts, u32 cpu)
+{
+	struct kvmexit_thread *u = threads.lookup(&tid);
+	if (u && u->cpu == cpu && u->ts == exit_ts && entry_ts >= exit_ts)
+		u->mail_ts = entry_ts;
+}
+
+static __always_inline void kill(struct kvmexit_cpu *p, u64 id)
+{
+	if (p && p->id == id)
+		__sync_fetch_and_add(&p->kills, 1);
+}
+#endif
+
 /* Returns the thread's slot holding the new open exit, or 0 (filtered out, map full). */
 static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 detail)
 {
@@ -427,8 +493,10 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 	if (!wanted(id))
 		return 0;
 	u32 tid = id;
+	int fresh = 0;
 	struct kvmexit_thread *t = threads.lookup(&tid);
 	if (!t) {
+		fresh = 1;
 		u32 zero = 0;
 		struct kvmexit_thread *z = thread_zero.lookup(&zero);
 		if (!z)
@@ -443,7 +511,45 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 		bpf_get_current_comm(&t->comm, sizeof(t->comm));
 		struct kvmexit_key key = {.tgid = id >> 32, .tid = tid, .code = code, .detail = detail};
 		new_keys.perf_submit(ctx, &key, sizeof(key));
-	} else if (t->ts) {
+	}
+#ifdef KVMEXIT_ENTRY_CACHE
+	u32 cpu = bpf_get_smp_processor_id();
+	struct kvmexit_cpu *c = cpu_record(cpu);
+	if (!fresh) {
+		/* The pair the cache left open: the previous exit and its entry, if one came. */
+		struct kvmexit_cpu *p = t->cpu == cpu ? c : cpu_record(t->cpu);
+		u64 ts = t->ts;
+		if (ts) {
+			u64 e = seen_entry(t, p, id);
+			t->ts = 0; /* before the row: user space never sees the pair both pending and in it */
+			asm volatile("" ::: "memory");
+			struct kvmexit_value *v = value_for(ctx, t, tid);
+			if (v) {
+				if (e)
+					add_pair(v, e - ts, t->halt_ns);
+				else
+					v->unfinished++; /* the previous exit never saw its entry (missed event) */
+			}
+		}
+		if (p != c)
+			kill(p, id); /* the thread's record there is no longer its current one */
+	}
+	u32 row = row_of(code, detail);
+	if (c && c->state == CPU_CLOSED && c->id != id) {
+		evict(c->id, c->exit_ts, c->entry_ts, cpu);
+		c = cpu_record(cpu); /* again (inlined): the verifier forgets c across evict's lookup */
+	}
+	if (c) {
+		c->id = id; /* first: see seen_entry */
+		asm volatile("" ::: "memory");
+		c->exit_ts = now;
+		/* A reason without a row (the keyed map, which can be full) is paired at its entry. */
+		c->state = row < KVMEXIT_NR_ROWS ? CPU_OPEN : 0;
+		c->gen = c->kills;
+	}
+	t->cpu = c ? cpu : MAX_CPUS;
+#else
+	if (!fresh && t->ts) {
 		/* The previous exit never saw its entry (missed event): keep it visible. */
 		struct kvmexit_value *v = value_for(ctx, t, tid);
 		if (v) {
@@ -464,6 +570,7 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 		}
 #endif
 	}
+#endif
 #ifdef KVMEXIT_GUEST
 	/* Guest residency: entry -> this exit, charged to this exit's row when it closes. With an exit
 	 * still open (unfinished, above) the last entry came before it: no guest time. */
@@ -477,7 +584,11 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 	t->tgid = id >> 32;
 	t->code = code;
 	t->detail = detail;
+#ifdef KVMEXIT_ENTRY_CACHE
+	t->row = row;
+#else
 	t->row = row_of(code, detail);
+#endif
 #ifdef KVMEXIT_SUB
 	t->sub = 0;
 	t->sub_seen = 0;
@@ -518,6 +629,16 @@ static __always_inline void on_entry(void *ctx)
 	if (!wanted(id))
 		return;
 	u32 tid = id;
+#ifdef KVMEXIT_ENTRY_CACHE
+	u32 cpu = bpf_get_smp_processor_id();
+	struct kvmexit_cpu *c = cpu_record(cpu);
+	if (c && c->id == id && c->state == CPU_OPEN && c->gen == c->kills) {
+		c->entry_ts = now; /* the common case: no hash lookup; the next exit folds the pair */
+		asm volatile("" ::: "memory");
+		c->state = CPU_CLOSED;
+		return;
+	}
+#endif
 	struct kvmexit_thread *t = threads.lookup(&tid);
 	if (!t || !t->ts) {
 		count(KVMEXIT_UNPAIRED_ENTRIES);
@@ -527,6 +648,14 @@ static __always_inline void on_entry(void *ctx)
 #endif
 		return;
 	}
+#ifdef KVMEXIT_ENTRY_CACHE
+	struct kvmexit_cpu *p = t->cpu == cpu ? c : cpu_record(t->cpu);
+	if (seen_entry(t, p, id)) {
+		count(KVMEXIT_UNPAIRED_ENTRIES); /* the open exit has its entry already */
+		return;
+	}
+	kill(p, id); /* the record of the exit closing here (another CPU's, or killed) */
+#endif
 #ifdef KVMEXIT_GUEST
 	t->entry_ts = now;
 #endif
@@ -598,6 +727,10 @@ int kvmexit_trap(struct bpf_raw_tracepoint_args *ctx)
 		t->detail = (t->detail & (1U << ARM_EXIT_WITH_SERROR_BIT)) |
 			    ((u32)ctx->args[TRAP_EC_ARG] & 0x3f);
 		t->row = row_of(t->code, t->detail);
+#ifdef KVMEXIT_ENTRY_CACHE
+		if (t->row >= KVMEXIT_NR_ROWS)
+			kill(cpu_record(t->cpu), id); /* paired at its entry, in the keyed map */
+#endif
 #ifdef SLOW_LOG
 		t->esr = (u64)(t->detail & 0x3f) << 26;
 #endif
@@ -683,7 +816,11 @@ static __always_inline int add_halt(u64 ns)
 	u64 id = bpf_get_current_pid_tgid();
 	u32 tid = id;
 	struct kvmexit_thread *t = threads.lookup(&tid);
+#ifdef KVMEXIT_ENTRY_CACHE
+	if (t && t->ts && !seen_entry(t, cpu_record(t->cpu), id)) {
+#else
 	if (t && t->ts) {
+#endif
 		t->halt_ns += ns;
 #ifdef KVMEXIT_SPLIT
 		split_halt(&t->split, bpf_ktime_get_ns(), ns);

@@ -77,10 +77,12 @@ struct kvmexit_thread {
 	u32 detail;
 	u32 row;     /* rows[] index of (code, detail), or KVMEXIT_NR_ROWS: the keyed map */
 	u32 sub_seen; /* KVMEXIT_SUB: SUB_SEEN_* events seen inside the open exit */
-	u32 pad;
+	u32 cpu;     /* KVMEXIT_ENTRY_CACHE: exit_cache[cpu] holds this thread's last exit (>= MAX_CPUS: none) */
 	/* Guest residency (issue 11): */
 	u64 entry_ts; /* the last kvm_entry; 0: none since the last exit */
 	u64 guest_ns; /* entry -> this exit, charged to the open exit's row when it closes */
+	u64 mail_ts;  /* KVMEXIT_ENTRY_CACHE: an entry of this thread evicted from exit_cache (its
+		       * time; it closes the open exit if >= ts), written by the CPU that evicted it */
 	struct kvmexit_split split; /* written only with KVMEXIT_SPLIT */
 #ifdef SLOW_LOG
 	/* The slow-exit log's view of the open exit (opt-in; after the tail user space decodes). */
@@ -89,6 +91,24 @@ struct kvmexit_thread {
 	u32 esr_known; /* 1: esr is whole (arm64: ISS included); 0: only the EC (arm64), unknown (x86) */
 	u32 pad2;
 #endif
+};
+
+/*
+ * KVMEXIT_ENTRY_CACHE (the default path; see kvmexit.bpf.c): a CPU's last kvm_exit, so that the
+ * kvm_entry following it on that CPU, by the same thread, finds it without a hash lookup.
+ * Written by programs on that CPU only, except `kills` (atomic adds from other CPUs).
+ */
+#define CPU_OPEN 1   /* the exit is open */
+#define CPU_CLOSED 2 /* its kvm_entry came (at entry_ts): the pair is folded into the thread's slot
+		      * at the thread's next kvm_exit, or by user space when it reads the maps */
+struct kvmexit_cpu {
+	u64 id;       /* bpf_get_current_pid_tgid() of the thread */
+	u64 exit_ts;  /* its kvm_exit time (the slot's ts when it was written) */
+	u64 entry_ts; /* CPU_CLOSED: its kvm_entry time */
+	u32 state;    /* CPU_OPEN or CPU_CLOSED (0: empty) */
+	u32 gen;      /* kills when written: once kills moves, the record is stale for kvm_entry */
+	u32 kills;    /* bumped by the thread from another CPU when this record no longer holds its open exit */
+	u32 pad;
 };
 
 /* One exit slower than SLOW_NS, sent to user space (perf buffer slow_exits) at its entry. */

@@ -32,6 +32,7 @@ from ..model import (
     Snapshot,
     SubKey,
     ThreadInfo,
+    hist_slot,
     merge_all,
 )
 from ..names import NameResolver
@@ -111,6 +112,8 @@ def render_program(
                 "SWITCH_NEXT_PID_OFF=%d" % switch_offsets[2],
             ]
     defines += ["MAX_THREADS=%d" % max_threads, "MAX_KEYS=%d" % max_keys]
+    if entry_cache(subreasons, slow_ns, guest, split):
+        defines += ["KVMEXIT_ENTRY_CACHE", "MAX_CPUS=%d" % possible_cpus()]
     codes, details = ROW_KEY_SPACE[layout.arch]
     defines += [
         "KVMEXIT_HIST_SUB_BITS=%d" % HIST_SUB_BITS,
@@ -140,6 +143,22 @@ def render_program(
         attach.append(("raw", "kvm:kvm_userspace_exit", "kvmexit_uexit"))
         attach.append(("raw", "sched:sched_switch", "kvmexit_switch"))
     return BpfProgram(text=text, cflags=tuple("-D" + d for d in defines), attach=tuple(attach))
+
+
+def entry_cache(subreasons: bool, slow_ns: Optional[int], guest: bool, split: bool) -> bool:
+    """Whether the program pairs through the entry cache (KVMEXIT_ENTRY_CACHE, kvmexit.bpf.c):
+    the default path only; the opt-in paths pair at kvm_entry in the thread's slot."""
+    return not (subreasons or slow_ns is not None or guest or split)
+
+
+def possible_cpus() -> int:
+    """CPU ids this kernel can ever use (bpf_get_smp_processor_id() is below it): the exit cache's size."""
+    try:
+        with open("/sys/devices/system/cpu/possible") as f:
+            text = f.read().strip()
+        return 1 + max(int(part.split("-")[-1]) for part in text.split(","))
+    except (OSError, ValueError):
+        return max(os.cpu_count() or 1, 1024)
 
 
 #: The sub-reason programs (KVMEXIT_SUB) per architecture: (kvm event, function). Each event's
@@ -271,6 +290,8 @@ class LiveSource(Source):
             switch_offsets=switch_offsets,
         )
         self.slow_ns = slow_ns
+        #: The program pairs through the entry cache (its pending pairs are read with the slots).
+        self.entry_cache = entry_cache(subreasons, slow_ns, guest, split)
         self._on_slow = on_slow
         self._slow_pages = slow_pages
         #: Slow exits the perf buffer dropped (it was full: user space did not keep up).
@@ -603,11 +624,19 @@ class LiveSource(Source):
         judged: Dict[int, Verdict] = {}  # once per process per read: a judgement reads /proc
         rows = self.rows
         slot_size = _ROWS_SIZE * len(rows) + _THREAD_TAIL.size + (_SLOW_TAIL_SIZE if self.slow_ns is not None else 0)
+        cache = self._exit_cache()  # before the slots: a pair is either pending there or in its row
         for kb, vb in self._read("threads", slot_size):
             (tid,) = _TID.unpack(kb)
             tail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))
-            comm, ts, _halt, sub, _addr, tgid, code, detail = tail[:8]
+            comm, ts, halt, sub, _addr, tgid, code, detail = tail[:8]
             guest = tail[12]  # guest_ns of the open exit
+            pending = None  # the open exit's entry, seen by the kernel but not in a row yet
+            if ts and self.entry_cache:
+                entry = cache.get(tail[10], (0, 0, 0))
+                if entry[0] == (tgid << 32 | tid) and entry[1] == _CPU_CLOSED and entry[2] >= ts:
+                    pending = _one_pair(entry[2] - ts, halt)
+                elif tail[13] >= ts:  # mail_ts
+                    pending = _one_pair(tail[13] - ts, halt)
             if self.vm_filter is not None:
                 verdict = judged.get(tgid) or judged.setdefault(tgid, self._admit(tgid))
                 if not verdict.allowed:  # traced before its verdict: removed, and counted
@@ -622,6 +651,9 @@ class LiveSource(Source):
                 if v[0] or v[1]:  # pairs or unfinished
                     mine[ExitKey(tgid, tid, rcode, rdetail)] = _stats_from_values(v)
             key = ExitKey(tgid, tid, code, detail)
+            if pending is not None:  # a pair: its row's (or, for a keyed reason, merged with the keyed map's)
+                mine[key] = pending if key not in mine else merge_all((mine[key], pending))
+                ts = 0
             if alive:
                 comms[tid] = comm
                 if ts:
@@ -646,6 +678,17 @@ class LiveSource(Source):
             if sub_key is not None:
                 self._abandoned_subs[sub_key] = self._abandoned_subs.get(sub_key, 0) + 1
         return stats, opened, comms, opened_subs
+
+    def _exit_cache(self) -> Dict[int, Tuple[int, int, int]]:
+        """exit_cache (KVMEXIT_ENTRY_CACHE): CPU -> (pid_tgid, state, entry_ts) of its record."""
+        if not self.entry_cache:
+            return {}
+        table = self.bpf["exit_cache"]
+        out = {}
+        for k, v in table.items():
+            if v.state:
+                out[k.value] = (v.id, v.state, v.entry_ts)
+        return out
 
     def _keyed_items(self) -> List[Tuple[ExitKey, ExitStats]]:
         """(key, stats) of the keyed map: reasons without a row in the threads' slots."""
@@ -767,9 +810,30 @@ _TID = struct.Struct("=I")
 _VALUE_FORMAT = "=%dQ" % sum(f.words for f in KERNEL_FIELDS)
 _VALUE = struct.Struct(_VALUE_FORMAT)
 _ROWS_SIZE = _VALUE.size
-#: After the rows: comm, ts, halt_ns, sub, sub_addr, tgid, code, detail, row, sub_seen, pad,
-#: entry_ts, guest_ns, and struct kvmexit_split (12 u64, 2 u32).
-_THREAD_TAIL = struct.Struct("=16s4Q6I2Q12Q2I")
+#: After the rows: comm, ts, halt_ns, sub, sub_addr, tgid, code, detail, row, sub_seen, cpu,
+#: entry_ts, guest_ns, mail_ts, and struct kvmexit_split (12 u64, 2 u32).
+_THREAD_TAIL = struct.Struct("=16s4Q6I3Q12Q2I")
+#: struct kvmexit_cpu's state of a record whose entry came (bpf/kvmexit.h).
+_CPU_CLOSED = 2
+#: Word index of each field of struct kvmexit_value.
+_WORD = {}
+for _f in KERNEL_FIELDS:
+    _WORD[_f.name] = sum(g.words for g in KERNEL_FIELDS[: KERNEL_FIELDS.index(_f)])
+
+
+def _one_pair(delta: int, halt_ns: int) -> ExitStats:
+    """The statistics of one pair, as the kernel's add_pair would record it (a pending pair of the
+    entry cache, folded by user space)."""
+    words = [0] * sum(f.words for f in KERNEL_FIELDS)
+    for name, value in (("pairs", 1), ("total_ns", delta), ("min_ns", delta), ("max_ns", delta), ("halt_ns", halt_ns)):
+        words[_WORD[name]] = value
+    square = delta * delta
+    words[_WORD["sumsq"]] = square & 0xFFFFFFFFFFFFFFFF
+    words[_WORD["sumsq"] + 1] = square >> 64
+    words[_WORD["hist"] + hist_slot(delta)] = 1
+    return _stats_from_values(tuple(words))  # type: ignore[no-any-return]
+
+
 #: struct kvmexit_sub_key: tgid, tid, code, detail, sub.
 _SUB_KEY = struct.Struct("=4IQ")
 #: The first two words of a row: pairs and unfinished (model.STAT_FIELDS' order).

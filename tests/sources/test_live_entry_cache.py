@@ -1,0 +1,260 @@
+"""The entry cache of the default path (KVMEXIT_ENTRY_CACHE, kvmexit.bpf.c): a kvm_entry on the CPU
+of its thread's kvm_exit pairs without a hash lookup and the pair is folded at the thread's next
+exit, or by user space. Events are sent from threads pinned to given CPUs (BPF_PROG_TEST_RUN runs
+the program on the caller's CPU, as the thread's own), so migrations between an exit and its
+entry, another thread's exit in between, and pending pairs read by user space are all driven for
+real, and every pair must come out exactly as without the cache."""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import pytest
+from test_live_bpf import FORMATS, TRAP, Driver
+
+from bpf_testrun import test_run_raw
+from kvmexit.layouts import detect
+from kvmexit.model import ExitStats, Snapshot, hist_slot
+from kvmexit.sources.live import entry_cache, render_program
+
+pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_env")]
+
+EC_HVC64, EC_SYS64 = 0x16, 0x18
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+def need_two_cpus() -> None:
+    if len(CPUS) < 2:
+        pytest.skip("needs two CPUs this process may run on (has %d)" % len(CPUS))
+
+
+@pytest.fixture
+def d():
+    need_two_cpus()
+    drv = Driver(detect(FORMATS["arm64"]))
+    yield drv
+    drv.close()
+
+
+def on(cpu: int, fn: Callable[[], None]) -> None:
+    """Run fn in this thread on CPU number ``cpu`` of CPUS (as a migrated vCPU thread would)."""
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {CPUS[cpu]})
+    try:
+        fn()
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+class Other:
+    """Another thread, sending events when asked (on a given CPU)."""
+
+    def __init__(self) -> None:
+        self.todo: queue.Queue = queue.Queue()
+        self.done: queue.Queue = queue.Queue()
+        self.tid = 0
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+        self.tid = self.done.get()
+
+    def _run(self) -> None:
+        self.done.put(threading.get_native_id())
+        while True:
+            job = self.todo.get()
+            if job is None:
+                return
+            on(*job)
+            self.done.put(1)
+
+    def __call__(self, cpu: int, fn: Callable[[], None]) -> None:
+        self.todo.put((cpu, fn))
+        self.done.get()
+
+    def stop(self) -> None:
+        self.todo.put(None)
+        self.thread.join()
+
+
+def mine(snap: Snapshot, tid: int) -> ExitStats:
+    (st,) = [s for k, s in snap.stats.items() if k.tid == tid]
+    return st
+
+
+def hvc(d: Driver) -> Callable[[], None]:
+    return lambda: d.arm64_exit(TRAP, EC_HVC64)
+
+
+def test_only_the_default_path_pairs_through_the_cache():
+    layout = detect(FORMATS["arm64"])
+    assert "-DKVMEXIT_ENTRY_CACHE" in render_program(layout).cflags
+    for opt in ({"subreasons": True}, {"slow_ns": 1000}, {"guest": True}, {"split": True, "guest": True}):
+        assert "-DKVMEXIT_ENTRY_CACHE" not in render_program(layout, **opt).cflags, opt
+    assert entry_cache(False, None, False, False) and not entry_cache(True, None, False, False)
+
+
+def test_a_pending_pair_is_the_same_read_by_user_space_or_folded_by_the_kernel(d):
+    tid = threading.get_native_id()
+
+    def pair() -> None:
+        d.arm64_exit(TRAP, EC_HVC64)
+        time.sleep(0.002)
+        d.entry()
+
+    on(0, pair)
+    pending = mine(d.snapshot(), tid)  # the kernel has not folded it yet: user space did
+    assert (pending.pairs, pending.open, pending.unfinished) == (1, 0, 0)
+    assert pending.total_ns >= 2_000_000 and pending.min_ns == pending.max_ns == pending.total_ns
+    assert pending.hist[hist_slot(pending.total_ns)] == 1 and pending.sumsq_ns2 == pending.total_ns**2
+    on(0, hvc(d))  # the next exit folds it in the kernel
+    folded = mine(d.snapshot(), tid)
+    assert folded._replace(open=0) == pending and folded.open == 1
+    assert d.snapshot().health.unpaired_entries == 0
+
+
+def test_migrations_and_other_threads_never_pair_wrongly(d):
+    """Every case the cache handles besides the common one, each pair timed to show which exit it
+    closed: a wrong pairing would be 50 ms long, the right ones are not."""
+    tid = threading.get_native_id()
+    other = Other()
+    try:
+        ex = hvc(d)
+        # exit on 0, entry on 1 (no record there: the slot pairs it), exit and entry on 1 (the cache),
+        # exit on 0 (folds the pair left on CPU 1 from there), entry on 0 (the cache)
+        on(0, ex)
+        on(1, d.entry)
+        on(1, ex)
+        on(1, d.entry)
+        on(0, ex)
+        on(0, d.entry)
+        # The record the thread left on CPU 0 is stale once an entry elsewhere closed its exit:
+        # exit on 0, 50 ms, entry on 1; exit on 1, entry on 0 must close the exit on 1, not on 0.
+        on(0, ex)
+        time.sleep(0.05)
+        on(1, d.entry)
+        on(1, ex)
+        on(0, d.entry)
+        st = mine(d.snapshot(), tid)
+        assert (st.pairs, st.unfinished, st.open) == (5, 0, 0)
+        assert 50_000_000 <= st.max_ns and sorted_pairs_under(st, 50_000_000) == 4
+        # Another thread's exit on the CPU of a pending pair (not in KVM): the pair is mailed to
+        # this thread's slot and closed there by its next exit, on another CPU.
+        on(0, ex)
+        on(0, d.entry)
+        other(0, lambda: d.arm64_exit(TRAP, EC_SYS64))
+        other(0, d.entry)
+        snap = d.snapshot()  # user space reads the mailed pair
+        assert (mine(snap, tid).pairs, mine(snap, tid).open) == (6, 0)
+        assert (mine(snap, other.tid).pairs, mine(snap, other.tid).open) == (1, 0)
+        on(1, ex)
+        st = mine(d.snapshot(), tid)
+        assert (st.pairs, st.unfinished, st.open) == (6, 0, 1)
+        # A second entry after a cached one, and one on another CPU, are unpaired; a wakeup after
+        # the entry is not the exit's halt time.
+        on(1, d.entry)
+        on(1, lambda: d.wakeup(12345))
+        on(1, d.entry)
+        on(0, d.entry)
+        on(1, ex)
+        snap = d.snapshot()
+        st = mine(snap, tid)
+        assert (st.pairs, st.unfinished, st.open, st.halt_ns) == (7, 0, 1, 0)
+        assert snap.health.unpaired_entries == 2
+        # An exit followed by another exit, on another CPU, is unfinished.
+        on(0, ex)
+        st = mine(d.snapshot(), tid)
+        assert (st.pairs, st.unfinished, st.open) == (7, 1, 1)
+    finally:
+        other.stop()
+
+
+def sorted_pairs_under(st: ExitStats, ns: int) -> int:
+    return sum(n for slot, n in enumerate(st.hist) if n and slot < hist_slot(ns))
+
+
+def test_a_thread_that_ends_with_a_pending_pair_keeps_it(d):
+    done: List[int] = []
+
+    def vcpu() -> None:
+        done.append(threading.get_native_id())
+        on(0, hvc(d))
+        on(0, d.entry)
+
+    t = threading.Thread(target=vcpu)
+    t.start()
+    t.join()
+    time.sleep(0.05)  # the thread is gone from /proc
+    snap = d.snapshot()
+    st = mine(snap, done[0])
+    assert (st.pairs, st.open, st.abandoned, st.unfinished) == (1, 0, 0, 0)
+    assert d.snapshot().stats == snap.stats  # its slot was retired with the pair, once
+
+
+def test_threads_migrating_at_random_account_for_every_event(d):
+    """Two threads, each moved to a random CPU before each event, with random skips of an entry or
+    an exit: counts and times must add up exactly, however the records and mails went."""
+    sent: Dict[int, Dict[str, int]] = {}
+    errors: List[BaseException] = []
+
+    def vcpu(seed: int) -> None:
+        rng = random.Random(seed)
+        tid = threading.get_native_id()
+        n = sent[tid] = {"exits": 0, "entries": 0, "pairs": 0, "unpaired": 0, "unfinished": 0}
+        open_exit = False
+        try:
+            for _ in range(600):
+                kind = rng.random()
+                if kind < 0.5 or (not open_exit and kind < 0.9):
+                    if open_exit:
+                        n["unfinished"] += 1
+                    on(rng.randrange(2), hvc(d))
+                    n["exits"] += 1
+                    open_exit = True
+                else:
+                    on(rng.randrange(2), d.entry)
+                    n["entries"] += 1
+                    n["pairs" if open_exit else "unpaired"] += 1
+                    open_exit = False
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=vcpu, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    snaps: List[Optional[Snapshot]] = []
+    while any(t.is_alive() for t in threads):
+        snaps.append(d.snapshot())  # reads race with the kernel: never more than was sent
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert not errors
+    snap = d.snapshot()
+    for tid, n in sent.items():
+        st = [s for k, s in snap.stats.items() if k.tid == tid]
+        assert sum(s.pairs for s in st) == n["pairs"], n
+        assert sum(s.unfinished for s in st) == n["unfinished"], n
+        assert sum(s.pairs + s.unfinished + s.open + s.abandoned for s in st) == n["exits"], n
+        for s in snaps:
+            assert s is not None
+            assert sum(v.pairs for k, v in s.stats.items() if k.tid == tid) <= n["pairs"]
+    assert snap.health.unpaired_entries == sum(n["unpaired"] for n in sent.values())
+
+
+def test_a_thread_slot_is_exactly_what_user_space_decodes():
+    """live.py's struct formats follow kvmexit.h's (the batch reader checks the sizes)."""
+    need_two_cpus()
+    drv = Driver(detect(FORMATS["arm64"]))
+    try:
+        on(0, hvc(drv))
+        on(0, drv.entry)
+        assert mine(drv.snapshot(), threading.get_native_id()).pairs == 1
+        cache = drv.source.bpf["exit_cache"]
+        assert len([v for v in cache.values() if v.state]) >= 1
+        test_run_raw(drv.fds["kvmexit_entry"], 0x1000)  # a second entry: unpaired, nothing else
+        assert drv.snapshot().health.unpaired_entries == 1
+    finally:
+        drv.close()
