@@ -14,6 +14,8 @@
  *                       until user space, notified by their first exit, has read their name and
  *                       written TGID_ALLOW or TGID_DENY (see "Learning --vm" below).
  *   MAX_THREADS, MAX_KEYS     map sizes; and the record's defines listed in kvmexit.h.
+ *   KVMEXIT_ENTRY_CACHE, MAX_CPUS   the entry cache (default path, without the opt-in options
+ *                       below; MAX_CPUS: the kernel's possible CPUs).
  *   KVMEXIT_SUB         sub-reasons (opt-in): programs on the events inside an exit write the
  *                       slot's sub; a pair with one is also recorded in sub_stats (MAX_SUB_KEYS).
  *                       With the SUB_* defines of kvmexit.reasons.subreasons.bpf_defines.
@@ -28,7 +30,7 @@
  *
  * Stays within what 4.19 verifies: no loops, no global data, no ring buffer.
  *
- * Layout (one hash lookup per event on the default path, like the original tool):
+ * Layout (one hash lookup per exit->entry pair on the default path, the original tool's two):
  *   threads       hash tid -> struct kvmexit_thread: the open exit and, in place, the statistics
  *                 rows of the reasons user space gave a row in reason_rows. Allocated on use
  *                 (BPF_F_NO_PREALLOC): a slot is sizeof(struct kvmexit_thread) per traced thread.
@@ -36,14 +38,19 @@
  *                 array are inlined by the verifier, so finding a row costs no map call.
  *   stats         hash (tgid, tid, code, detail) -> struct kvmexit_value: reasons without a row
  *                 (rare ones, unknown codes, SError-flagged exits). Never dropped, only slower.
+ *   exit_cache    array cpu -> struct kvmexit_cpu (KVMEXIT_ENTRY_CACHE, the default path; MAX_CPUS
+ *                 possible CPUs, 40 bytes each): the CPU's last kvm_exit (see "The entry cache").
  * kvm_exit: one lookup of the thread's slot (a miss: the first exit of a thread, which copies a
- * zeroed slot in); kvm_entry: the same lookup, then the row in place or, without one, the keyed map.
+ * zeroed slot in), which folds the previous pair into its row and records the new open exit.
+ * kvm_entry: on the CPU of its exit, only the CPU's record (no hash lookup); elsewhere the slot's
+ * lookup and the row in place or, without one, the keyed map. Without the entry cache (the opt-in
+ * paths), kvm_entry always looks the slot up and records the pair there.
  *
  * Sub-reasons (KVMEXIT_SUB, opt-in): events that fire inside the open exit (kvm_wfx_arm64,
  * kvm_hvc_arm64, kvm_handle_sys_reg, kvm_mmio, ...) look the slot up as kvmexit_wakeup does and
  * write slot->sub (0 = none). At entry, a pair with sub != 0 is recorded as always in its row (so
  * the reason's totals stay whole) and also in sub_stats (tgid, tid, code, detail, sub); without
- * KVMEXIT_SUB none of this is compiled: one lookup per event. Parts of the exit time
+ * KVMEXIT_SUB none of this is compiled. Parts of the exit time
  * (kernel, VMM, halted, preempted) are accumulated in the slot like halt_ns, and become fields
  * of STAT_FIELDS (one line each in kvmexit/model.py).
  */

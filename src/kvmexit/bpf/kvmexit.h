@@ -59,8 +59,9 @@ struct kvmexit_value {
 
 /*
  * A thread's slot: its open exit, and the statistics of its frequent reasons in place, so that
- * an exit and an entry each cost one hash lookup (the slot), like the original tool's per-thread
- * struct. Which reason each row holds is set by user space in reason_rows, once, before tracing.
+ * an exit costs one hash lookup (the slot), like the original tool's per-thread struct, and an
+ * entry on its exit's CPU none (the entry cache, kvmexit.bpf.c). Which reason each row holds is
+ * set by user space in reason_rows, once, before tracing.
  */
 struct kvmexit_thread {
 	struct kvmexit_value rows[KVMEXIT_NR_ROWS];
