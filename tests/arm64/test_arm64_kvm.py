@@ -1104,6 +1104,29 @@ def test_record_report_sub_reasons_equal_ftrace(recorded_sub):
     _check_sub_meanings(doc["rows"], truth, recorded_sub.tids())
 
 
+#: Summed fields of a row (the rest of a reason's exits is the reason's row minus its sub-reasons').
+SUMMED = ("count", "pairs", "unfinished", "open", "abandoned", "total_ns", "halt_ns", "guest_ns")
+SUMMED_SPLIT = ("kernel_ns", "vmm_ns", "preempt_ns", "blocked_ns")
+
+
+def test_record_report_sub_rows_add_up_to_their_reason(recorded_sub):
+    """`report --sub` on the recorded file: per vCPU thread and class, the sub-reason rows and the
+    rest add up to the class's row of `report` without --sub, in every summed field (exits,
+    pairs, ..., exit, halt and guest time, and the split's parts where recorded)."""
+    rec = recorded_sub
+    fields = SUMMED + (SUMMED_SPLIT if rec.split_opt else ())
+    whole = _report("--json", "--by", "thread", rec.path)[0]["rows"]
+    assert not whole[0].get("by_sub"), whole[0]
+    folded: dict = defaultdict(Counter)
+    for r in rec.report()[0]["rows"]:
+        for f in fields:
+            folded[r["tid"], r["reason"]][f] += r[f]
+    want = {(r["tid"], r["reason"]): Counter({f: r[f] for f in fields}) for r in whole}
+    for key in sorted(want):
+        assert +folded[key] == +want[key], key
+    assert set(folded) == set(want)
+
+
 def test_record_report_equals_live(recorded):
     """`kvmexit report` on the recorded file gives the live run's exits, pairs, unfinished, open and
     abandoned counts, per vCPU thread, class and (both with --sub) sub-reason, and the same totals."""

@@ -346,3 +346,32 @@ def test_production_program_with_sub_reasons_attaches_here_and_detaches_cleanly(
     finally:
         src.close()
     assert new_descriptors(before) == set()
+
+
+def test_an_abandoned_exits_guest_time_is_in_its_sub_reason_row_too():
+    """With guest time (--guest/--split): an exit whose thread dies before its entry keeps the stay
+    in the guest before it in its sub-reason's row as in its reason's, so the rows add up (as the
+    offline engine, pairing.Pairer.thread_exit)."""
+    d = SubDriver("arm64", guest=True)
+
+    def body():
+        d.exit(TRAP, EC_DABT_LOW)
+        d.entry()
+        time.sleep(0.01)
+        d.exit(TRAP, EC_HVC64)  # the thread then ends: abandoned
+        d.event(sd.Hvc(0x1000, 0x84000000, 0))
+
+    try:
+        tid = in_thread(body)
+        deadline = time.monotonic() + 5
+        snap = d.snapshot()
+        while snap.health.abandoned == 0 and time.monotonic() < deadline:  # until the task is reaped
+            time.sleep(0.02)
+            snap = d.snapshot()
+        tgid = next(k.tgid for k in snap.stats if k.tid == tid)
+        row = snap.stats[ExitKey(tgid, tid, TRAP, EC_HVC64)]
+        sub = snap.subs[SubKey(tgid, tid, TRAP, EC_HVC64, subreasons.hvc_sub(0x84000000))]
+        assert row.abandoned == sub.abandoned == 1
+        assert row.guest_ns >= 10_000_000 and sub.guest_ns == row.guest_ns
+    finally:
+        d.close()

@@ -325,6 +325,8 @@ class LiveSource(Source):
         #: Open exits of threads that died before their entry, per key (abandoned).
         self._abandoned: Dict[ExitKey, int] = {}
         self._abandoned_subs: Dict[SubKey, int] = {}
+        #: Their guest time, per sub-reason (the reason's is in _retired): the rows add up.
+        self._abandoned_sub_guest: Dict[SubKey, int] = {}
         #: New-key notifications the perf buffer dropped (their VMs may then go unnamed).
         self.lost_events = 0
         self._sub_raw: List[Tuple[bytes, bytes]] = []
@@ -677,6 +679,8 @@ class LiveSource(Source):
                     self._retired[key] = old._replace(guest_ns=old.guest_ns + guest)
             if sub_key is not None:
                 self._abandoned_subs[sub_key] = self._abandoned_subs.get(sub_key, 0) + 1
+                if guest:
+                    self._abandoned_sub_guest[sub_key] = self._abandoned_sub_guest.get(sub_key, 0) + guest
         return stats, opened, comms, opened_subs
 
     def _exit_cache(self) -> Dict[int, Tuple[int, int, int]]:
@@ -733,7 +737,11 @@ class LiveSource(Source):
                     pass
         for key in set(opened) | set(self._abandoned_subs):
             st = subs.get(key, ExitStats())
-            subs[key] = st._replace(open=opened.get(key, 0), abandoned=self._abandoned_subs.get(key, 0))
+            subs[key] = st._replace(
+                open=opened.get(key, 0),
+                abandoned=self._abandoned_subs.get(key, 0),
+                guest_ns=st.guest_ns + self._abandoned_sub_guest.get(key, 0),
+            )
         return subs
 
     def snapshot(self) -> Snapshot:

@@ -589,6 +589,11 @@ class Pairer:
             skey = self._sub_key(s)
             if skey is not None:
                 self.abandoned_subs[skey] = self.abandoned_subs.get(skey, 0) + 1
+                if s[S_GUEST]:  # its sub-reason's row too, as an unfinished exit's (the rows add up)
+                    acc = self.sub_stats.get(skey)
+                    if acc is None:
+                        acc = self.sub_stats[skey] = new_acc()
+                    acc[A_GUEST] += s[S_GUEST]
 
     def userspace_exit(self, ts: int, thread: Thread, record: SubEvent) -> None:
         """``kvm_userspace_exit``: a sub-reason event, and the start of a VMM window (the split)."""
