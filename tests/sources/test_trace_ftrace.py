@@ -318,3 +318,14 @@ def test_timestamp_precisions_give_ns():
     r = read_stream(io.BytesIO(lines))
     (st,) = r.snapshot.stats.values()
     assert st.total_ns == 2500
+
+
+def test_x86_a_cached_name_still_sets_the_isa():
+    """The isa of a number is the last named reason's, whether that name was decoded or cached."""
+    d = Decoder("x86")
+    d.exit(b"vcpu 0 reason hlt rip 0x1 info1 0")
+    d.exit(b"vcpu 0 reason HLT rip 0x1 info1 0")
+    d.exit(b"vcpu 0 reason hlt rip 0x1 info1 0")  # from the cache
+    assert d.exit(b"vcpu 0 reason 0x1234 rip 0x1 info1 0") == (0x1234, ISA_SVM)
+    d.exit(b"vcpu 0 reason HLT rip 0x1 info1 0")  # from the cache
+    assert d.exit(b"vcpu 0 reason 0x1234 rip 0x1 info1 0") == (0x1234, ISA_VMX)  # numbers are not cached

@@ -163,3 +163,28 @@ def test_bad_names_file(tmp_path):
     (tmp_path / "t.names.json").write_text("{not json")
     with pytest.raises(BadTrace, match="names file"):
         read_trace(str(p))
+
+
+def test_a_padded_trace_cmd_payload_reads_the_same_from_a_cached_prefix(tmp_path):
+    """trace-cmd pads the payload after the event name: the fast path (a prefix seen before) strips
+    it as the grammar does, so a kvm_userspace_exit is a sub-reason event on every line, not only
+    on the first of its thread."""
+    line = "       CPU 0/KVM-301   [000]  1000.%06d: %s:%s%s"
+    lines = ["cpus=2"]
+    for i, (name, payload) in enumerate(
+        [
+            ("kvm_exit", "TRAP: HSR_EC: 0x0024 (DABT_LOW), PC: 0xffff800008001234"),
+            ("kvm_userspace_exit", "reason KVM_EXIT_MMIO (6)"),
+            ("kvm_entry", "PC: 0xffff800008001238"),
+            ("kvm_exit", "TRAP: HSR_EC: 0x0024 (DABT_LOW), PC: 0xffff800008001234"),
+            ("kvm_userspace_exit", "reason KVM_EXIT_MMIO (6)"),
+            ("kvm_entry", "PC: 0xffff800008001238"),
+        ]
+    ):
+        lines.append(line % (i, name, " " * max(1, 21 - len(name)), payload))
+    path = tmp_path / "t.trace-cmd"
+    path.write_text("\n".join(lines) + "\n")
+    r = read_trace(str(path))
+    assert r.health.malformed == 0
+    assert r.health.other_events == 2
+    assert r.snapshot.subs_known

@@ -22,6 +22,7 @@ from ..sources.saved import is_saved_report, load_report
 from ..sources.trace import FORMATS, LAYOUTS, TraceResult, open_input, read_trace
 from ..sources.trace.formats import MAX_LINE
 from ..sources.trace.pairing import TraceHealth
+from ..sources.trace.parallel import MIN_RANGE
 from ..sources.trace.slow import SlowLog
 from ..sources.trace.timebins import TimeBins
 from ..streams import InputError, stdin_is_closed
@@ -34,6 +35,7 @@ from .common import (
     add_slow_option,
     describe_filters,
     make_report,
+    positive_int,
 )
 
 __all__ = [
@@ -84,6 +86,14 @@ def prepare_parser(parser: argparse.ArgumentParser) -> None:
         "--names", metavar="FILE", help="names side file written by kvmexit record (default: FILE.names.json)"
     )
     parser.add_argument("--no-names", action="store_true", help="ignore the names side file")
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        metavar="N",
+        help="processes reading a plain trace file, each a part of it, with the same result as one "
+        "(default: the usable CPUs for a file of %d MiB or more; 1: this process only). Compressed "
+        "files, standard input, --slower-than and --html are read in one process" % (2 * MIN_RANGE >> 20),
+    )
     add_filter_options(parser)
     add_output_options(parser)
     add_slow_option(parser)
@@ -307,5 +317,6 @@ def run(args: argparse.Namespace) -> int:
             display_path="<stdin>" if args.file == "-" else args.file,
             time_bins=bins,
             slow=slow,
+            jobs=args.jobs,
         )
     return report_trace(result, args, time_bins=bins)

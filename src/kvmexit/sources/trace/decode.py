@@ -42,7 +42,7 @@ from typing import Dict, Iterable, Optional, Tuple
 from ...errors import UnsupportedLayout
 from ...reasons import ARCH_ARM64, ARCH_X86, ISA_SVM, ISA_VMX, arm64, normalize_arm64, svm, vmx
 
-__all__ = ["Decoder", "LAYOUTS", "detect_layout", "arch_of"]
+__all__ = ["Decoder", "IsaUnknown", "LAYOUTS", "detect_layout", "arch_of"]
 
 LAYOUTS = ("arm64", "arm64-4.19", "arm64-openeuler-4.19", "arm64-openeuler-5.10", "x86")
 
@@ -79,6 +79,11 @@ _CACHE_MAX = 1 << 16
 # the line malformed instead of reaching ``int`` (Python refuses more than 4,300 decimal digits).
 
 
+class IsaUnknown(Exception):
+    """An x86 reason printed as a number before any named one, by a decoder whose isa is ``None``
+    (the reader of one part of a file: :mod:`.parallel`; the isa is the previous part's)."""
+
+
 def arch_of(layout: str) -> str:
     if layout not in LAYOUTS:
         raise UnsupportedLayout("unknown layout %r" % layout, hint="one of " + ", ".join(LAYOUTS))
@@ -102,11 +107,14 @@ class Decoder:
         self.layout = layout
         self.arch = arch_of(layout)
         self.cache: Dict[bytes, Tuple[int, int]] = {}
-        #: x86: the isa of the last named reason, for values printed as numbers.
-        self.isa = ISA_VMX
+        #: x86: the isa of the last named reason, for values printed as numbers (``None``: unknown,
+        #: see :class:`IsaUnknown`).
+        self.isa: Optional[int] = ISA_VMX
+        self._named = True  # whether the last _x86 result came from a name (only those are cached)
         if layout == "x86":
             self._exit = self._x86
             self._cut = b" rip "
+            self.exit = self._exit_x86  # type: ignore[method-assign]
         elif layout == "arm64-openeuler-5.10":
             self._exit = self._euler
             self._cut = b", PC=0x"
@@ -129,6 +137,23 @@ class Decoder:
             return hit
         val = self._exit(key.lstrip())  # trace-cmd pads the payload
         if val is not None and len(self.cache) < _CACHE_MAX:
+            self.cache[key] = val
+        return val
+
+    def _exit_x86(self, payload: bytes) -> Optional[Tuple[int, int]]:
+        """:meth:`exit` on x86: a named reason (cached) also sets :attr:`isa`, even from the cache,
+        and a number (never cached) takes it, so the result depends on the last named reason
+        only, not on which names were seen first."""
+        i = payload.find(b" rip ")
+        if i < 0:
+            return None
+        key = payload[:i]
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.isa = hit[1]
+            return hit
+        val = self._x86(key.lstrip())
+        if val is not None and self._named and len(self.cache) < _CACHE_MAX:
             self.cache[key] = val
         return val
 
@@ -162,6 +187,7 @@ class Decoder:
         if m is None:
             return None
         text = m.group(1).decode("ascii", "replace")
+        self._named = True
         code = _SVM_BY_NAME.get(text)
         if code is not None:
             self.isa = ISA_SVM
@@ -189,7 +215,9 @@ class Decoder:
         if value is None:
             return None
         # Not cached: its isa is whatever the named reasons of this trace say.
-        self.cache.pop(key, None)
+        self._named = False
+        if self.isa is None:
+            raise IsaUnknown(text)
         return value & 0xFFFFFFFF, self.isa
 
     def pc_and_qualification(self, payload: bytes) -> Tuple[Optional[int], Optional[int]]:

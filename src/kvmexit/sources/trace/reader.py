@@ -238,8 +238,15 @@ def read_trace(
     display_path: Optional[str] = None,
     time_bins: Optional[TimeBins] = None,
     slow: Optional[SlowLog] = None,
+    jobs: Optional[int] = 1,
+    offsets: Optional[List[int]] = None,
 ) -> TraceResult:
     """Read a trace file (``-`` for stdin; gzip/xz transparently) into a snapshot.
+
+    ``jobs``: processes to read a plain file in (:mod:`.parallel`; the same result), ``None`` for
+    the usable CPUs when the file is large enough; standard input, compressed files and the
+    ``time_bins``/``slow`` outputs are read in this process only. ``offsets``: where to cut the
+    file (at the next line start; tests), instead of evenly.
 
     ``time_bins``, if given, also receives every pair by time (for heatmaps; off by default).
     ``slow``, if given, receives every pair slower than its threshold as it is read.
@@ -255,6 +262,13 @@ def read_trace(
                     break
         if names_path is not None:
             names = load_names(names_path)
+    if time_bins is None and slow is None and (jobs != 1 or offsets):
+        result = _read_parallel(path, jobs, offsets, fmt, layout, tids, tgids, names)
+        if result is not None:
+            result.info.path = display_path or path
+            result.info.names_file = names_path
+            result.info.ended = names.ended if names is not None and names.ended is not None else _mtime(path)
+            return result
     stream, compression = open_input(path)
     try:
         result = read_stream(
@@ -270,6 +284,31 @@ def read_trace(
     result.info.names_file = names_path
     result.info.ended = names.ended if names is not None and names.ended is not None else _mtime(path)
     return result
+
+
+def _read_parallel(
+    path: str,
+    jobs: Optional[int],
+    offsets: Optional[List[int]],
+    fmt: Optional[str],
+    layout: Optional[str],
+    tids: Iterable[int],
+    tgids: Iterable[int],
+    names: Optional[Names],
+) -> Optional[TraceResult]:
+    from . import parallel
+
+    ranges = parallel.plan(path, jobs, offsets)
+    if ranges is None:
+        return None
+    try:
+        got = parallel.read_parallel(path, ranges, fmt, layout, set(tids), set(tgids), names)
+    except OSError as e:
+        raise BadTrace("%s: cannot read: %s" % (path, e.strerror or e)) from e
+    if got is None:
+        return None
+    pairer, fmt = got
+    return finish(pairer, fmt, names)
 
 
 class TraceSource(Source):
@@ -322,17 +361,44 @@ def read_stream(
     ``engine``: a fresh :class:`Pairer` to pair with (so a caller can look at its state after);
     by default one made here.
     """
+    check_options(fmt, layout)
+    reader = LineReader(stream, max_line=max_line)
+    batches = reader.batches()
+    head, first = split_head(batches)
+    fmt, layout, recorded = detect(head, fmt, layout, names)
+    pairer = engine if engine is not None else Pairer()
+    pairer.recorded = recorded
+    if layout is not None and pairer.decoder is None:
+        pairer.decoder = Decoder(layout)
+    if time_bins is not None:
+        pairer.time_bins = time_bins
+    if slow is not None:
+        slow.names = names
+        pairer.slow = slow
+    with paused_gc():  # the loop makes no cycles, only garbage the collector would rescan
+        _loop(itertools.chain([first], batches), pairer, set(tids), set(tgids), names, fmt)
+    pairer.health.truncated = reader.truncated
+    return finish(pairer, fmt, names)
+
+
+def check_options(fmt: Optional[str], layout: Optional[str]) -> None:
+    """A forced format or layout must be a known one (BadTrace/UnsupportedLayout otherwise)."""
     if fmt is not None and fmt not in FORMATS:
         raise BadTrace("unknown format %r" % fmt)
     if layout is not None:
         arch_of(layout)  # validates
-    reader = LineReader(stream, max_line=max_line)
-    batches = reader.batches()
-    head, first = split_head(batches)
+
+
+def detect(
+    head: List[bytes], fmt: Optional[str], layout: Optional[str], names: Optional[Names]
+) -> Tuple[str, Optional[str], FrozenSet[str]]:
+    """The format and layout of a trace from its first lines (``head``), unless given: the layout
+    from the names file, a ``kvmexit record`` header, else the first kvm_exit payloads (``None``
+    when the head has none: the first exit of the trace decides); and the events the header says
+    were recorded (:attr:`.pairing.Pairer.recorded`)."""
     if fmt is None:
         fmt = detect_format(head) or "ftrace"
     rx = GRAMMARS[fmt]
-    order = tuple(rx.groupindex[g] for g in GROUPS)
     if layout is None and names is not None and names.layout:
         layout = names.layout
     recorded: FrozenSet[str] = frozenset()
@@ -352,20 +418,14 @@ def read_stream(
             if m is not None:
                 samples.append((m.group("event"), m.group("payload")))
         layout = detect_layout(samples)
-    pairer = engine if engine is not None else Pairer()
-    pairer.recorded = recorded
-    if layout is not None and pairer.decoder is None:
-        pairer.decoder = Decoder(layout)
-    if time_bins is not None:
-        pairer.time_bins = time_bins
-    if slow is not None:
-        slow.names = names
-        pairer.slow = slow
-    with paused_gc():  # the loop makes no cycles, only garbage the collector would rescan
-        _loop(itertools.chain([first], batches), rx, order, pairer, set(tids), set(tgids), names, fmt)
+    return fmt, layout, recorded
+
+
+def finish(pairer: Pairer, fmt: str, names: Optional[Names]) -> TraceResult:
+    """The result of a trace read by ``pairer`` (its health complete): the snapshot with the
+    names file's threads and losses, or BadTrace for a trace without KVM events."""
     decoder = pairer.decoder
     h = pairer.health
-    h.truncated = reader.truncated
     if h.events == 0 or decoder is None:
         raise BadTrace(
             "no KVM exit/entry events in this %s trace (%d lines: %d other events, %d ignored, %d malformed)%s"
@@ -404,8 +464,6 @@ def read_stream(
 
 def _loop(
     batches: Iterable[List[bytes]],
-    rx: Any,
-    order: Tuple[int, ...],
     pairer: Pairer,
     tids: set,
     tgids: set,
@@ -420,6 +478,8 @@ def _loop(
     grammar accepts. Anything else goes through the grammar (and, failing it, is classified).
     The engine adds its pending pairs up after each batch of lines (memory stays flat).
     """
+    rx = GRAMMARS[fmt]
+    order = tuple(rx.groupindex[g] for g in GROUPS)
     match = rx.match
     sys_group = rx.groupindex.get("sys")
     health = pairer.health
@@ -493,6 +553,7 @@ def _loop(
                         # The grammar's bounds: 1-20 digits of seconds, at most 9 of fraction.
                         if not (0 < len(sec) <= MAX_DIGITS and len(frac) <= MAX_FRACTION and digits.isdigit()):
                             thread = None
+                        payload = payload.lstrip()  # the grammar's ":\s*" (trace-cmd pads the payload)
             if thread is None:
                 g = grammar(line, parts, n)
                 if g is None:

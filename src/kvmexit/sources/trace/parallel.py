@@ -1,0 +1,669 @@
+"""Reading one plain trace file in several processes (``report --jobs``), with a result identical
+to reading it in one.
+
+The file is cut at line starts into byte ranges, one per process (the first is read here, the
+others in forked workers). Each range is read by :class:`RangePairer`, the engine of
+:mod:`.pairing` with one difference: a thread's state at the range's start (an open exit, its last
+entry, its split) is unknown, so the thread's events are *deferred* (logged in order, not applied)
+until one of them makes its state independent of what came before:
+
+- ``sched_process_exit`` (nothing open, no entry kept);
+- a ``kvm_entry`` or a ``kvm_exit`` after an earlier ``kvm_exit`` of the thread in the range (after
+  it: nothing open and the entry's time kept, or a new exit open with no guest time).
+
+From there the range's engine applies the thread's events itself. The parent then takes the ranges
+in order: it replays each range's log on its own engine (which holds the state at the range's
+start), hands each synced thread over to the range at its sync point, and adds the range's
+statistics and end state. Everything else the engine keeps is stitched as well:
+
+- ``sched_switch`` halves of threads not synced are folded per thread into a :class:`SwitchRun`
+  (what a run of switches does to an open exit's split), so their log stays short;
+- a thread whose first event is an entry has nothing open after it: its later entries are
+  unpaired here, and only its last entry time goes into the log (``ENTRY_TS``);
+- losses (``[LOST N EVENTS]``) go into the log (they close open exits of other ranges' threads);
+- whether any ``sched_switch``/``kvm_userspace_exit`` came before a pair decides whether its halt
+  time is clamped to its duration: a range records the halt time it would clamp had an earlier
+  range had one (:attr:`RangePairer.excess`), and the parent takes it off when so;
+- x86 reasons printed as numbers take the isa of the last named reason: a range that meets one
+  before any name is read again once the isa at its start is known (rare);
+- malformed lines are numbered within the range and offset by the lines of the ranges before.
+
+The slow-exit log (``--slower-than``) and the heatmaps (``--html``) are read in one process (their
+state is kept in trace order; see :func:`plan`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import sys
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from ...errors import BadTrace, KvmexitError
+from ...model import KERNEL_FIELDS, paused_gc
+from ...reasons import ISA_VMX
+from .decode import IsaUnknown
+from .formats import MAX_LINE, LineReader, open_input, split_head
+from .pairing import A_HALT, S_ACC, S_KEY, S_SPLIT, S_TS, Pairer, Split, Thread, TraceHealth
+
+__all__ = ["MIN_RANGE", "RangePairer", "SwitchRun", "cut_points", "plan", "read_parallel", "usable_cpus"]
+
+#: The automatic choice (``--jobs`` not given) reads in parallel only ranges of at least this many
+#: bytes (a worker costs a fork and the transfer of its statistics: a few ms).
+MIN_RANGE = 8 << 20
+
+# Kinds of deferred items in a range's log.
+EXIT, ENTRY, THREAD_EXIT, WAKEUP, TRAP, SUB, UEXIT, RUN, LOST, ENTRY_TS, FLAG_SWITCH, FLAG_UEXIT = range(12)
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class SwitchRun:
+    """The ``sched_switch`` halves of one thread between two of its other events, folded: what they
+    do to the thread's open exit (if it has one) is what :meth:`apply` does to its split, exactly
+    as :meth:`.pairing.Pairer.switch` would have, half by half."""
+
+    __slots__ = (
+        "first",
+        "l_blk",
+        "l_pre",
+        "last",
+        "lead_in",
+        "n",
+        "off",
+        "runnable",
+        "s_blk",
+        "s_off",
+        "s_pre",
+        "seen_out",
+    )
+
+    def __init__(self) -> None:
+        self.lead_in: Optional[int] = None  # the first switch-in before any switch-out
+        self.seen_out = False
+        self.off = 0  # the last switch-out's time (0: back on CPU since)
+        self.runnable = False
+        self.n = self.first = self.last = self.l_pre = self.l_blk = self.s_pre = self.s_blk = self.s_off = 0
+
+    def switch_out(self, ts: int, runnable: bool) -> None:
+        self.seen_out = True
+        self.off = ts
+        self.runnable = runnable
+
+    def switch_in(self, ts: int) -> None:
+        if not self.seen_out:
+            if self.lead_in is None:
+                self.lead_in = ts  # later ones find the thread on CPU: nothing
+        elif self.off:  # Split.back_on_cpu, summed
+            off = ts - self.off
+            pre, blk = (off, 0) if self.runnable else (0, off)
+            if not self.n:
+                self.first = self.off
+            self.last = self.off
+            self.l_pre, self.l_blk = pre, blk
+            self.s_pre += pre
+            self.s_blk += blk
+            self.s_off += off
+            self.n += 1
+            self.off = 0
+
+    def apply(self, start: Optional[list]) -> None:
+        """The halves' effect on ``start``, the thread's open exit (None: nothing open, no effect)."""
+        if start is None:
+            return
+        split = start[S_SPLIT]
+        if split is None:
+            if not self.seen_out:
+                return  # a switch-in finds no split: nothing
+            split = start[S_SPLIT] = Split()
+        if self.lead_in is not None and split.off_ts:
+            split.back_on_cpu(self.lead_in)
+        if self.n:
+            if not split.p_count:
+                split.p_first = self.first
+            split.p_last = self.last
+            split.l_pre, split.l_blk = self.l_pre, self.l_blk
+            split.p_pre += self.s_pre
+            split.p_blk += self.s_blk
+            split.p_count += self.n
+            if split.vmm_ts:
+                split.vmm_off += self.s_off
+            split.off_ts = 0
+        if self.seen_out:
+            split.off_ts = self.off
+            split.runnable = self.runnable
+
+
+class RangePairer(Pairer):
+    """The engine of one byte range of a file: :class:`.pairing.Pairer`'s rules for threads whose
+    state is known, the log of deferred events for the others (see the module docstring)."""
+
+    def __init__(self, layout: str) -> None:
+        super().__init__(layout)
+        #: Threads whose state this range knows (synced): their events are applied here.
+        self.known: Set[int] = set()
+        #: Threads not synced whose deferred events include an exit.
+        self.opened: Set[int] = set()
+        #: Threads not synced whose first event was an entry -> their last entry since (None: none).
+        self.semi: Dict[int, Optional[int]] = {}
+        self.runs: Dict[int, SwitchRun] = {}
+        self.log: List[tuple] = []
+        #: (tid, code, detail) -> halt ns the pairs of this range would have had clamped, had an
+        #: earlier range had a sched_switch or kvm_userspace_exit (this one had none yet).
+        self.excess: Dict[Tuple[int, int, int], int] = {}
+        self.sub_excess: Dict[Tuple[int, int, int, int], int] = {}
+
+    def _defer(self, tid: int, item: tuple) -> None:
+        run = self.runs.pop(tid, None)
+        if run is not None:
+            self.log.append((RUN, tid, run))
+        self.log.append(item)
+
+    def _seen(self, ts: int) -> None:
+        self.last_ns = ts
+        if self.first_ns is None:
+            self.first_ns = ts
+
+    def exit(self, ts: int, thread: Thread, value: Tuple[int, int]) -> None:
+        tid = thread[0]
+        if tid in self.known:
+            Pairer.exit(self, ts, thread, value)
+            return
+        self._seen(ts)
+        if tid in self.semi:
+            last = self.semi.pop(tid)
+            if last is not None:
+                self.log.append((ENTRY_TS, tid, last))
+        sync = tid in self.opened
+        self._defer(tid, (EXIT, ts, thread, value, sync))
+        if sync:
+            self.opened.discard(tid)
+            self.known.add(tid)
+            self.entry_ts[tid] = 0  # an exit since the last entry: no guest time for this one
+            Pairer.exit(self, ts, thread, value)
+        else:
+            self.opened.add(tid)
+
+    def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
+        tid = thread[0]
+        if tid in self.known:
+            if not (self.switches or self.userspace_exits):
+                s = self.starts.get(tid)
+                if s is not None and s[2]:  # S_HALT
+                    over = s[2] - max(ts - s[S_TS], 0)
+                    if over > 0:
+                        key = s[S_KEY]
+                        self.excess[key] = self.excess.get(key, 0) + over
+                        skey = self._sub_key(s)
+                        if skey is not None:
+                            self.sub_excess[skey] = self.sub_excess.get(skey, 0) + over
+            Pairer.entry(self, ts, thread, value)
+            return
+        self._seen(ts)
+        if tid in self.semi:  # nothing open since its first entry here
+            self.unpaired_entries += 1
+            self.semi[tid] = ts
+            return
+        sync = tid in self.opened
+        self._defer(tid, (ENTRY, ts, thread, sync))
+        if sync:
+            self.opened.discard(tid)
+            self.known.add(tid)
+            self.entry_ts[tid] = ts
+        else:
+            self.semi[tid] = None
+
+    def thread_exit(self, ts: int, thread: Thread, value: Any = None) -> None:
+        tid = thread[0]
+        if tid in self.known:
+            Pairer.thread_exit(self, ts, thread, value)
+            return
+        self.semi.pop(tid, None)
+        self.opened.discard(tid)
+        self._defer(tid, (THREAD_EXIT, ts, thread))
+        self.known.add(tid)
+
+    def wakeup(self, ts: int, thread: Thread, ns: int) -> None:
+        tid = thread[0]
+        if tid in self.known:
+            Pairer.wakeup(self, ts, thread, ns)
+            return
+        self.wakeups += 1
+        if tid not in self.semi:
+            self._defer(tid, (WAKEUP, ts, thread, ns))
+
+    def trap(self, ts: int, thread: Thread, esr_ec: int) -> None:
+        tid = thread[0]
+        if tid in self.known:
+            Pairer.trap(self, ts, thread, esr_ec)
+        elif tid not in self.semi:
+            self._defer(tid, (TRAP, ts, thread, esr_ec))
+
+    def sub_event(self, ts: int, thread: Thread, record: Any) -> None:
+        tid = thread[0]
+        if tid in self.known:
+            Pairer.sub_event(self, ts, thread, record)
+            return
+        self.sub_events += 1
+        if tid not in self.semi:
+            self._defer(tid, (SUB, ts, thread, record))
+
+    def userspace_exit(self, ts: int, thread: Thread, record: Any) -> None:
+        if not self.userspace_exits:
+            self.log.append((FLAG_UEXIT,))
+        tid = thread[0]
+        if tid in self.known:
+            Pairer.userspace_exit(self, ts, thread, record)
+            return
+        self.userspace_exits += 1
+        self.sub_events += 1
+        if tid not in self.semi:
+            self._defer(tid, (UEXIT, ts, thread, record))
+
+    def switch(self, ts: int, thread: Thread, sw: Any) -> None:
+        if not self.switches:
+            self.log.append((FLAG_SWITCH,))
+        self.switches += 1
+        prev = sw.prev
+        if prev in self.known:
+            s = self.starts.get(prev)
+            if s is not None:
+                if s[S_SPLIT] is None:
+                    s[S_SPLIT] = Split()
+                s[S_SPLIT].off_ts = ts
+                s[S_SPLIT].runnable = sw.runnable
+                self.off_cpu[prev] = ts
+        elif prev not in self.semi:
+            run = self.runs.get(prev)
+            if run is None:
+                run = self.runs[prev] = SwitchRun()
+            run.switch_out(ts, sw.runnable)
+        nxt = sw.next
+        if nxt in self.known:
+            if self.off_cpu.pop(nxt, None) is not None:
+                s = self.starts.get(nxt)
+                if s is not None and s[S_SPLIT] is not None and s[S_SPLIT].off_ts:
+                    s[S_SPLIT].back_on_cpu(ts)
+        elif nxt not in self.semi:
+            run = self.runs.get(nxt)
+            if run is None:
+                run = self.runs[nxt] = SwitchRun()
+            run.switch_in(ts)
+
+    def lost(self, cpu: int, n: Optional[int]) -> None:
+        """Open exits of this range's threads on ``cpu`` are closed here; the log carries the loss
+        to the threads not synced (and the count of losses: :meth:`TraceHealth.add_lost`)."""
+        for tid, run in self.runs.items():
+            self.log.append((RUN, tid, run))
+        self.runs = {}
+        self.log.append((LOST, cpu, n))
+        for tid in [t for t, s in self.starts.items() if s[3] == cpu]:  # S_CPU
+            s = self.starts.pop(tid)
+            self._unfinished(s)
+            self.health.reset_by_loss += 1
+            self.health.reset_threads[tid] = self.health.reset_threads.get(tid, 0) + 1
+
+    def close(self) -> None:
+        """At the range's end: what is still folded goes into the log; pending pairs are added."""
+        for tid, run in self.runs.items():
+            self.log.append((RUN, tid, run))
+        self.runs = {}
+        for tid, last in self.semi.items():
+            if last is not None:
+                self.log.append((ENTRY_TS, tid, last))
+        self.semi = {}
+        self.flush()
+
+
+class RangeResult:
+    """What a range's reader sends back (picklable): its engine's statistics, end state and log."""
+
+    def __init__(self, p: RangePairer, isa: Optional[int]) -> None:
+        self.log = p.log
+        self.stats = p.stats
+        self.sub_stats = p.sub_stats
+        self.abandoned = p.abandoned
+        self.abandoned_subs = p.abandoned_subs
+        self.unpaired_entries = p.unpaired_entries
+        self.comm = p.comm
+        self.tgid = p.tgid
+        self.health = p.health
+        self.counts = (p.wakeups, p.sub_events, p.switches, p.userspace_exits)
+        self.first_ns = p.first_ns
+        self.last_ns = p.last_ns
+        self.known = p.known
+        self.starts = {tid: p.starts[tid] for tid in p.known if tid in p.starts}
+        self.entry_ts = {tid: p.entry_ts[tid] for tid in p.known if tid in p.entry_ts}
+        self.off_cpu = {tid: p.off_cpu[tid] for tid in p.known if tid in p.off_cpu}
+        self.excess = p.excess
+        self.sub_excess = p.sub_excess
+        self.isa = isa  # x86: the decoder's isa at the end (None: no named reason in the range)
+
+
+class _Slice:
+    """``size`` bytes of a file from its current position, as LineReader reads a stream."""
+
+    def __init__(self, f: Any, size: int) -> None:
+        self.f = f
+        self.left = size
+
+    def read1(self, n: int) -> bytes:
+        if self.left <= 0:
+            return b""
+        block = self.f.read(min(n, self.left))
+        self.left -= len(block)
+        return block
+
+    read = read1
+
+
+def read_range(
+    path: str,
+    start: int,
+    end: int,
+    fmt: str,
+    layout: str,
+    tids: Set[int],
+    tgids: Set[int],
+    names: Any,
+    isa: Optional[int],
+    max_line: int = MAX_LINE,
+) -> RangeResult:
+    """Read bytes ``start`` to ``end`` (line starts) of ``path``. ``isa``: x86's isa at ``start``
+    (None: unknown; :class:`IsaUnknown` if a number needs it)."""
+    from .reader import _loop
+
+    pairer = RangePairer(layout)
+    decoder = pairer.decoder
+    assert decoder is not None
+    decoder.isa = isa
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        reader = LineReader(_Slice(f, end - start), max_line=max_line)  # type: ignore[arg-type]
+        with paused_gc():
+            _loop(reader.batches(), pairer, tids, tgids, names, fmt)
+    pairer.close()
+    return RangeResult(pairer, decoder.isa)
+
+
+def _merge_acc(into: list, acc: list) -> None:
+    for i, f in enumerate(KERNEL_FIELDS):
+        if f.words > 1:
+            into[i] = [a + b for a, b in zip(into[i], acc[i])]
+        elif f.merge == "min":
+            if acc[i] < into[i]:
+                into[i] = acc[i]
+        elif f.merge == "max":
+            if acc[i] > into[i]:
+                into[i] = acc[i]
+        else:
+            into[i] += acc[i]
+
+
+def _handover(p: Pairer, tid: int) -> None:
+    p.starts.pop(tid, None)
+    p.entry_ts.pop(tid, None)
+    p.off_cpu.pop(tid, None)
+
+
+def stitch(p: Pairer, r: RangeResult) -> None:
+    """Add range ``r`` to ``p``, the engine holding the state at the range's start."""
+    flags_before = bool(p.switches or p.userspace_exits)
+    counts = (p.wakeups, p.sub_events, p.switches, p.userspace_exits)
+    first_ns, last_ns = p.first_ns, p.last_ns
+    for item in r.log:
+        kind = item[0]
+        if kind == EXIT:
+            p.exit(item[1], item[2], item[3])
+            if item[4]:
+                _handover(p, item[2][0])
+        elif kind == ENTRY:
+            p.entry(item[1], item[2])
+            if item[3]:
+                _handover(p, item[2][0])
+        elif kind == RUN:
+            item[2].apply(p.starts.get(item[1]))
+        elif kind == WAKEUP:
+            p.wakeup(item[1], item[2], item[3])
+        elif kind == SUB:
+            p.sub_event(item[1], item[2], item[3])
+        elif kind == UEXIT:
+            p.userspace_exit(item[1], item[2], item[3])
+        elif kind == TRAP:
+            p.trap(item[1], item[2], item[3])
+        elif kind == THREAD_EXIT:
+            p.thread_exit(item[1], item[2])
+            _handover(p, item[2][0])
+        elif kind == LOST:
+            p.lost(item[1], item[2])
+        elif kind == ENTRY_TS:
+            if item[1] in p.entry_ts:
+                p.entry_ts[item[1]] = item[2]
+        elif kind == FLAG_SWITCH:
+            p.switches += 1
+        elif kind == FLAG_UEXIT:
+            p.userspace_exits += 1
+    # The range counted every event of its own (deferred or not); the replay's counts are dropped.
+    p.wakeups, p.sub_events, p.switches, p.userspace_exits = (a + b for a, b in zip(counts, r.counts))
+    p.first_ns = first_ns if first_ns is not None else r.first_ns
+    p.last_ns = r.last_ns if r.first_ns is not None else last_ns
+    for key, acc in r.stats.items():
+        _merge_acc(p._acc(key), acc)
+    for skey, acc in r.sub_stats.items():
+        into = p.sub_stats.get(skey)
+        if into is None:
+            into = p.sub_stats[skey] = acc
+        else:
+            _merge_acc(into, acc)
+    if flags_before:  # the pairs before this range's first switch were clamped after all
+        for key, over in r.excess.items():
+            p._acc(key)[A_HALT] -= over
+        for skey, over in r.sub_excess.items():
+            p.sub_stats[skey][A_HALT] -= over
+    for key, n in r.abandoned.items():
+        p.abandoned[key] = p.abandoned.get(key, 0) + n
+    for skey, n in r.abandoned_subs.items():
+        p.abandoned_subs[skey] = p.abandoned_subs.get(skey, 0) + n
+    p.unpaired_entries += r.unpaired_entries
+    for tid, comm in r.comm.items():
+        p.comm.setdefault(tid, comm)
+    for tid, tgid in r.tgid.items():
+        p.tgid.setdefault(tid, tgid)
+    for tid in r.known:
+        _handover(p, tid)
+    for tid, s in r.starts.items():
+        s[S_ACC] = p._acc(s[S_KEY])
+        p.starts[tid] = s
+    p.entry_ts.update(r.entry_ts)
+    p.off_cpu.update(r.off_cpu)
+    _add_health(p.health, r.health)
+
+
+def _add_health(h: TraceHealth, r: TraceHealth) -> None:
+    offset = h.lines
+    h.malformed_lines.extend(n + offset for n in r.malformed_lines[: max(0, 5 - len(h.malformed_lines))])
+    h.lines += r.lines
+    h.events += r.events
+    h.other_events += r.other_events
+    h.ignored += r.ignored
+    h.malformed += r.malformed
+    h.too_long += r.too_long
+    h.reset_by_loss += r.reset_by_loss
+    for tid, n in r.reset_threads.items():
+        h.reset_threads[tid] = h.reset_threads.get(tid, 0) + n
+    h.negative += r.negative
+    h.filtered += r.filtered
+
+
+def _line_start(f: Any, offset: int, size: int) -> int:
+    """The first line start at or after ``offset``."""
+    if offset <= 0:
+        return 0
+    f.seek(offset - 1)
+    pos = offset - 1
+    while pos < size:
+        block = f.read(1 << 16)
+        if not block:
+            break
+        i = block.find(b"\n")
+        if i >= 0:
+            return pos + i + 1
+        pos += len(block)
+    return size
+
+
+def cut_points(path: str, size: int, offsets: List[int]) -> List[Tuple[int, int]]:
+    """Byte ranges ``[start, end)`` of ``path`` cut at the line starts at or after ``offsets``
+    (empty ranges dropped)."""
+    with open(path, "rb") as f:
+        bounds = [0] + [_line_start(f, o, size) for o in sorted(offsets)] + [size]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def plan(path: str, jobs: Optional[int], offsets: Optional[List[int]] = None) -> Optional[List[Tuple[int, int]]]:
+    """The byte ranges to read ``path`` in, or None to read it in one process: standard input, a
+    compressed or non-regular file, one job, or (``jobs`` None: automatic) fewer usable CPUs than 2
+    or ranges smaller than :data:`MIN_RANGE`. ``offsets``: where to cut (tests), else evenly."""
+    if path == "-" or jobs == 1:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # the one-process reader says why
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    stream, compression = open_input(path)
+    stream.close()
+    if compression is not None:
+        return None
+    size = st.st_size
+    if offsets is None:
+        n = jobs if jobs is not None else min(usable_cpus(), size // MIN_RANGE)
+        if n < 2:
+            return None
+        offsets = [size * i // n for i in range(1, n)]
+    ranges = cut_points(path, size, offsets)
+    return ranges if len(ranges) > 1 else None
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM if the parent dies (nothing is left reading behind it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker(conn: Any, parent: int, job: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends the workers
+    _die_with_parent()
+    if os.getppid() != parent:
+        os._exit(1)
+    try:
+        out: tuple = ("ok", read_range(*job))
+    except IsaUnknown:
+        out = ("isa", None)
+    except KvmexitError as e:
+        out = ("error", str(e))
+    except OSError as e:
+        out = ("error", "cannot read %s: %s" % (job[0], e.strerror or e))
+    except MemoryError:
+        out = ("error", "out of memory")
+    except Exception as e:  # a bug: one line, the parent says where
+        out = ("error", "%s: %s" % (type(e).__name__, e))
+    try:
+        conn.send(out)
+    except (OSError, ValueError):
+        pass
+    conn.close()
+
+
+def read_parallel(
+    path: str,
+    ranges: List[Tuple[int, int]],
+    fmt: Optional[str],
+    layout: Optional[str],
+    tids: Set[int],
+    tgids: Set[int],
+    names: Any,
+    max_line: int = MAX_LINE,
+    processes: bool = True,
+) -> Optional[Tuple[Pairer, str]]:
+    """Read ``ranges`` of ``path`` (from :func:`plan`) in ``len(ranges)`` processes; returns the
+    stitched engine and the format (detected or given), or None when the trace's first
+    lines name no layout (then the first exit does: the one-process reader reads it).
+    ``processes=False`` reads every range here, one after the other (tests of the stitching)."""
+    import multiprocessing
+
+    from .reader import check_options, detect
+
+    check_options(fmt, layout)
+    with open(path, "rb") as f:
+        head, _ = split_head(LineReader(f, max_line=max_line).batches())
+    fmt, layout, _recorded = detect(head, fmt, layout, names)
+    if layout is None:
+        return None
+    ctx: Any
+    try:
+        ctx = multiprocessing.get_context("fork")
+    except ValueError:  # no fork (not Linux): the workers import kvmexit afresh
+        ctx = multiprocessing.get_context("spawn")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    procs: List[Any] = []
+    conns: List[Any] = []
+    try:
+        for start, end in ranges[1:] if processes else ():
+            r, w = ctx.Pipe(duplex=False)
+            job = (path, start, end, fmt, layout, tids, tgids, names, None, max_line)
+            proc = ctx.Process(target=_worker, args=(w, os.getpid(), job), daemon=True)
+            proc.start()
+            w.close()
+            procs.append(proc)
+            conns.append(r)
+        start, end = ranges[0]
+        results: List[Optional[RangeResult]] = [
+            read_range(path, start, end, fmt, layout, tids, tgids, names, ISA_VMX, max_line)
+        ]
+        for start, end in ranges[1:] if not processes else ():
+            try:
+                results.append(read_range(path, start, end, fmt, layout, tids, tgids, names, None, max_line))
+            except IsaUnknown:
+                results.append(None)
+        for (start, end), conn, proc in zip(ranges[1:], conns, procs):
+            try:
+                kind, value = conn.recv()
+            except EOFError:
+                proc.join()
+                raise BadTrace(
+                    "%s: the worker reading bytes %d-%d ended (exit code %s)" % (path, start, end, proc.exitcode),
+                    hint="read it in one process: --jobs 1",
+                ) from None
+            if kind == "error":
+                raise BadTrace("%s: bytes %d-%d: %s" % (path, start, end, value.splitlines()[0] if value else "?"))
+            results.append(value if kind == "ok" else None)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join()
+        for conn in conns:
+            conn.close()
+    engine = Pairer(layout)
+    isa: Optional[int] = ISA_VMX
+    for (start, end), result in zip(ranges, results):
+        if result is None:  # an x86 number before any name: read again with the isa known
+            result = read_range(path, start, end, fmt, layout, tids, tgids, names, isa, max_line)
+        stitch(engine, result)
+        if result.isa is not None:
+            isa = result.isa
+    return engine, fmt
