@@ -366,6 +366,16 @@ EVENTS.update({("kvm", name.decode()): Event("sub_event", _sub_decoder(name), kv
 EVENTS[("kvm", "kvm_userspace_exit")] = Event("userspace_exit", _sub_decoder(b"kvm_userspace_exit"), kvm=False)
 EVENTS[("sched", "sched_switch")] = Event("switch", decode_switch, kvm=False)
 
+#: Rules whose decoders read a payload the same with leading blanks (the kvm_exit decoder strips
+#: the reason, the wakeup decoder searches): the reader's fast path hands payloads as split, with
+#: trace-cmd's padding; the others' decoders get them stripped, as the grammar gives them.
+_BLANK_BLIND = frozenset(("exit", "wakeup"))
+
+
+def _stripped(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    return lambda payload: decode(payload.lstrip())
+
+
 #: A dispatch table bound to one engine: event name as the trace prints it -> (decode, rule, kvm).
 Handlers = Dict[bytes, Tuple[Optional[Callable[[bytes], Any]], Callable[[int, Thread, Any], None], bool]]
 
@@ -454,6 +464,8 @@ class Pairer:
             decode = getattr(self, ev.decode) if isinstance(ev.decode, str) else ev.decode
             if decode == self.decode_exit and self.decoder is not None and self._slow is None:
                 decode = self.decoder.exit  # the same, one call less (the slow-exit log needs the payload)
+            if decode is not None and ev.rule not in _BLANK_BLIND:
+                decode = _stripped(decode)
             handler = (decode, getattr(self, ev.rule), ev.kvm)
             if fmt == "perf":
                 key = "%s:%s" % (system, name)
@@ -502,7 +514,9 @@ class Pairer:
         last = self.entry_ts.get(tid, 0)
         self.entry_ts[tid] = 0
         guest = ts - last if prev is None and last else 0
-        self.starts[tid] = [ts, key, 0, thread[2], self._extras, acc, guest, None, *value[2:]]
+        start = self.starts[tid] = [ts, key, 0, thread[2], self._extras, acc, guest, None]
+        if len(value) > 2:
+            start.append(value[2])  # the kvm_exit payload, for the slow-exit log
 
     def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
         self.last_ns = ts
@@ -527,8 +541,10 @@ class Pairer:
             parts = (pre, blk, vmm)
         if s[S_HALT]:
             acc[A_HALT] += s[S_HALT]
-        if s[S_GUEST] or parts is not None:
+        if parts is not None:
             _add_parts(acc, s[S_GUEST], parts)
+        elif s[S_GUEST]:
+            acc[A_GUEST] += s[S_GUEST]
         if s[S_SUBS] is not None:
             self._pair_extras(s, max(ts - s[S_TS], 0), parts)
 

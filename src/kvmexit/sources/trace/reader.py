@@ -553,7 +553,6 @@ def _loop(
                         # The grammar's bounds: 1-20 digits of seconds, at most 9 of fraction.
                         if not (0 < len(sec) <= MAX_DIGITS and len(frac) <= MAX_FRACTION and digits.isdigit()):
                             thread = None
-                        payload = payload.lstrip()  # the grammar's ":\s*" (trace-cmd pads the payload)
             if thread is None:
                 g = grammar(line, parts, n)
                 if g is None:
