@@ -77,6 +77,7 @@ FIXTURES = [
     "arm64-6.1-subreasons.trace",
     "arm64-6.1-hog.trace.gz",  # sched_switch, kvm_userspace_exit, thread exits: the split
     "arm64-6.1-ab-a.trace.gz",
+    "x86-6.1-svm-subreasons.trace",
 ]
 
 
@@ -261,10 +262,10 @@ def test_generated_traces_cut_anywhere_stitch_to_the_one_process_result(tmp_path
     assert got.health == one.health
 
 
-def every_cut(tmp_path: Path, steps, fmt: str = "ftrace", layout: str = "arm64", **kw) -> None:
-    """The trace of ``steps`` cut at every line start, and at every pair of them, stitches to the
-    one-process result."""
-    text = render(steps, fmt, layout).encode()
+def every_cut(tmp_path: Path, steps, fmt: str = "ftrace", layout: str = "arm64", header: str = "", **kw) -> None:
+    """The trace of ``steps`` (after ``header``) cut at every line start, and at every pair of them,
+    stitches to the one-process result."""
+    text = (header + render(steps, fmt, layout)).encode()
     path = tmp_path / ("t." + fmt)
     path.write_bytes(text)
     one = read_stream(io.BytesIO(text), fmt=fmt, layout=layout, **kw)
@@ -290,6 +291,21 @@ def test_halt_is_clamped_after_a_switch_in_an_earlier_range(tmp_path):
         ("entry", 301, 0, 1, 0),
     ]
     every_cut(tmp_path, steps)
+
+
+def test_halt_is_clamped_from_the_start_when_the_header_says_switches_were_recorded(tmp_path):
+    steps = [
+        ("exit", 301, 2, 1, 0),
+        ("wakeup", 301, 0, 1, BIG),
+        ("entry", 301, 0, 1, 0),
+        ("exit", 301, 2, 1, 0),
+        ("wakeup", 301, 0, 1, BIG),
+        ("entry", 301, 0, 1, 0),
+    ]
+    header = (
+        "# kvmexit record: layout=arm64 kernel=6.1 events=kvm:kvm_exit,kvm:kvm_entry,sched:sched_switch instance=x\n"
+    )
+    every_cut(tmp_path, steps, header=header)
 
 
 def test_halt_of_a_deferred_pair_sees_a_switch_earlier_in_its_range(tmp_path):

@@ -50,7 +50,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from operator import mul
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Set, Tuple, Union
 
 from ...model import (
     HIST_SLOTS,
@@ -424,6 +424,10 @@ class Pairer:
         self.switches = 0  # sched_switch events seen: without any, preempted/blocked are unknown
         self.userspace_exits = 0  # kvm_userspace_exit events seen: without any, VMM time is unknown
         self.recorded = frozenset()  # (a property: sets _split_recorded)
+        #: Reading one part of a file (:class:`.parallel.RangePairer`): exits and entries of threads
+        #: not in :attr:`known` go to its ``_defer_exit``/``_defer_entry`` (here, one test per event).
+        self.deferring = False
+        self.known: Set[int] = set()
 
     @property
     def recorded(self) -> FrozenSet[str]:
@@ -496,6 +500,9 @@ class Pairer:
 
     def exit(self, ts: int, thread: Thread, value: Tuple[int, int]) -> None:
         tid = thread[0]
+        if self.deferring and tid not in self.known:
+            self._defer_exit(ts, thread, value)
+            return
         self.last_ns = ts
         if self.first_ns is None:
             self.first_ns = ts
@@ -519,10 +526,16 @@ class Pairer:
             start.append(value[2])  # the kvm_exit payload, for the slow-exit log
 
     def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
+        tid = thread[0]
+        if self.deferring:
+            if tid not in self.known:
+                self._defer_entry(ts, thread)
+                return
+            if not (self.switches or self.userspace_exits or self._split_recorded):
+                self._note_unclamped(ts, tid)
         self.last_ns = ts
         if self.first_ns is None:
             self.first_ns = ts
-        tid = thread[0]
         s = self.starts.pop(tid, None)
         if tid in self.entry_ts:
             self.entry_ts[tid] = ts
@@ -547,6 +560,15 @@ class Pairer:
             acc[A_GUEST] += s[S_GUEST]
         if s[S_SUBS] is not None:
             self._pair_extras(s, max(ts - s[S_TS], 0), parts)
+
+    def _defer_exit(self, ts: int, thread: Thread, value: Tuple[int, int]) -> None:
+        raise NotImplementedError  # RangePairer's
+
+    def _defer_entry(self, ts: int, thread: Thread) -> None:
+        raise NotImplementedError  # RangePairer's
+
+    def _note_unclamped(self, ts: int, tid: int) -> None:
+        raise NotImplementedError  # RangePairer's
 
     def _pair_extras(self, s: list, d: int, parts: Optional[Tuple[int, int, int]] = None) -> None:
         """What only some pairs need: their sub-reason, their time bin."""

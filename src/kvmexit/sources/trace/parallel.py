@@ -38,7 +38,7 @@ import os
 import signal
 import stat
 import sys
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ...errors import BadTrace, KvmexitError
 from ...model import KERNEL_FIELDS, paused_gc
@@ -146,8 +146,9 @@ class RangePairer(Pairer):
 
     def __init__(self, layout: str) -> None:
         super().__init__(layout)
-        #: Threads whose state this range knows (synced): their events are applied here.
-        self.known: Set[int] = set()
+        #: Threads whose state this range knows (synced) are in :attr:`known`: their events are
+        #: applied here; :meth:`.pairing.Pairer.exit` and ``entry`` send the others' to ``_defer_*``.
+        self.deferring = True
         #: Threads not synced whose deferred events include an exit.
         self.opened: Set[int] = set()
         #: Threads not synced whose first event was an entry -> their last entry since (None: none).
@@ -170,11 +171,9 @@ class RangePairer(Pairer):
         if self.first_ns is None:
             self.first_ns = ts
 
-    def exit(self, ts: int, thread: Thread, value: Tuple[int, int]) -> None:
+    def _defer_exit(self, ts: int, thread: Thread, value: Tuple[int, int]) -> None:
+        """A kvm_exit of a thread not synced (:meth:`.pairing.Pairer.exit` sends it here)."""
         tid = thread[0]
-        if tid in self.known:
-            Pairer.exit(self, ts, thread, value)
-            return
         self._seen(ts)
         if tid in self.semi:
             last = self.semi.pop(tid)
@@ -190,21 +189,9 @@ class RangePairer(Pairer):
         else:
             self.opened.add(tid)
 
-    def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
+    def _defer_entry(self, ts: int, thread: Thread) -> None:
+        """A kvm_entry of a thread not synced (:meth:`.pairing.Pairer.entry` sends it here)."""
         tid = thread[0]
-        if tid in self.known:
-            if not (self.switches or self.userspace_exits):
-                s = self.starts.get(tid)
-                if s is not None and s[2]:  # S_HALT
-                    over = s[2] - max(ts - s[S_TS], 0)
-                    if over > 0:
-                        key = s[S_KEY]
-                        self.excess[key] = self.excess.get(key, 0) + over
-                        skey = self._sub_key(s)
-                        if skey is not None:
-                            self.sub_excess[skey] = self.sub_excess.get(skey, 0) + over
-            Pairer.entry(self, ts, thread, value)
-            return
         self._seen(ts)
         if tid in self.semi:  # nothing open since its first entry here
             self.unpaired_entries += 1
@@ -218,6 +205,19 @@ class RangePairer(Pairer):
             self.entry_ts[tid] = ts
         else:
             self.semi[tid] = None
+
+    def _note_unclamped(self, ts: int, tid: int) -> None:
+        """An entry before this range's first switch or userspace exit: the halt time its pair would
+        have had clamped had an earlier range had one (:attr:`excess`)."""
+        s = self.starts.get(tid)
+        if s is not None and s[2]:  # S_HALT
+            over = s[2] - max(ts - s[S_TS], 0)
+            if over > 0:
+                key = s[S_KEY]
+                self.excess[key] = self.excess.get(key, 0) + over
+                skey = self._sub_key(s)
+                if skey is not None:
+                    self.sub_excess[skey] = self.sub_excess.get(skey, 0) + over
 
     def thread_exit(self, ts: int, thread: Thread, value: Any = None) -> None:
         tid = thread[0]
@@ -374,12 +374,15 @@ def read_range(
     names: Any,
     isa: Optional[int],
     max_line: int = MAX_LINE,
+    recorded: FrozenSet[str] = frozenset(),
 ) -> RangeResult:
     """Read bytes ``start`` to ``end`` (line starts) of ``path``. ``isa``: x86's isa at ``start``
-    (None: unknown; :class:`IsaUnknown` if a number needs it)."""
+    (None: unknown; :class:`IsaUnknown` if a number needs it); ``recorded``: the events the
+    trace's header says were recorded."""
     from .reader import _loop
 
     pairer = RangePairer(layout)
+    pairer.recorded = recorded
     decoder = pairer.decoder
     assert decoder is not None
     decoder.isa = isa
@@ -608,7 +611,7 @@ def read_parallel(
     check_options(fmt, layout)
     with open(path, "rb") as f:
         head, _ = split_head(LineReader(f, max_line=max_line).batches())
-    fmt, layout, _recorded = detect(head, fmt, layout, names)
+    fmt, layout, recorded = detect(head, fmt, layout, names)
     if layout is None:
         return None
     ctx: Any
@@ -623,7 +626,7 @@ def read_parallel(
     try:
         for start, end in ranges[1:] if processes else ():
             r, w = ctx.Pipe(duplex=False)
-            job = (path, start, end, fmt, layout, tids, tgids, names, None, max_line)
+            job = (path, start, end, fmt, layout, tids, tgids, names, None, max_line, recorded)
             proc = ctx.Process(target=_worker, args=(w, os.getpid(), job), daemon=True)
             proc.start()
             w.close()
@@ -631,11 +634,11 @@ def read_parallel(
             conns.append(r)
         start, end = ranges[0]
         results: List[Optional[RangeResult]] = [
-            read_range(path, start, end, fmt, layout, tids, tgids, names, ISA_VMX, max_line)
+            read_range(path, start, end, fmt, layout, tids, tgids, names, ISA_VMX, max_line, recorded)
         ]
         for start, end in ranges[1:] if not processes else ():
             try:
-                results.append(read_range(path, start, end, fmt, layout, tids, tgids, names, None, max_line))
+                results.append(read_range(path, start, end, fmt, layout, tids, tgids, names, None, max_line, recorded))
             except IsaUnknown:
                 results.append(None)
         for (start, end), conn, proc in zip(ranges[1:], conns, procs):
@@ -659,10 +662,11 @@ def read_parallel(
         for conn in conns:
             conn.close()
     engine = Pairer(layout)
+    engine.recorded = recorded
     isa: Optional[int] = ISA_VMX
     for (start, end), result in zip(ranges, results):
         if result is None:  # an x86 number before any name: read again with the isa known
-            result = read_range(path, start, end, fmt, layout, tids, tgids, names, isa, max_line)
+            result = read_range(path, start, end, fmt, layout, tids, tgids, names, isa, max_line, recorded)
         stitch(engine, result)
         if result.isa is not None:
             isa = result.isa
