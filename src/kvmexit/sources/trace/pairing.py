@@ -537,11 +537,12 @@ class Pairer:
         if self.first_ns is None:
             self.first_ns = ts
         s = self.starts.pop(tid, None)
-        if tid in self.entry_ts:
-            self.entry_ts[tid] = ts
         if s is None:
+            if tid in self.entry_ts:
+                self.entry_ts[tid] = ts
             self.unpaired_entries += 1
             return
+        self.entry_ts[tid] = ts  # (an open exit set it: the thread has exited once)
         acc = s[S_ACC]
         pending = acc[A_PENDING]
         if not pending:

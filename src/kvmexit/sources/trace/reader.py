@@ -49,6 +49,10 @@ _RECORD_HEADER = re.compile(rb"^# kvmexit record: layout=(\S+)")
 #: The header's list of the events kvmexit record enabled (``kvm_exit,...,sched:sched_switch``).
 _RECORD_EVENTS = re.compile(rb" events=(\S*)")
 
+#: Lines between two additions of the pending pairs (:meth:`Pairer.flush`): at most that many
+#: durations wait in lists (a few hundred KB); fewer additions of longer lists cost less.
+_FLUSH_LINES = 32768
+
 #: ns per unit for a timestamp fraction of n digits (0 digits: a raw counter, taken as ns).
 _SCALE = tuple([1] + [10 ** (9 - n) for n in range(1, MAX_FRACTION + 1)])
 
@@ -476,7 +480,7 @@ def _loop(
     timestamp (comm, tid, tgid, CPU, flags) is looked up in a cache filled only from lines the
     format's full grammar matched with the same split, so a fast-path line is exactly a line the
     grammar accepts. Anything else goes through the grammar (and, failing it, is classified).
-    The engine adds its pending pairs up after each batch of lines (memory stays flat).
+    The engine adds its pending pairs up every :data:`_FLUSH_LINES` lines or so (memory stays flat).
     """
     rx = GRAMMARS[fmt]
     order = tuple(rx.groupindex[g] for g in GROUPS)
@@ -536,6 +540,8 @@ def _loop(
                 heads[prefix[:i]] = thread
         return thread, handler, payload, sec + frac, frac
 
+    flushed = 0
+    max_digits, max_fraction = MAX_DIGITS, MAX_FRACTION
     for batch in batches:
         done = n
         for n, line in enumerate(batch, done + 1):
@@ -551,7 +557,7 @@ def _loop(
                         sec, _, frac = stamp.partition(b".")
                         digits = sec + frac
                         # The grammar's bounds: 1-20 digits of seconds, at most 9 of fraction.
-                        if not (0 < len(sec) <= MAX_DIGITS and len(frac) <= MAX_FRACTION and digits.isdigit()):
+                        if not (0 < len(sec) <= max_digits and len(frac) <= max_fraction and digits.isdigit()):
                             thread = None
             if thread is None:
                 g = grammar(line, parts, n)
@@ -572,7 +578,9 @@ def _loop(
                     n_other += 1
             else:
                 n_filtered += 1
-        flush()
+        if n - flushed >= _FLUSH_LINES:
+            flush()
+            flushed = n
     flush()
     health.lines += n
     # Every line is one of these; the kvm events used are what remains.
