@@ -93,7 +93,7 @@ def test_fixture_cut_anywhere_through_processes_gives_the_same_json(name, tmp_pa
     assert report_json(str(path), "--jobs", "3") == want
     n = len(starts)
     for cuts in ([starts[1]], [starts[n // 3], starts[n // 3 + 1]], [starts[n - 2]], starts[n // 5 :: n // 4][:3]):
-        got = read_trace(str(path), offsets=cuts)
+        got = read_trace(str(path), offsets=cuts, jobs=2)
         one = read_trace(str(path))
         assert got.snapshot == one.snapshot, cuts
         assert got.health == one.health, cuts
@@ -132,14 +132,14 @@ def test_the_shipped_example_decompressed(tmp_path):
         assert report_json(str(path), "--jobs", jobs, "--names", names) == want
     for cuts in ([1000], [5000, 5100], [100, 20000, 30000]):
         assert (
-            read_trace(str(path), offsets=cuts, names_path=names).snapshot
+            read_trace(str(path), offsets=cuts, jobs=3, names_path=names).snapshot
             == read_trace(str(path), names_path=names).snapshot
         )
 
 
 def stitched(path: Path, offsets: List[int], max_line: Optional[int] = None, **kw):
     ranges = parallel.cut_points(str(path), path.stat().st_size, offsets)
-    args = dict(processes=False)
+    args = dict(processes=1)
     if max_line is not None:
         args["max_line"] = max_line
     got = parallel.read_parallel(
@@ -400,7 +400,7 @@ def test_x86_numbers_after_a_cut_take_the_isa_of_the_names_before_it(tmp_path):
     got = stitched(path, [cut], layout="x86")
     assert got.snapshot == one.snapshot
     assert {k.detail for k in got.snapshot.stats} == {ISA_SVM}  # npf named it, before the cut
-    assert read_trace(str(path), offsets=[cut], layout="x86").snapshot == one.snapshot
+    assert read_trace(str(path), offsets=[cut], jobs=2, layout="x86").snapshot == one.snapshot
 
 
 def test_malformed_line_numbers_are_those_of_the_whole_file(tmp_path):
@@ -409,7 +409,7 @@ def test_malformed_line_numbers_are_those_of_the_whole_file(tmp_path):
     path = tmp_path / "t.trace"
     path.write_bytes(text)
     starts = line_starts(path)
-    got = read_trace(str(path), offsets=[starts[5], starts[9]])
+    got = read_trace(str(path), offsets=[starts[5], starts[9]], jobs=3)
     assert got.health.malformed_lines == [4, 7, 10, 13]
     assert got.health == read_trace(str(path)).health
 
@@ -424,8 +424,10 @@ def test_plan_reads_compressed_stdin_and_small_files_in_one_process(tmp_path, mo
     assert parallel.plan(str(packed), 2) is None
     assert parallel.plan(str(plain), 1) is None
     assert parallel.plan(str(plain), None) is None  # automatic: far below MIN_RANGE per range
-    ranges = parallel.plan(str(plain), 3)
-    assert ranges is not None and len(ranges) == 3
+    planned = parallel.plan(str(plain), 3)
+    assert planned is not None
+    ranges, processes = planned
+    assert processes == 3 and len(ranges) == 3 * parallel.PARTS_PER_JOB
     assert ranges[0][0] == 0 and ranges[-1][1] == len(text)
     assert all(text[a - 1 : a] == b"\n" for a, _ in ranges[1:])
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
@@ -444,9 +446,12 @@ def test_a_worker_error_is_one_line(tmp_path, monkeypatch):
     path.write_bytes(text)
     real = parallel.read_range
 
+    me = os.getpid()
+
     def failing(*args, **kw):
-        if args[1] > 0:  # the workers' ranges, not the first (read in the parent)
+        if os.getpid() != me:  # in the workers
             raise MemoryError
+        time.sleep(0.2)  # the parent leaves parts to the worker
         return real(*args, **kw)
 
     monkeypatch.setattr(parallel, "read_range", failing)
@@ -462,9 +467,12 @@ def test_a_worker_that_dies_is_one_line(tmp_path, monkeypatch):
     path.write_bytes(text)
     real = parallel.read_range
 
+    me = os.getpid()
+
     def dying(*args, **kw):
-        if args[1] > 0:
+        if os.getpid() != me:
             os._exit(9)
+        time.sleep(0.2)  # the parent leaves parts to the worker
         return real(*args, **kw)
 
     monkeypatch.setattr(parallel, "read_range", dying)
@@ -477,12 +485,14 @@ import os, sys, time
 sys.path.insert(0, %(src)r)
 from kvmexit.sources.trace import parallel
 real = parallel.read_range
+me = os.getpid()
 def slow(*args, **kw):
-    if args[1] > 0:
+    if os.getpid() != me:
         os.write(1, ("worker " + str(os.getpid()) + "\n").encode())  # one write: they share the pipe
         time.sleep(60)
     else:
         os.write(1, b"parent\n")
+        time.sleep(0.5)  # the parent leaves parts to the workers
     return real(*args, **kw)
 parallel.read_range = slow
 from kvmexit.cli import main

@@ -1,11 +1,13 @@
 """Reading one plain trace file in several processes (``report --jobs``), with a result identical
 to reading it in one.
 
-The file is cut at line starts into byte ranges, one per process (the first is read here, the
-others in forked workers). Each range is read by :class:`RangePairer`, the engine of
-:mod:`.pairing` with one difference: a thread's state at the range's start (an open exit, its last
-entry, its split) is unknown, so the thread's events are *deferred* (logged in order, not applied)
-until one of them makes its state independent of what came before:
+The file is cut at line starts into byte ranges, :data:`PARTS_PER_JOB` per process; this process
+and forked workers each take the next range not taken when they are free (a process slowed by other
+work on its CPU reads fewer), and the workers send theirs back at the end. Each range is read by
+:class:`RangePairer`, the engine of :mod:`.pairing` with one difference: a thread's state at the
+range's start (an open exit, its last entry, its split) is unknown, so the thread's events are
+*deferred* (logged in order, not applied) until one of them makes its state independent of what
+came before:
 
 - ``sched_process_exit`` (nothing open, no entry kept);
 - a ``kvm_entry`` or a ``kvm_exit`` after an earlier ``kvm_exit`` of the thread in the range (after
@@ -529,11 +531,19 @@ def cut_points(path: str, size: int, offsets: List[int]) -> List[Tuple[int, int]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def plan(path: str, jobs: Optional[int], offsets: Optional[List[int]] = None) -> Optional[List[Tuple[int, int]]]:
-    """The byte ranges to read ``path`` in, or None to read it in one process: standard input, a
-    compressed or non-regular file, one job, or (``jobs`` None: automatic) fewer usable CPUs than 2
-    or ranges smaller than :data:`MIN_RANGE`. ``offsets``: where to cut (tests), else evenly."""
-    if path == "-" or jobs == 1:
+#: Parts per process (evenly cut): who is free takes the next, so a process slowed by other work on
+#: its CPU reads fewer of them.
+PARTS_PER_JOB = 4
+
+
+def plan(
+    path: str, jobs: Optional[int], offsets: Optional[List[int]] = None
+) -> Optional[Tuple[List[Tuple[int, int]], int]]:
+    """The byte ranges to read ``path`` in and the processes to read them, or None to read it in
+    one process: standard input, a compressed or non-regular file, one job, or (``jobs`` None:
+    automatic) fewer usable CPUs than 2 or parts smaller than :data:`MIN_RANGE` per process.
+    ``offsets``: where to cut (tests), else :data:`PARTS_PER_JOB` parts per process, evenly."""
+    if path == "-" or (jobs == 1 and offsets is None):
         return None
     try:
         st = os.stat(path)
@@ -546,13 +556,14 @@ def plan(path: str, jobs: Optional[int], offsets: Optional[List[int]] = None) ->
     if compression is not None:
         return None
     size = st.st_size
+    n = jobs if jobs is not None else min(usable_cpus(), size // MIN_RANGE)
+    if n < 2 and offsets is None:
+        return None
     if offsets is None:
-        n = jobs if jobs is not None else min(usable_cpus(), size // MIN_RANGE)
-        if n < 2:
-            return None
-        offsets = [size * i // n for i in range(1, n)]
+        parts = n * PARTS_PER_JOB
+        offsets = [size * i // parts for i in range(1, parts)]
     ranges = cut_points(path, size, offsets)
-    return ranges if len(ranges) > 1 else None
+    return (ranges, max(1, min(n, len(ranges)))) if len(ranges) > 1 else None
 
 
 def _die_with_parent() -> None:
@@ -565,23 +576,57 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker(conn: Any, parent: int, job: tuple) -> None:
+def _claim(counter: Any) -> int:
+    if counter is None:
+        return -1
+    with counter.get_lock():
+        k = counter.value
+        counter.value = k + 1
+    return int(k)
+
+
+def _read_chunks(counter: Any, todo: List[int], job: tuple) -> List[Tuple[int, Optional[RangeResult]]]:
+    """Read the parts ``job[1]`` claimed through ``counter`` (shared by the processes: who is free
+    takes the next), or those of ``todo`` without one; None for a part that needs the isa."""
+    path, ranges, fmt, layout, tids, tgids, names, max_line, recorded = job
+    out: List[Tuple[int, Optional[RangeResult]]] = []
+    while True:
+        k = _claim(counter) if counter is not None else (todo.pop(0) if todo else -1)
+        if not 0 <= k < len(ranges):
+            return out
+        start, end = ranges[k]
+        try:
+            isa = ISA_VMX if k == 0 else None  # the isa at the start of a later part: see read_parallel
+            out.append((k, read_range(path, start, end, fmt, layout, tids, tgids, names, isa, max_line, recorded)))
+        except IsaUnknown:
+            out.append((k, None))
+        except KvmexitError as e:
+            raise _PartError(k, str(e)) from None
+        except OSError as e:
+            raise _PartError(k, "cannot read %s: %s" % (path, e.strerror or e)) from None
+        except MemoryError:
+            raise _PartError(k, "out of memory") from None
+
+
+class _PartError(Exception):
+    def __init__(self, k: int, message: str) -> None:
+        super().__init__(message)
+        self.k = k
+
+
+def _worker(conn: Any, parent: int, counter: Any, job: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends the workers
     _die_with_parent()
     if os.getppid() != parent:
         os._exit(1)
     try:
-        out: tuple = ("ok", read_range(*job))
-    except IsaUnknown:
-        out = ("isa", None)
-    except KvmexitError as e:
-        out = ("error", str(e))
-    except OSError as e:
-        out = ("error", "cannot read %s: %s" % (job[0], e.strerror or e))
+        out: tuple = ("ok", _read_chunks(counter, [], job))
+    except _PartError as e:
+        out = ("error", str(e), e.k)
     except MemoryError:
-        out = ("error", "out of memory")
+        out = ("error", "out of memory", None)
     except Exception as e:  # a bug: one line, the parent says where
-        out = ("error", "%s: %s" % (type(e).__name__, e))
+        out = ("error", "%s: %s" % (type(e).__name__, e), None)
     try:
         conn.send(out)
     except (OSError, ValueError):
@@ -598,12 +643,14 @@ def read_parallel(
     tgids: Set[int],
     names: Any,
     max_line: int = MAX_LINE,
-    processes: bool = True,
+    processes: int = 2,
 ) -> Optional[Tuple[Pairer, str]]:
-    """Read ``ranges`` of ``path`` (from :func:`plan`) in ``len(ranges)`` processes; returns the
-    stitched engine and the format (detected or given), or None when the trace's first
-    lines name no layout (then the first exit does: the one-process reader reads it).
-    ``processes=False`` reads every range here, one after the other (tests of the stitching)."""
+    """Read ``ranges`` of ``path`` (from :func:`plan`) in ``processes`` processes (this one and
+    workers: each takes the next part not taken when it is free, so a process slowed by other work
+    on its CPU reads fewer); returns the stitched engine and the format (detected or given), or
+    None when the trace's first lines name no layout (then the first exit does: the one-process
+    reader reads it). ``processes=1`` reads every part here, one after the other (tests of the
+    stitching)."""
     import multiprocessing
 
     from .reader import check_options, detect
@@ -619,40 +666,40 @@ def read_parallel(
         ctx = multiprocessing.get_context("fork")
     except ValueError:  # no fork (not Linux): the workers import kvmexit afresh
         ctx = multiprocessing.get_context("spawn")
-    sys.stdout.flush()
-    sys.stderr.flush()
+    job = (path, ranges, fmt, layout, tids, tgids, names, max_line, recorded)
+    results: List[Optional[RangeResult]] = [None] * len(ranges)
     procs: List[Any] = []
     conns: List[Any] = []
+    counter = ctx.Value("l", 0) if processes > 1 else None
+    sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        for start, end in ranges[1:] if processes else ():
+        for _ in range(processes - 1):
             r, w = ctx.Pipe(duplex=False)
-            job = (path, start, end, fmt, layout, tids, tgids, names, None, max_line, recorded)
-            proc = ctx.Process(target=_worker, args=(w, os.getpid(), job), daemon=True)
+            proc = ctx.Process(target=_worker, args=(w, os.getpid(), counter, job), daemon=True)
             proc.start()
             w.close()
             procs.append(proc)
             conns.append(r)
-        start, end = ranges[0]
-        results: List[Optional[RangeResult]] = [
-            read_range(path, start, end, fmt, layout, tids, tgids, names, ISA_VMX, max_line, recorded)
-        ]
-        for start, end in ranges[1:] if not processes else ():
+        try:
+            mine = _read_chunks(counter, list(range(len(ranges))), job)
+        except _PartError as e:
+            raise BadTrace("%s: bytes %d-%d: %s" % (path, ranges[e.k][0], ranges[e.k][1], e)) from None
+        for conn, proc in zip(conns, procs):
             try:
-                results.append(read_range(path, start, end, fmt, layout, tids, tgids, names, None, max_line, recorded))
-            except IsaUnknown:
-                results.append(None)
-        for (start, end), conn, proc in zip(ranges[1:], conns, procs):
-            try:
-                kind, value = conn.recv()
+                got = conn.recv()
             except EOFError:
                 proc.join()
                 raise BadTrace(
-                    "%s: the worker reading bytes %d-%d ended (exit code %s)" % (path, start, end, proc.exitcode),
+                    "%s: a worker reading it ended (exit code %s)" % (path, proc.exitcode),
                     hint="read it in one process: --jobs 1",
                 ) from None
-            if kind == "error":
-                raise BadTrace("%s: bytes %d-%d: %s" % (path, start, end, value.splitlines()[0] if value else "?"))
-            results.append(value if kind == "ok" else None)
+            if got[0] == "error":
+                where = "bytes %d-%d" % ranges[got[2]] if got[2] is not None else "a worker"
+                raise BadTrace("%s: %s: %s" % (path, where, got[1].splitlines()[0] if got[1] else "?"))
+            mine += got[1]
+        for k, result in mine:
+            results[k] = result
     finally:
         for proc in procs:
             if proc.is_alive():

@@ -302,11 +302,12 @@ def _read_parallel(
 ) -> Optional[TraceResult]:
     from . import parallel
 
-    ranges = parallel.plan(path, jobs, offsets)
-    if ranges is None:
+    planned = parallel.plan(path, jobs, offsets)
+    if planned is None:
         return None
+    ranges, processes = planned
     try:
-        got = parallel.read_parallel(path, ranges, fmt, layout, set(tids), set(tgids), names)
+        got = parallel.read_parallel(path, ranges, fmt, layout, set(tids), set(tgids), names, processes=processes)
     except OSError as e:
         raise BadTrace("%s: cannot read: %s" % (path, e.strerror or e)) from e
     if got is None:
