@@ -640,3 +640,122 @@ class SplitTruth:
                     if open_exit.get(nxt):
                         spans[nxt].append((start, runnable))
                         lengths[nxt].append(ns - start)
+
+
+# --- where a second probe on the same tracepoint call read the clock (the `slow` scenario) -------
+
+_EVENT_LINE = re.compile(
+    r"^\s*.*?-(?P<tid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?P<flags>\S+)\s+(?P<s>\d+)\.(?P<us>\d{6}):\s+"
+    r"(?P<event>\w+):\s*(?P<body>.*)$"
+)
+#: The guest PC of a kvm_exit line: arm64 "PC: 0x...", x86 "rip 0x...".
+_EXIT_PC = re.compile(r"(?:PC: |rip )0x([0-9a-f]+)")
+#: ftrace prints microseconds: an event's true time is in [printed, printed + 1 us).
+US_NS = 1000
+NEVER = 1 << 80
+
+
+class PairBounds:
+    """One exit -> entry pair of ftrace, and the interval in which any later probe on the same
+    kvm_exit (resp. kvm_entry) call must have read the clock: from ftrace's own time (ftrace's probe
+    runs first: see ProbeBounds) to the thread's next event in task context (after the tracepoint
+    call returned, so after every probe on it), each to the microsecond ftrace prints."""
+
+    __slots__ = ("after_guest", "entry_hi", "entry_lo", "exit_hi", "exit_lo", "pc", "reason", "tid")
+
+    def __init__(self, tid: int, reason: str, pc: Optional[int], exit_lo: int, exit_hi: int, entry_lo: int) -> None:
+        self.tid, self.reason, self.pc = tid, reason, pc
+        self.exit_lo, self.exit_hi, self.entry_lo = exit_lo, exit_hi, entry_lo
+        self.entry_hi = NEVER  # until the thread's next event is read
+        #: the exit ends a stay in the guest that kvmexit times (an entry of a thread that has exited)
+        self.after_guest = False
+
+    @property
+    def duration(self) -> int:
+        return self.entry_lo - self.exit_lo  # ftrace's own (both stamps printed alike)
+
+    @property
+    def min_duration(self) -> int:
+        """The shortest exit -> entry time another probe pair can have measured."""
+        return self.entry_lo - self.exit_hi
+
+    @property
+    def max_duration(self) -> int:
+        return self.entry_hi - self.exit_lo
+
+    def holds(self, tid: int, reason: str, pc: Optional[int], exit_ns: int, entry_ns: int) -> bool:
+        """Whether a probe pair's exit (thread, reason, PC, clock readings) is this one."""
+        return (
+            (tid, reason, pc) == (self.tid, self.reason, self.pc)
+            and self.exit_lo <= exit_ns < self.exit_hi
+            and self.entry_lo <= entry_ns < self.entry_hi
+        )
+
+
+class ProbeBounds:
+    """Every exit -> entry pair of a trace with its PairBounds. Exact where a second tracer
+    (kvmexit) attached to kvm_exit and kvm_entry after the ftrace instance enabled them: a
+    tracepoint calls its probes in the order they were registered (equal priority), so kvmexit's
+    clock reading on a call is never before ftrace's, and no later than the thread's next event in
+    task context (events in hardirq or softirq context, flags h/s, can be stamped between the two
+    probes and do not bound). How long after ftrace's it came is not known: under TCG the emulated
+    CPU can stall between the two probes for as long as the real machine deschedules it, and its
+    clock runs on meanwhile (kvm_entry fires with interrupts disabled, yet run r1 of 2026-12-02 saw
+    kvmexit's reading 1.94 ms after ftrace's there)."""
+
+    def __init__(self, text: str) -> None:
+        self.pairs: List[PairBounds] = []
+        #: tid -> how much longer than ftrace's (SplitTruth.guest_ns) a second observer's guest time
+        #: can be, at most: each stay in the guest ends at a kvm_exit whose second probe read the
+        #: clock before exit_hi, and begins at a kvm_entry whose second probe read it no earlier
+        #: than ftrace's stamp. (No bound the other way: after kvm_entry the thread's next event is
+        #: its next exit, so a stall between the two kvm_entry probes shortens it unseen.)
+        self.guest_slack: Counter = Counter()
+        open_exit: Dict[int, PairBounds] = {}
+        entered: Dict[int, bool] = {}  # tid -> in the guest after an entry kvmexit times from
+        exited = set()  # threads that have exited once (kvmexit times guest stays from then on)
+        #: pairs whose exit (resp. entry) still waits for the thread's next event
+        wait_exit: Dict[int, PairBounds] = {}
+        wait_entry: Dict[int, PairBounds] = {}
+        for line in text.splitlines():
+            m = _EVENT_LINE.match(line)
+            if not m:
+                continue
+            flags = m.group("flags")
+            if len(flags) > 2 and flags[2] in "hsH":  # interrupt context: may be between two probes
+                continue
+            tid = int(m.group("tid"))
+            ns = int(m.group("s")) * 1_000_000_000 + int(m.group("us")) * US_NS
+            event = m.group("event")
+            p = wait_exit.pop(tid, None)
+            if p is not None:
+                self._bound_exit(p, ns + US_NS)
+            p = wait_entry.pop(tid, None)
+            if p is not None:
+                p.entry_hi = ns + US_NS
+            if event == "kvm_exit":
+                body = m.group("body")
+                pc_m = _EXIT_PC.search(body)
+                p = PairBounds(tid, exit_label(body), int(pc_m.group(1), 16) if pc_m else None, ns, NEVER, 0)
+                p.after_guest = entered.pop(tid, False)
+                exited.add(tid)
+                open_exit[tid] = p
+                wait_exit[tid] = p
+            elif event == "kvm_entry" and tid in open_exit:
+                p = open_exit.pop(tid)
+                p.entry_lo = ns
+                self.pairs.append(p)
+                wait_entry[tid] = p
+                entered[tid] = True
+            elif event == "kvm_entry" and tid in exited:  # an entry with no exit open (SplitTruth's rule)
+                entered[tid] = True
+        for p in wait_exit.values():  # no later event of the thread: nothing bounds it
+            self._bound_exit(p, NEVER)
+
+    def _bound_exit(self, p: PairBounds, hi: int) -> None:
+        p.exit_hi = hi
+        if p.after_guest:
+            self.guest_slack[p.tid] += hi - p.exit_lo
+
+    def matching(self, tid: int, reason: str, pc: Optional[int], exit_ns: int, duration_ns: int) -> List[PairBounds]:
+        return [p for p in self.pairs if p.holds(tid, reason, pc, exit_ns, exit_ns + duration_ns)]

@@ -106,13 +106,13 @@ class Ftrace:
     """kvm:kvm_exit + kvm:kvm_entry (+ kvm:kvm_vcpu_wakeup: halt time; sched:sched_process_exit:
     which threads died, as kvmexit record records it) in a private tracefs instance."""
 
-    def __init__(self, instance=INSTANCE, extra=(), clock=None):
+    def __init__(self, instance=INSTANCE, extra=(), clock=None, buffer_kb=16384):
         self.instance = instance
         if not os.path.isdir(instance):
             os.mkdir(instance)
         if clock:  # e.g. "mono": BPF's bpf_ktime_get_ns clock, comparable across CPUs
             self._w("trace_clock", clock)
-        self._w("buffer_size_kb", "16384")
+        self._w("buffer_size_kb", str(buffer_kb))
         self._w("tracing_on", "0")
         for ev in ("kvm_exit", "kvm_entry", "kvm_vcpu_wakeup", "sched/sched_process_exit", *extra):
             ev = ev if "/" in ev else "kvm/" + ev  # "sched/sched_switch"
@@ -576,19 +576,28 @@ def run_qemu(outdir):
     say("qemu rc=%d wall=%.3fs" % (p.returncode, wall))
 
 
-def scenario_qemu(ftrace):
+def scenario_qemu():
+    """The real guest's boot under kvmexit --sub --split, and an ftrace instance with the kernel's
+    own events that say what each exit was and where its time went (the sub-reason events,
+    sched_switch), on the monotonic clock as kvmexit record --sub --split records them."""
     exe = qemu_cmd("")[0]
     if shutil.which(exe) is None:  # the host's rootfs has no QEMU (harness.sh QEMU_PKG)
         write(os.path.join(RESULTS, "qemu", "skipped"), "%s is not in the %s rootfs\n" % (exe, ENV.get("HOST")))
         return
-    traced_scenario("qemu", ["--json", "--by", "thread"], ftrace=ftrace, vmm=run_qemu)
+    extra = ("sched/sched_switch", *SUB_EVENTS)
+    ftrace = Ftrace(INSTANCE + "-qemu", extra, clock="mono", buffer_kb=32768)
+    args = ["--json", "--by", "thread", "--sub", "--split"]
+    traced_scenario("qemu", args, ftrace=ftrace, vmm=run_qemu)
 
 
 def scenario_slow():
-    """The slow-exit log live, under an ftrace instance on the mono clock: the clock of BPF's
-    timestamps, one for all CPUs (the default per-CPU clock skews durations that span CPUs)."""
-    ftrace = Ftrace(INSTANCE + "-slow", clock="mono")
-    traced_scenario("slow", ["--json", "--slower-than", SLOW_THRESHOLD], ftrace=ftrace)
+    """The slow-exit log live with the split, under an ftrace instance on the mono clock: the clock
+    of BPF's timestamps, one for all CPUs (the default per-CPU clock skews durations that span
+    CPUs). The instance's events inside exits (the sub-reason events, sched_switch) bound when
+    kvmexit's probe on the same kvm_exit read the clock (e2e_results.ProbeBounds): the instance
+    enables them before kvmexit attaches, so its probes run first."""
+    ftrace = Ftrace(INSTANCE + "-slow", ("sched/sched_switch", *SUB_EVENTS), clock="mono")
+    traced_scenario("slow", ["--json", "--slower-than", SLOW_THRESHOLD, "--split"], ftrace=ftrace)
 
 
 def main():
@@ -622,7 +631,7 @@ def main():
                 ("subreasons", scenario_subreasons),
                 ("hog", scenario_hog),
                 ("exporter", lambda: scenario_exporter(ftrace)),
-                ("qemu", lambda: scenario_qemu(ftrace)),
+                ("qemu", scenario_qemu),
                 # The slow-exit log, live, against the same run's ftrace capture.
                 ("slow", scenario_slow),
             ]
