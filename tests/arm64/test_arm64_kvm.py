@@ -471,6 +471,18 @@ def test_slow_exit_log_live_matches_ftrace(slow):
     )
 
 
+def test_slow_exit_log_names_each_vcpu(slow):
+    """Each live slow exit names its thread as the kernel did (the slot's comm travels with the
+    event): the VMM's threads may be gone from /proc before kvmexit reads the perf buffer (seen on
+    a run of 12:09 UTC: every line of one vCPU thread had comm '' and vcpu null)."""
+    live_docs = [x for x in er.json_docs(_read(slow, "kvmexit.out")) if x.get("schema") == "kvmexit-slow/2"]
+    vcpus, _done = er.parse_vmm(_read(slow, "vmm.out"))
+    index = {v["tid"]: i for i, v in vcpus.items()}
+    assert live_docs and all(x["tid"] in index for x in live_docs), "slow exits of threads the VMM did not run"
+    named = {(x["tid"], x["comm"], x["vcpu"], x["vm"]) for x in live_docs}
+    assert named == {(x["tid"], "CPU %d/KVM" % index[x["tid"]], index[x["tid"]], VM_NAME) for x in live_docs}
+
+
 def test_slow_exit_log_offline_equals_ftrace(slow):
     """`kvmexit report --slower-than 1ms` on the capture lists exactly the pairs ftrace's own stamps
     put above 1 ms (same clock readings: no probe between), with their split adding up exactly."""

@@ -4,6 +4,7 @@ are counted."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -64,6 +65,34 @@ def test_only_exits_above_the_threshold_are_logged_with_pc_and_esr():
         assert (d.source.slow_seen, d.source.slow_lost) == (2, 0)
         # The log adds to the statistics, it takes nothing from them: every pair is counted.
         assert sum(s.pairs for s in d.snapshot().stats.values()) == 5
+    finally:
+        d.close()
+
+
+def test_a_slow_exit_is_named_as_the_kernel_named_its_thread_even_after_the_thread_is_gone():
+    """The event carries the slot's comm: read after the vCPU thread ended (a short-lived VMM, a
+    loaded host), its line still says which vCPU it was, not '' from a /proc that has no thread."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    d = SlowDriver(slow_ns=THRESHOLD_NS)
+    try:
+        tids: List[int] = []
+
+        def vcpu() -> None:
+            libc.prctl(15, b"CPU 3/KVM", 0, 0, 0)  # PR_SET_NAME, as QEMU names its vCPU threads
+            tids.append(threading.get_native_id())
+            d.pair(EC_HVC64, 0x4000_2000, SLOW_SLEEP_S)
+
+        t = threading.Thread(target=vcpu)
+        t.start()
+        t.join()
+        task = "/proc/%d/task/%d" % (os.getpid(), tids[0])
+        for _ in range(100):  # join() returns before the kernel has reaped the thread
+            if not os.path.exists(task):
+                break
+            time.sleep(0.01)
+        assert not os.path.exists(task)
+        d.source.poll(100)
+        assert [(e.tid, e.thread.comm, e.thread.vcpu) for e in d.events] == [(tids[0], "CPU 3/KVM", 3)]
     finally:
         d.close()
 

@@ -624,6 +624,7 @@ static __always_inline void log_slow(void *ctx, struct kvmexit_thread *t, u32 ti
 		.blocked_ns = t->split.blocked_ns,
 #endif
 	};
+	__builtin_memcpy(e.comm, t->comm, sizeof(e.comm));
 	/* A full buffer drops the event; user space counts it (the perf buffer's lost callback). */
 	slow_exits.perf_submit(ctx, &e, sizeof(e));
 }

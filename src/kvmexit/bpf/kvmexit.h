@@ -131,6 +131,9 @@ struct kvmexit_slow {
 	u64 vmm_ns;
 	u64 preempt_ns;
 	u64 blocked_ns;
+	/* The thread's name as its slot has it: user space may read the event after the thread (or
+	 * its process) is gone from /proc, and the name is what says which vCPU it was. */
+	char comm[16];
 };
 
 /* Key of the sub-reason map (KVMEXIT_SUB): a pair with a sub-reason, recorded a second time. */

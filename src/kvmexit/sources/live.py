@@ -541,7 +541,7 @@ class LiveSource(Source):
                 esr=e.esr if (e.esr_known or not x86) else None,
                 esr_whole=bool(e.esr_known),
                 sub=e.sub,
-                thread=self._slow_thread(e.tgid, e.tid),
+                thread=self._thread(e.tgid, e.tid, bytes(e.comm)),
                 wall=self._wall_offset + e.ts / 1e9,
                 # --split: the pair's parts (their 0 without it, or without their event, is unknown)
                 vmm_ns=None if "vmm_ns" in unknown else e.vmm_ns,
@@ -549,13 +549,6 @@ class LiveSource(Source):
                 blocked_ns=None if "blocked_ns" in unknown else e.blocked_ns,
             ),
         )
-
-    def _slow_thread(self, tgid: int, tid: int) -> ThreadInfo:
-        """Names of a slow exit's thread: as the last snapshot named it, else from /proc now."""
-        cached = self._threads.get(tid)
-        if cached is not None and cached[0][0] == tgid:
-            return cached[1]
-        return self.resolver.thread(tgid, tid)
 
     def _on_slow_lost(self, count: int) -> None:
         self.slow_lost += count
@@ -587,11 +580,13 @@ class LiveSource(Source):
         return Health(unpaired, start_full, stats_full, sum(self._abandoned.values()), sub_full)
 
     def _thread(self, tgid: int, tid: int, comm: bytes) -> ThreadInfo:
-        """Names of a thread, resolved once per (tgid, tid, kernel comm)."""
+        """Names of a thread, resolved once per (tgid, tid, kernel comm); ``comm`` as the kernel
+        keeps it (NUL-padded) or as a perf event's field gives it (cut at the NUL)."""
+        comm = comm.split(b"\0", 1)[0]
         cached = self._threads.get(tid)
         if cached is not None and cached[0] == (tgid, comm):
             return cached[1]
-        info = self.resolver.thread(tgid, tid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"))
+        info = self.resolver.thread(tgid, tid, comm.decode("utf-8", "replace"))
         self._threads[tid] = ((tgid, comm), info)
         return info
 
