@@ -676,11 +676,11 @@ def read_parallel(
     try:
         for _ in range(processes - 1):
             r, w = ctx.Pipe(duplex=False)
+            conns.append(r)
             proc = ctx.Process(target=_worker, args=(w, os.getpid(), counter, job), daemon=True)
+            procs.append(proc)  # before it starts: a Ctrl-C right after start() still ends it
             proc.start()
             w.close()
-            procs.append(proc)
-            conns.append(r)
         try:
             mine = _read_chunks(counter, list(range(len(ranges))), job)
         except _PartError as e:
@@ -701,10 +701,11 @@ def read_parallel(
         for k, result in mine:
             results[k] = result
     finally:
-        for proc in procs:
+        started = [proc for proc in procs if proc.pid is not None]
+        for proc in started:
             if proc.is_alive():
                 proc.terminate()
-        for proc in procs:
+        for proc in started:
             proc.join()
         for conn in conns:
             conn.close()
