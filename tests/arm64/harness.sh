@@ -313,10 +313,13 @@ print(os.path.dirname(prometheus_client.__file__), decorator.__file__)' 2>/dev/n
             ;;
         amd64)
             # TCG's -cpu max has AMD SVM with nested paging: kvm_amd loads in the guest.
-            qemu-system-x86_64 -M q35 -cpu max -smp 2 -m 2048 -nographic -no-reboot -nic none \
-                -monitor none -serial "file:$serial" \
+            # KVMEXIT_E2E_X86_{ACCEL,CPU,SMP,APPEND,MONITOR}: harness development (README.md: "The
+            # emulated x86 host's panic and hangs"); the defaults are what CI would run.
+            qemu-system-x86_64 -M q35 -accel "${KVMEXIT_E2E_X86_ACCEL:-tcg}" -cpu "${KVMEXIT_E2E_X86_CPU:-max}" \
+                -smp "${KVMEXIT_E2E_X86_SMP:-2}" -m 2048 -nographic -no-reboot -nic none \
+                -monitor "${KVMEXIT_E2E_X86_MONITOR:-none}" -serial "file:$serial" \
                 -kernel "$KERNEL" -initrd "$INITRD" \
-                -append "console=ttyS0 panic=-1 loglevel=4 rw" \
+                -append "console=ttyS0 panic=-1 loglevel=4 rw ${KVMEXIT_E2E_X86_APPEND:-}" \
                 -drive "if=none,id=root,file=$ROOTFS,format=raw,snapshot=on" -device virtio-blk-pci,drive=root \
                 -drive "if=none,id=work,file=$stage/work.img,format=raw" -device virtio-blk-pci,drive=work \
                 </dev/null >"$out/qemu.stdout" 2>&1 &

@@ -542,7 +542,7 @@ def scenario_exporter(ftrace):
 #: prints QEMU_MARKER and powers off.
 QEMU_VM = "qemu-vm"
 QEMU_MARKER = "KVMEXIT-NESTED-INIT: powering off"
-QEMU_TIMEOUT = 900
+QEMU_TIMEOUT = int(ENV.get("KVMEXIT_E2E_QEMU_TIMEOUT", "900"))
 
 
 def qemu_cmd(console):
@@ -553,7 +553,12 @@ def qemu_cmd(console):
         "-kernel", os.path.join(GUEST, "nested-vmlinuz"), "-initrd", os.path.join(GUEST, "nested-initrd.gz"),
     ]  # fmt: skip
     if ENV.get("ARCH") == "amd64":
-        return ["qemu-system-x86_64", *common, "-append", "console=ttyS0 panic=-1 quiet"]
+        return [
+            "qemu-system-x86_64",
+            *common,
+            "-append",
+            "console=ttyS0 panic=-1 " + ENV.get("KVMEXIT_E2E_QEMU_LOG", "quiet"),
+        ]
     return ["qemu-system-aarch64", "-M", "virt,gic-version=3", *common, "-append", "console=ttyAMA0 panic=-1 quiet"]
 
 
@@ -600,6 +605,50 @@ def scenario_slow():
     traced_scenario("slow", ["--json", "--slower-than", SLOW_THRESHOLD, "--split"], ftrace=ftrace)
 
 
+def _read_tail(path):
+    with open(path) as f:
+        return " ".join(f.read().split()[-3:])
+
+
+def scenario_stress(seconds, with_kvmexit):
+    """Harness development (KVMEXIT_E2E_ONLY=stress): the long exit runs that hung or crashed the
+    emulated x86 host, over and over for `seconds`, without (or with) kvmexit attached; each round
+    is logged on the serial console, so a hang or a panic shows where it happened."""
+    outdir = os.path.join(RESULTS, "stress")
+    os.makedirs(outdir)
+    k = None
+    if with_kvmexit:
+        k = Kvmexit(outdir, ["--json"])
+        if not k.start():
+            return
+    log = []
+    if ENV.get("KVMEXIT_E2E_STRESS_QEMU") == "1":  # the nested QEMU boot first
+        run_qemu(outdir)
+        log.append("qemu: " + _read_tail(os.path.join(outdir, "vmm.err")))
+        say("stress qemu: " + log[-1])
+        os.sync()
+    t_end = time.time() + seconds
+    i = 0
+    while time.time() < t_end:
+        i += 1
+        t0 = time.time()
+        rc1, w1 = run_vmm(outdir, tag="long", specs=[CONF.get("COST_SPEC", "0:0:20000:0")])
+        specs = [CONF.get("ABANDON_VCPU0", "1000000:0:0:0"), CONF.get("ABANDON_VCPU1", "0:1000000:0:0")]
+        vmm = subprocess.Popen(vmm_args(specs), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(float(CONF.get("ABANDON_AFTER_S", "3")))
+        vmm.kill()
+        vmm.communicate()
+        rc3, w3 = run_vmm(outdir, tag="std")
+        took = (i, rc1, w1, vmm.returncode, rc3, w3, time.time() - t0)
+        line = "round %d: long rc=%d %.1fs, abandon rc=%d, std rc=%d %.1fs, total %.1fs" % took
+        log.append(line)
+        say("stress " + line)
+        write(os.path.join(outdir, "rounds"), "\n".join(log) + "\n")
+        os.sync()
+    if k is not None:
+        k.stop()
+
+
 def main():
     if os.path.isdir(RESULTS):
         shutil.rmtree(RESULTS)
@@ -619,7 +668,10 @@ def main():
         ftrace.stop(outdir)
         if ENV.get("KVMEXIT_E2E_B"):
             scenario_ab(ftrace, ENV["KVMEXIT_E2E_B"].split())
-        if ENV.get("KVMEXIT_E2E_ONLY", "") == "subreasons":  # harness development
+        if ENV.get("KVMEXIT_E2E_ONLY", "") == "stress":  # harness development
+            secs = float(ENV.get("KVMEXIT_E2E_STRESS_S", "600"))
+            steps = [("stress", lambda: scenario_stress(secs, ENV.get("KVMEXIT_E2E_STRESS_KVMEXIT") == "1"))]
+        elif ENV.get("KVMEXIT_E2E_ONLY", "") == "subreasons":  # harness development
             steps = [("subreasons", scenario_subreasons), ("hog", scenario_hog)]
         elif ENV.get("KVMEXIT_E2E_ONLY", "") != "ftrace":
             steps = [
