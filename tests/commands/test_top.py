@@ -5,10 +5,8 @@ the rows on screen are compared with the kernel's stats map of the top process."
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -104,53 +102,6 @@ def rows(screen: str, header: str) -> List[List[str]]:
         if not ln.strip() or ln.startswith("q quit"):
             break
         out.append(ln.split())
-    return out
-
-
-def kernel_exits(pid: int) -> Counter:
-    """Exits per (tgid, tid, code, detail) in the kernel maps of process ``pid``: pairs plus
-    unfinished of the rows in the threads' slots and of the keyed stats map (open exits are none
-    here). arm64: the rows hold reasons.ROW_REASONS["arm64"]."""
-    from kvmexit.model import KERNEL_FIELDS
-    from kvmexit.reasons import ROW_REASONS
-    from kvmexit.sources.live import _KEY, _THREAD_TAIL, _VALUE
-
-    names = [f.name for f in KERNEL_FIELDS]
-    pairs_at, unfinished_at = names.index("pairs") * 8, names.index("unfinished") * 8
-    rows = ROW_REASONS["arm64"]
-    ids = []
-    for fd in os.listdir("/proc/%d/fdinfo" % pid):
-        try:
-            text = Path("/proc/%d/fdinfo/%s" % (pid, fd)).read_text()
-        except OSError:
-            continue
-        ids += [int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("map_id:")]
-    out: Counter = Counter()
-
-    def exits(value: bytes, offset: int = 0) -> int:
-        (pairs,) = struct.unpack_from("=Q", value, offset + pairs_at)
-        (unfinished,) = struct.unpack_from("=Q", value, offset + unfinished_at)
-        return pairs + unfinished
-
-    for map_id in ids:
-        info = json.loads(
-            subprocess.run(["bpftool", "map", "show", "id", str(map_id), "-j"], capture_output=True).stdout
-        )
-        if info.get("name") not in ("stats", "threads"):
-            continue
-        dump = subprocess.run(["bpftool", "map", "dump", "id", str(map_id), "-j"], capture_output=True, check=True)
-        for entry in json.loads(dump.stdout):
-            key = bytes(int(b, 16) for b in entry["key"])
-            value = bytes(int(b, 16) for b in entry["value"])
-            if info["name"] == "stats":
-                out[_KEY.unpack(key)] += exits(value)
-                continue
-            (tid,) = struct.unpack("=I", key)
-            tgid = _THREAD_TAIL.unpack_from(value, _VALUE.size * len(rows))[3]
-            for i, (code, detail) in enumerate(rows):
-                n = exits(value, i * _VALUE.size)
-                if n:
-                    out[(tgid, tid, code, detail)] += n
     return out
 
 
