@@ -113,11 +113,18 @@ def _boot(host: str) -> str:
     return out
 
 
+#: host -> its run's directory: pytest sets a parametrized session fixture up again whenever the
+#: order of the tests changes host, so the boot itself is kept (seen in CI: nine boots of three hosts).
+_BOOTED: dict = {}
+
+
 @pytest.fixture(scope="session", params=_hosts())
 def results(request) -> str:
     """Directory of one run's results; boots each emulated host at most once."""
     given = os.environ.get("KVMEXIT_ARM64_RESULTS")
-    out = given if given else _boot(request.param)
+    if not given and request.param not in _BOOTED:
+        _BOOTED[request.param] = _boot(request.param)
+    out = given if given else _BOOTED[request.param]
     res = os.path.join(out, "results")
     if not _exists(res, "done"):
         pytest.fail("guest scenarios did not finish; see %s/serial.log" % out)
