@@ -54,9 +54,11 @@ SNAP = Snapshot(
 )
 
 
-def scrape(snapshot=SNAP, per_thread=False, lost=0):
+def scrape(snapshot=SNAP, per_thread=False, lost=0, sub_label=None):
     registry = prometheus_client.CollectorRegistry(auto_describe=False)
-    registry.register(view.ExitCollector(lambda: snapshot, label, per_thread, lambda: lost, {"arch": "arm64"}))
+    registry.register(
+        view.ExitCollector(lambda: snapshot, label, per_thread, lambda: lost, {"arch": "arm64"}, sub_label=sub_label)
+    )
     text = prometheus_client.generate_latest(registry).decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -159,14 +161,7 @@ def test_sub_reason_label_only_when_asked():
         subs_known=True,
     )
     assert not any("sub_reason" in dict(labels) for _, labels in scrape(snap))
-    registry = prometheus_client.CollectorRegistry(auto_describe=False)
-    registry.register(view.ExitCollector(lambda: snap, label, False, lambda: 0, {}, sub_label=sub_label))
-    text = prometheus_client.generate_latest(registry).decode()
-    got = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
+    got = scrape(snap, sub_label=sub_label)
     assert got["kvmexit_exits_total", lbl("web01", "0", "HVC64", sub_reason="PSCI_VERSION")] == 3
     assert got["kvmexit_exits_total", lbl("web01", "0", "HVC64", sub_reason="-")] == 2  # 5,000 ns + unfinished
     assert got["kvmexit_exits_total", lbl("web01", "0", "WFx", sub_reason="-")] == 2
@@ -268,14 +263,7 @@ def test_parts_with_sub_reasons_add_up_per_sub_reason():
     psci = hvc_sub(0x84000000)
     sub = with_split(stats([700, 900]), 50_000, 1_000, 500, 0)
     snap = replace(SPLIT_SNAP, subs={SubKey(100, 101, *HVC, psci): sub}, subs_known=True)
-    registry = prometheus_client.CollectorRegistry(auto_describe=False)
-    registry.register(view.ExitCollector(lambda: snap, label, False, lambda: 0, {}, sub_label=sub_label))
-    text = prometheus_client.generate_latest(registry).decode()
-    got = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
+    got = scrape(snap, sub_label=sub_label)
     part = "kvmexit_exit_part_seconds_total"
     assert got[part, lbl("web01", "0", "HVC64", sub_reason="PSCI_VERSION", part="vmm")] == 1_000 / 1e9
     assert got[part, lbl("web01", "0", "HVC64", sub_reason="PSCI_VERSION", part="kernel")] == 100 / 1e9
