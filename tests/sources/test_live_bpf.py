@@ -120,6 +120,17 @@ def by_label(snap: Snapshot, tid: int) -> Dict[str, Tuple[int, int, int, int]]:
     return out
 
 
+def snapshot_once_reaped(source):
+    """A snapshot taken once an ended thread's open exit shows as abandoned (the kernel reaps the
+    task a moment after the thread ends), or after 5 s."""
+    deadline = time.monotonic() + 5
+    snap = source.snapshot()
+    while snap.health.abandoned == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        snap = source.snapshot()
+    return snap
+
+
 def in_thread(fn, *args):
     """Run fn in a new thread (a new tid for bpf_get_current_pid_tgid) and return that tid."""
     box = {}
@@ -266,11 +277,7 @@ def test_threads_are_kept_apart(arm64):
 
 def test_open_exit_of_an_exited_thread_is_abandoned_not_leaked(arm64):
     tid = in_thread(arm64.arm64_exit, TRAP, EC_WFX)  # the thread exits with its exit open
-    deadline = time.monotonic() + 5
-    snap = arm64.snapshot()
-    while snap.health.abandoned == 0 and time.monotonic() < deadline:  # until the task is reaped
-        time.sleep(0.02)
-        snap = arm64.snapshot()
+    snap = snapshot_once_reaped(arm64)
     assert snap.health.abandoned == 1
     assert by_label(snap, tid) == {"WFx": (1, 0, 0, 0)}  # (exits, pairs, open, unfinished)
     assert [s.abandoned for k, s in snap.stats.items() if k.tid == tid] == [1]

@@ -20,7 +20,18 @@ from kvmexit.layouts import detect
 from kvmexit.model import ExitKey, Snapshot, SubKey
 from kvmexit.reasons import subreasons
 from kvmexit.sources.trace import subdecode as sd
-from sources.test_live_bpf import EC_DABT_LOW, EC_HVC64, EC_SYS64, EC_WFX, FORMATS, SERROR, TRAP, X86_FORMATS, in_thread
+from sources.test_live_bpf import (
+    EC_DABT_LOW,
+    EC_HVC64,
+    EC_SYS64,
+    EC_WFX,
+    FORMATS,
+    SERROR,
+    TRAP,
+    X86_FORMATS,
+    in_thread,
+    snapshot_once_reaped,
+)
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_env")]
 
@@ -363,11 +374,7 @@ def test_an_abandoned_exits_guest_time_is_in_its_sub_reason_row_too():
 
     try:
         tid = in_thread(body)
-        deadline = time.monotonic() + 5
-        snap = d.snapshot()
-        while snap.health.abandoned == 0 and time.monotonic() < deadline:  # until the task is reaped
-            time.sleep(0.02)
-            snap = d.snapshot()
+        snap = snapshot_once_reaped(d)
         tgid = next(k.tgid for k in snap.stats if k.tid == tid)
         row = snap.stats[ExitKey(tgid, tid, TRAP, EC_HVC64)]
         sub = snap.subs[SubKey(tgid, tid, TRAP, EC_HVC64, subreasons.hvc_sub(0x84000000))]

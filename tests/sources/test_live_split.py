@@ -13,7 +13,19 @@ import time
 from typing import Dict, List, Tuple
 
 import pytest
-from test_live_bpf import EC_DABT_LOW, EC_HVC64, EC_SYS64, EC_WFX, FORMATS, IRQ, TRAP, Driver, in_thread, live_layout
+from test_live_bpf import (
+    EC_DABT_LOW,
+    EC_HVC64,
+    EC_SYS64,
+    EC_WFX,
+    FORMATS,
+    IRQ,
+    TRAP,
+    Driver,
+    in_thread,
+    live_layout,
+    snapshot_once_reaped,
+)
 
 from bpf_testrun import test_run_raw
 from kvmexit.layouts import detect
@@ -126,11 +138,7 @@ def test_an_abandoned_exit_keeps_its_guest_time():
 
     try:
         tid = in_thread(body)
-        deadline = time.monotonic() + 5
-        snap = d.snapshot()
-        while snap.health.abandoned == 0 and time.monotonic() < deadline:  # until the task is reaped
-            time.sleep(0.02)
-            snap = d.snapshot()
+        snap = snapshot_once_reaped(d)
         rows = rows_of(snap, tid)
         assert rows["HVC64"].abandoned == 1 and within(rows["HVC64"].guest_ns, c.gap("entry", "exit"))
     finally:
