@@ -20,6 +20,9 @@ not the syscall. The variants run interleaved in one process so they share the m
 - naive-pairing: a naive per-thread pairing (start and class maps updated at exit, stats
   looked up or inserted; two lookups, a stats lookup and two deletes at entry), not the original;
 - floor: a timestamp and one per-thread map operation per event (update at exit, lookup at entry);
+- empty: programs that do nothing: what BPF_PROG_TEST_RUN's dispatch and the run-time stats cost
+  by themselves per pair, the same in every variant;
+- clock: the thread's id and a timestamp per event and nothing else: what any pairing must do;
 - floor-slot: the same with kvmexit's trick, a lookup and an in-place write at exit instead of an
   update: the least a pairing with a hash lookup per event can do (kvmexit makes one per pair);
 - kvmexit-sub: kvmexit built with sub-reasons (--sub, KVMEXIT_SUB): each pair also runs one
@@ -148,6 +151,8 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
         "naive-pairing": (naive, "naive_exit", "naive_entry"),
         "floor": (floor, "floor_exit", "floor_entry"),
         "floor-slot": (floor, "floor2_exit", "floor2_entry"),
+        "empty": (floor, "empty_exit", "empty_entry"),
+        "clock": (floor, "clock_exit", "clock_entry"),
         "kvmexit-sub": (sub.bpf, "kvmexit_exit", "kvmexit_entry"),
     }
     if before_build is not None:
@@ -205,6 +210,17 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     )
     print("  ratio kvmexit/original: %.2fx  (goal <= 1.0x)" % (per_pair["kvmexit"] / per_pair["original"]))
     print("  ratio kvmexit/floor:    %.2fx  (goal <= 1.5x)" % (per_pair["kvmexit"] / per_pair["floor"]))
+    for base in ("empty", "clock"):
+        print(
+            "  ratio kvmexit/original beyond %-5s %.2fx  (kvmexit %.1f ns, original %.1f ns more than %s)"
+            % (
+                base + ":",
+                (per_pair["kvmexit"] - per_pair[base]) / (per_pair["original"] - per_pair[base]),
+                per_pair["kvmexit"] - per_pair[base],
+                per_pair["original"] - per_pair[base],
+                base,
+            )
+        )
     print(
         "  ratio kvmexit/floor-slot: %.2fx  (two hash lookups per pair and nothing else; kvmexit makes one)"
         % (per_pair["kvmexit"] / per_pair["floor-slot"])
