@@ -15,11 +15,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvmexit.errors import BadTrace
-from kvmexit.sources.trace import read_stream
+from kvmexit.sources.trace import read_stream, reader
 
 TRACES = Path(__file__).resolve().parent.parent / "data" / "traces"
 SEED_LINES = []
@@ -144,3 +145,66 @@ def test_lines_over_the_limit_are_counted(lines, fmt, max_line, final_newline):
     if not final_newline:
         data = data.rstrip(b"\n")
     check(data, fmt, max_line=max_line)
+
+
+# -- the reader's fast path reads every line as its grammar does ---------------------------------------
+
+#: A timestamp in place of a line's: its seconds (``None``: the line's own, so that the reader's
+#: prefix cache has it) or others, fraction digits and what may follow them, around the grammar's
+#: bounds (1-20 digits of seconds, at most 9 of fraction, one optional dot).
+STAMP = st.tuples(
+    st.one_of(st.none(), st.none(), st.text("0123456789", max_size=22).map(str.encode)),
+    st.text("0123456789", max_size=24).map(str.encode),
+    st.sampled_from([b"", b"", b"", b"x", b" ", b"\t", b"_1", b"+1", b"\xd9\xa1"]),
+)
+
+
+def restamp(line: bytes, dot: bytes, stamp: tuple) -> bytes:
+    """``line`` with the word before its first ``": "`` (its timestamp) replaced by ``stamp``'s
+    seconds, ``dot`` and the rest of ``stamp``."""
+    sec, frac, tail = stamp
+    prefix, sep, rest = line.partition(b": ")
+    head, space, old = prefix.rpartition(b" ")
+    if not (sep and space):
+        return line
+    if sec is None:
+        sec = old.partition(b".")[0]
+    return head + space + sec + dot + frac + tail + sep + rest
+
+
+def read_or_error(data: bytes, fmt):
+    try:
+        r = read_stream(io.BytesIO(data), fmt=fmt)
+    except BadTrace as e:
+        return str(e)
+    return r.snapshot, r.health
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(SEED_LINES),
+            st.sampled_from([b".", b"", b".."]),
+            st.lists(STAMP, min_size=1, max_size=4),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    st.sampled_from([None, "ftrace", "trace-cmd", "perf"]),
+)
+def test_fast_path_reads_as_the_grammar(edits, fmt):
+    """Lines whose prefix (thread, CPU, the timestamp's seconds) the reader has cached skip the
+    grammar: each seed line is followed by copies with other timestamps (a fraction of another
+    length, none, no dot, too many digits, junk after it...), and the whole trace must read the
+    same as with the prefix cache off (every line through the grammar)."""
+    lines = []
+    for line, dot, stamps in edits:
+        line = line.rstrip(b"\n") + b"\n"
+        lines += [line] + [restamp(line, dot, stamp) for stamp in stamps]
+    data = b"".join(lines)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader, "_HEADS_MAX", 0)
+        assert reader._HEADS_MAX == 0
+        through_grammar = read_or_error(data, fmt)
+    assert read_or_error(data, fmt) == through_grammar

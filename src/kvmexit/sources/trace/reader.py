@@ -56,6 +56,10 @@ _FLUSH_LINES = 32768
 #: ns per unit for a timestamp fraction of n digits (0 digits: a raw counter, taken as ns).
 _SCALE = tuple([1] + [10 ** (9 - n) for n in range(1, MAX_FRACTION + 1)])
 
+#: Entries of the reader's prefix cache: it holds one per thread, CPU and second of the trace,
+#: and is emptied when full (memory stays bounded; the grammar fills it again).
+_HEADS_MAX = 1 << 14
+
 
 @dataclass
 class TraceInfo:
@@ -478,9 +482,12 @@ def _loop(
     """The hot loop: each line is parsed, and its event dispatched to the engine (:data:`EVENTS`).
 
     Fast path: ``line.split(b": ", 2)`` gives ``prefix, event, payload``; the prefix up to the
-    timestamp (comm, tid, tgid, CPU, flags) is looked up in a cache filled only from lines the
-    format's full grammar matched with the same split, so a fast-path line is exactly a line the
-    grammar accepts. Anything else goes through the grammar (and, failing it, is classified).
+    timestamp's dot (comm, tid, tgid, CPU, flags and the seconds) is looked up in a cache filled
+    only from lines the format's full grammar matched with the same split, and its fraction must
+    be digits, as many as that line's, so a fast-path line is exactly a line the grammar accepts;
+    the cache holds the seconds in ns, so only the fraction is converted. Timestamps without a dot
+    (a raw counter clock) have a cache of their own, of the prefix up to the timestamp. Anything
+    else goes through the grammar (and, failing it, is classified).
     The engine adds its pending pairs up every :data:`_FLUSH_LINES` lines or so (memory stays flat).
     """
     rx = GRAMMARS[fmt]
@@ -494,15 +501,18 @@ def _loop(
     scale = _SCALE
     side_tgid = names.tgid_of if names is not None else {}
     filtering = bool(tids or tgids)
-    heads: Dict[bytes, Thread] = {}
+    heads_max = _HEADS_MAX
+    #: prefix up to the timestamp's dot -> (thread, the seconds in ns, fraction digits, ns per unit)
+    heads: Dict[bytes, Tuple[Thread, int, int, int]] = {}
     heads_get = heads.get
+    #: prefix up to a timestamp without a dot -> thread
+    raw_heads: Dict[bytes, Thread] = {}
     n = n_other = n_ignored = n_filtered = 0
     malformed_before = health.malformed
 
     def grammar(line: bytes, parts: list, n: int) -> Optional[tuple]:
-        """The full grammar: ``(thread, handler, payload, digits, frac)``, or ``None`` when the
-        line is no event of the table (it is then counted here as other event, ignored or
-        malformed)."""
+        """The full grammar: ``(thread, handler, payload, ts_ns)``, or ``None`` when the line is
+        no event of the table (it is then counted here as other event, ignored or malformed)."""
         nonlocal n_ignored, n_other
         m = match(line)
         if m is None:
@@ -534,15 +544,24 @@ def _loop(
             not filtering or _wanted(tid, tgid, tids, tgids, side_tgid),
         )
         # perf prints two spaces after the timestamp: its event part then starts with one.
-        if len(parts) == 3 and parts[1] in (ev, b" " + ev) and m.end("frac") == len(parts[0]) and len(heads) < 100000:
+        if heads_max and len(parts) == 3 and parts[1] in (ev, b" " + ev) and m.end("frac") == len(parts[0]):
             prefix = parts[0]
-            i = prefix.rfind(b" ")
-            if m.start("sec") == i + 1:
-                heads[prefix[:i]] = thread
-        return thread, handler, payload, sec + frac, frac
+            if frac:
+                i = prefix.rfind(b".")
+                if m.end("sec") == i and m.start("frac") == i + 1:
+                    if len(heads) >= heads_max:
+                        heads.clear()
+                    heads[prefix[:i]] = (thread, int(sec) * 1_000_000_000, len(frac), scale[len(frac)])
+            elif m.end("sec") == len(prefix):  # no dot
+                i = prefix.rfind(b" ")
+                if m.start("sec") == i + 1:
+                    if len(raw_heads) >= heads_max:
+                        raw_heads.clear()
+                    raw_heads[prefix[:i]] = thread
+        return thread, handler, payload, int(sec + frac) * scale[len(frac)]
 
     flushed = 0
-    max_digits, max_fraction = MAX_DIGITS, MAX_FRACTION
+    max_digits = MAX_DIGITS
     for batch in batches:
         done = n
         for n, line in enumerate(batch, done + 1):
@@ -552,19 +571,27 @@ def _loop(
                 prefix, ev, payload = parts
                 handler = handler_of(ev)
                 if handler is not None:
-                    head, _, stamp = prefix.rpartition(b" ")
-                    thread = heads_get(head)
-                    if thread is not None:
-                        sec, _, frac = stamp.partition(b".")
-                        digits = sec + frac
-                        # The grammar's bounds: 1-20 digits of seconds, at most 9 of fraction.
-                        if not (0 < len(sec) <= max_digits and len(frac) <= max_fraction and digits.isdigit()):
+                    head, _, frac = prefix.rpartition(b".")
+                    hit = heads_get(head)
+                    if hit is not None:
+                        thread, sec_ns, frac_len, unit = hit
+                        if len(frac) == frac_len and frac.isdigit():
+                            ts = sec_ns + int(frac) * unit
+                        else:
+                            thread = None
+                    elif raw_heads:
+                        head, _, stamp = prefix.rpartition(b" ")
+                        thread = raw_heads.get(head)
+                        # The grammar's bound: 1-20 digits.
+                        if thread is not None and 0 < len(stamp) <= max_digits and stamp.isdigit():
+                            ts = int(stamp)
+                        else:
                             thread = None
             if thread is None:
                 g = grammar(line, parts, n)
                 if g is None:
                     continue
-                thread, handler, payload, digits, frac = g
+                thread, handler, payload, ts = g
             decode, rule, kvm = handler  # type: ignore[misc]
             if decode is None:
                 value = None
@@ -574,7 +601,7 @@ def _loop(
                     health.note_malformed(n)
                     continue
             if thread[4] or not kvm:  # other events: every thread's (a sched_switch names two)
-                rule(int(digits) * scale[len(frac)], thread, value)
+                rule(ts, thread, value)
                 if not kvm:
                     n_other += 1
             else:
