@@ -33,3 +33,17 @@ def test_a_retried_fault_passes_a_missing_or_foreign_one_does_not():
     assert er.arm64_memory_fault_problems(ipas, dict(v, pages=30)) == missing
     foreign = ipas + Counter({0x51000000: 1})
     assert er.arm64_memory_fault_problems(foreign, v) == ["memory faults elsewhere: {'0x51000000': 1}"]
+
+
+# tests/data/traces/README.md: one WFx exit whose sleep began 4.4 ms before its halt's start.
+HALT_OVERLAP = TRACE.parent / "arm64-5.10-halt-overlap.trace"
+
+
+def test_split_truth_clamps_the_parts_to_the_exit_time_as_documented():
+    truth = er.SplitTruth(HALT_OVERLAP.read_text())
+    duration, preempted, blocked = truth.per_exit[194, 265202176000]
+    assert duration == truth.total_ns[194] == 46855000
+    halt = 25537600
+    assert preempted == 15958000  # after the halt: R+ at .232391 until .248349
+    assert blocked == duration - halt - preempted == 5359400  # the sleep of 6216000, clamped
+    assert (truth.preempt_ns[194], truth.blocked_ns[194]) == (preempted, blocked)

@@ -3,6 +3,7 @@ through BPF_PROG_TEST_RUN by fake VMM processes (tests/fake_kvm.py) named like Q
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -126,6 +127,15 @@ def test_program_with_vm_names_learns_and_without_does_not():
     assert all(fn != "kvmexit_proc_exit" for _, _, fn in pids_only.attach)
 
 
+def _wait_threads_gone(pid: int, timeout: float = 5.0) -> None:
+    """Until the process has only its main thread left: Python's join() returns before the
+    kernel has taken an ended thread out of /proc (CI saw one still there once, under load)."""
+    deadline = time.monotonic() + timeout
+    while len(os.listdir("/proc/%d/task" % pid)) > 1:
+        assert time.monotonic() < deadline, "threads of %d did not end" % pid
+        time.sleep(0.01)
+
+
 def test_name_caches_hold_only_what_runs_and_exited_threads_keep_their_names():
     """Days of churn: the tid/tgid name caches shrink back when processes exit, while the rows of
     exited threads keep the names they had (a reused tid or pid must not rename them)."""
@@ -139,6 +149,7 @@ def test_name_caches_hold_only_what_runs_and_exited_threads_keep_their_names():
         }
         first = FakeVmm(fds, [(i, EC_HVC64, 2, 0, 0) for i in range(8)], "churn-vm")
         source.poll(100)
+        _wait_threads_gone(first.pid)
         snap = source.snapshot()  # its vCPU threads have exited: their rows keep their names
         assert {snap.thread_of(k).vm for k in snap.stats} == {"churn-vm"}
         assert source.resolver.cached() == 0 and len(source._threads) == 0
