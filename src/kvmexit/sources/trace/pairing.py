@@ -45,8 +45,7 @@ threads the ``-p``/``-t`` filters keep. ``kvm`` says whether the event counts as
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections import Counter
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from functools import partial
 from operator import mul
@@ -112,7 +111,7 @@ _ARRAYS = tuple(i for i, f in enumerate(KERNEL_FIELDS) if f.words > 1)
 
 #: The accumulator's last item (after the kernel's fields): durations of pairs not yet added to
 #: the fields. :meth:`Pairer.entry` appends one per pair; :meth:`Pairer.flush` adds them in bulk
-#: (C loops: sum, min, max, the squares, the buckets), at the latest every batch of lines.
+#: (C loops: a sort, the sum, the squares; one bisection per bucket), at the latest every batch of lines.
 A_PENDING = len(KERNEL_FIELDS)
 #: Lower bound of each histogram bucket: bisect gives hist_slot of any d >= 0 (checked in tests).
 _BUCKET_LOWS = [bucket_bounds(i)[0] for i in range(HIST_SLOTS)]
@@ -129,27 +128,30 @@ def new_acc() -> list:
 
 def add_pending(acc: list) -> int:
     """Add the pending durations of an accumulator to its fields; returns how many were negative
-    (an entry stamped before its exit: counted as 0 ns)."""
+    (an entry stamped before its exit: counted as 0 ns). Sorted first: the ends are the min and
+    the max, and each histogram bucket is one bisection."""
     pending = acc[A_PENDING]
     if not pending:
         return 0
+    pending.sort()
     negative = 0
-    low = min(pending)
-    if low < 0:
-        negative = sum(1 for d in pending if d < 0)
-        pending = [d if d > 0 else 0 for d in pending]
-        low = 0
+    if pending[0] < 0:
+        negative = bisect_left(pending, 0)
+        pending[:negative] = [0] * negative
     acc[A_PAIRS] += len(pending)
     acc[A_TOTAL] += sum(pending)
-    if low < acc[A_MIN]:
-        acc[A_MIN] = low
-    high = max(pending)
-    if high > acc[A_MAX]:
-        acc[A_MAX] = high
+    if pending[0] < acc[A_MIN]:
+        acc[A_MIN] = pending[0]
+    if pending[-1] > acc[A_MAX]:
+        acc[A_MAX] = pending[-1]
     acc[A_SUMSQ][0] += sum(map(mul, pending, pending))
     hist = acc[A_HIST]
-    for slot, n in Counter(map(_bucket_plus_1, pending)).items():
-        hist[slot - 1] += n
+    i, n = 0, len(pending)
+    while i < n:
+        slot = _bucket_plus_1(pending[i]) - 1
+        j = bisect_left(pending, _BUCKET_LOWS[slot + 1], i) if slot < LAST_SLOT else n
+        hist[slot] += j - i
+        i = j
     acc[A_PENDING] = []
     return negative
 
