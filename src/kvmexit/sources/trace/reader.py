@@ -57,8 +57,17 @@ _FLUSH_LINES = 32768
 _SCALE = tuple([1] + [10 ** (9 - n) for n in range(1, MAX_FRACTION + 1)])
 
 #: Entries of the reader's prefix cache: it holds one per thread, CPU and second of the trace,
-#: and is emptied when full (memory stays bounded; the grammar fills it again).
+#: and is emptied when full (memory stays bounded; the grammar fills it again). Also the most
+#: names of other events it learns.
 _HEADS_MAX = 1 << 14
+
+
+def _count_other(ts: int, thread: Thread, value: Any) -> None:
+    """The rule of events not in the engine's table: none (the reader counts them)."""
+
+
+#: The handler of an event the engine has no rule for: it is counted as another event.
+_OTHER = (None, _count_other, False)
 
 
 @dataclass
@@ -486,8 +495,10 @@ def _loop(
     only from lines the format's full grammar matched with the same split, and its fraction must
     be digits, as many as that line's, so a fast-path line is exactly a line the grammar accepts;
     the cache holds the seconds in ns, so only the fraction is converted. Timestamps without a dot
-    (a raw counter clock) have a cache of their own, of the prefix up to the timestamp. Anything
-    else goes through the grammar (and, failing it, is classified).
+    (a raw counter clock) have a cache of their own, of the prefix up to the timestamp. An event
+    the engine has no rule for takes the fast path too once the grammar has read its name with
+    the same split (it is counted). Anything else goes through the grammar (and, failing it, is
+    classified).
     The engine adds its pending pairs up every :data:`_FLUSH_LINES` lines or so (memory stays flat).
     """
     rx = GRAMMARS[fmt]
@@ -496,7 +507,10 @@ def _loop(
     sys_group = rx.groupindex.get("sys")
     health = pairer.health
     handlers = pairer.handlers(fmt)
-    handler_of = handlers.get
+    #: The handlers by event name as the split gives it, and (_OTHER) the other events the
+    #: grammar has read with that same split.
+    events = dict(handlers)
+    handler_of = events.get
     flush = pairer.flush
     scale = _SCALE
     side_tgid = names.tgid_of if names is not None else {}
@@ -531,9 +545,6 @@ def _loop(
         if sys_group is not None:
             ev = m.group(sys_group) + b":" + ev
         handler = handlers.get(ev)
-        if handler is None:
-            n_other += 1
-            return None
         tid = int(tid_b)
         tgid = int(tgid_b) if tgid_b is not None and tgid_b[:1] != b"-" else None
         thread = Thread(
@@ -546,6 +557,8 @@ def _loop(
         # perf prints two spaces after the timestamp: its event part then starts with one.
         if heads_max and len(parts) == 3 and parts[1] in (ev, b" " + ev) and m.end("frac") == len(parts[0]):
             prefix = parts[0]
+            if handler is None and len(events) < heads_max:
+                events[parts[1]] = _OTHER
             if frac:
                 i = prefix.rfind(b".")
                 if m.end("sec") == i and m.start("frac") == i + 1:
@@ -558,6 +571,9 @@ def _loop(
                     if len(raw_heads) >= heads_max:
                         raw_heads.clear()
                     raw_heads[prefix[:i]] = thread
+        if handler is None:
+            n_other += 1
+            return None
         return thread, handler, payload, int(sec + frac) * scale[len(frac)]
 
     flushed = 0
