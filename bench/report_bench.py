@@ -8,7 +8,9 @@ threads, kvm_exit/kvm_entry pairs of 6 reasons, a kvm_vcpu_wakeup in WFx exits, 
 line (another event) every 50 pairs), then times ``kvmexit report --json FILE`` (the whole command:
 read, pair, build the report) in a fresh process with ``--jobs 1`` and with ``--jobs N`` (default
 2), interleaved, ``--repeat`` times each (the best run of each is shown: the machine's other load
-only slows a run down), and the floor: one ``awk`` pass counting lines by event name.
+only slows a run down), and the floor: one ``awk`` pass counting lines by event name. The runs
+read kvmexit's modules compiled once beforehand, as an installed kvmexit does (with
+PYTHONDONTWRITEBYTECODE set, each would otherwise compile them again: about 40 ms of CPU here).
 
 It prints lines per CPU-second of ``--jobs 1`` (user + system: the per-core figure), lines per
 wall-clock second of both and their ratio, the load average, and the peak RSS of both (for
@@ -141,11 +143,23 @@ print(rc, dt, cpu, me.ru_maxrss, kids.ru_maxrss)
 """
 
 
+#: The children's environment: they read kvmexit's compiled bytecode, as an installed kvmexit does
+#: (:func:`compiled`), whatever PYTHONDONTWRITEBYTECODE says (else each run compiles every module).
+CHILD_ENV = dict(os.environ)
+
+
+def compiled(cache: str) -> None:
+    """Compile kvmexit's modules once, into ``cache``, for the children to read."""
+    CHILD_ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+    CHILD_ENV["PYTHONPYCACHEPREFIX"] = cache
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.abspath(SRC)], env=CHILD_ENV, check=True)
+
+
 def time_report(path: str, jobs: int) -> Tuple[float, float, int]:
     """Wall seconds, CPU seconds (user + system of the report process and its workers) and peak
     RSS in KiB (the report process's peak plus its largest worker's: what they can hold at once)."""
     code = CHILD % {"src": os.path.abspath(SRC), "jobs": str(jobs), "path": path}
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=CHILD_ENV)
     rc, dt, cpu_s, rss, kids = p.stdout.split()
     assert rc == "0", p.stderr
     return float(dt), float(cpu_s), int(rss) + (int(kids) if jobs > 1 else 0)
@@ -207,6 +221,7 @@ def main() -> int:
     )
     awk = "awk"
     try:
+        compiled(os.path.join(d, "pycache"))
         for fmt in a.formats.split(","):
             small = os.path.join(d, "small." + fmt)
             big = os.path.join(d, "big." + fmt)
