@@ -624,6 +624,16 @@ class LiveSource(Source):
         cache = self._exit_cache()  # before the slots: a pair is either pending there or in its row
         for kb, vb in self._read("threads", slot_size):
             (tid,) = _TID.unpack(kb)
+            tgid = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))[5]
+            alive = self.resolver.alive(tgid, tid)
+            if not alive:
+                # Read it again: the thread may have made its last exits after the batch read and
+                # before it ended (seen in a test under load: 31 exits lost with the first read).
+                # Gone now, it writes its slot and CPU record no more; the records first, as above.
+                again = self._slot_bytes(threads, tid)
+                if again is None:
+                    continue  # deleted meanwhile (another read of the maps retired it)
+                cache, vb = self._exit_cache(), again
             tail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))
             comm, ts, halt, sub, _addr, tgid, code, detail = tail[:8]
             guest = tail[12]  # guest_ns of the open exit
@@ -641,7 +651,6 @@ class LiveSource(Source):
                     self._remove("threads", threads.Key(tid), verdict, exits + (1 if ts else 0))
                     continue
             sub_key = SubKey(tgid, tid, code, detail, sub) if ts and sub and self.subreasons else None
-            alive = self.resolver.alive(tgid, tid)
             mine = stats if alive else {}
             for i, (rcode, rdetail) in enumerate(rows):
                 v = _VALUE.unpack_from(vb, i * _ROWS_SIZE)
@@ -677,6 +686,14 @@ class LiveSource(Source):
                 if guest:
                     self._abandoned_sub_guest[sub_key] = self._abandoned_sub_guest.get(sub_key, 0) + guest
         return stats, opened, comms, opened_subs
+
+    @staticmethod
+    def _slot_bytes(threads: Any, tid: int) -> Optional[bytes]:
+        """One thread's slot as it is now, or None when it is not in the map."""
+        try:
+            return _bytes_of(threads[threads.Key(tid)])
+        except KeyError:
+            return None
 
     def _exit_cache(self) -> Dict[int, Tuple[int, int, int]]:
         """exit_cache (KVMEXIT_ENTRY_CACHE): CPU -> (pid_tgid, state, entry_ts) of its record."""
