@@ -624,8 +624,8 @@ class LiveSource(Source):
         cache = self._exit_cache()  # before the slots: a pair is either pending there or in its row
         for kb, vb in self._read("threads", slot_size):
             (tid,) = _TID.unpack(kb)
-            tgid = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))[5]
-            alive = self.resolver.alive(tgid, tid)
+            tail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))
+            alive = self.resolver.alive(tail[5], tid)  # tail[5]: the tgid
             if not alive:
                 # Read it again: the thread may have made its last exits after the batch read and
                 # before it ended (seen in a test under load: 31 exits lost with the first read).
@@ -634,7 +634,7 @@ class LiveSource(Source):
                 if again is None:
                     continue  # deleted meanwhile (another read of the maps retired it)
                 cache, vb = self._exit_cache(), again
-            tail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))
+                tail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))
             comm, ts, halt, sub, _addr, tgid, code, detail = tail[:8]
             guest = tail[12]  # guest_ns of the open exit
             pending = None  # the open exit's entry, seen by the kernel but not in a row yet
