@@ -20,7 +20,8 @@ from test_live_bpf import FORMATS, TRAP, Driver
 from bpf_testrun import test_run_raw
 from kvmexit.layouts import detect
 from kvmexit.model import ExitStats, Snapshot, hist_slot
-from kvmexit.sources.live import entry_cache, render_program
+from kvmexit.reasons import ROW_REASONS
+from kvmexit.sources.live import _ROWS_SIZE, _THREAD_TAIL, _VALUE, entry_cache, render_program
 
 pytestmark = [pytest.mark.bpf, pytest.mark.usefixtures("bpf_env")]
 
@@ -68,12 +69,18 @@ class Other:
             job = self.todo.get()
             if job is None:
                 return
-            on(*job)
-            self.done.put(1)
+            try:
+                on(*job)
+            except BaseException as e:  # raised in the caller: a dead thread would hang it
+                self.done.put(e)
+            else:
+                self.done.put(None)
 
     def __call__(self, cpu: int, fn: Callable[[], None]) -> None:
         self.todo.put((cpu, fn))
-        self.done.get()
+        error = self.done.get(timeout=30)
+        if error is not None:
+            raise error
 
     def stop(self) -> None:
         self.todo.put(None)
@@ -301,3 +308,193 @@ def test_a_thread_slot_is_exactly_what_user_space_decodes():
         assert drv.snapshot().health.unpaired_entries == 1
     finally:
         drv.close()
+
+
+# -- resident threads (KVMEXIT_RESIDENT) ---------------------------------------------------------
+
+
+def pid_tgid(tid: int) -> int:
+    return os.getpid() << 32 | tid
+
+
+def owner_of(d: Driver, cpu: int) -> int:
+    """The pid_tgid owning CPU number ``cpu`` of CPUS's rows (0: none)."""
+    owners = d.source.bpf["cpu_owner"]
+    return int(owners[owners.Key(CPUS[cpu])].value)
+
+
+def cpu_row_pairs(d: Driver, cpu: int) -> int:
+    table, nr = d.source.bpf["cpu_rows"], len(d.source.rows)
+    return sum(int(table[table.Key(CPUS[cpu] * nr + i)].pairs) for i in range(nr))
+
+
+def slot_tail(d: Driver, tid: int) -> tuple:
+    threads = d.source.bpf["threads"]
+    raw = bytes(threads[threads.Key(tid)])
+    return (*_THREAD_TAIL.unpack_from(raw, _ROWS_SIZE * len(d.source.rows)), raw)
+
+
+def slot_pairs(d: Driver, tid: int) -> int:
+    """Pairs in the rows of the thread's slot (not its CPUs' rows)."""
+    raw = slot_tail(d, tid)[-1]
+    return sum(_VALUE.unpack_from(raw, i * _ROWS_SIZE)[0] for i in range(len(d.source.rows)))
+
+
+def test_the_default_path_keeps_resident_rows_unless_the_reason_comes_later():
+    layout = detect(FORMATS["arm64"])
+    assert "-DKVMEXIT_RESIDENT" in render_program(layout).cflags
+    assert "-DKVMEXIT_RESIDENT" not in render_program(layout, learn_tgids=True).cflags  # --vm
+    assert "-DKVMEXIT_RESIDENT" not in render_program(layout, guest=True).cflags  # no entry cache
+    trap = detect(FORMATS["arm64-openeuler-5.10"])
+    assert trap.trap_event and "-DKVMEXIT_RESIDENT" not in render_program(trap).cflags
+
+
+def test_a_thread_owning_its_cpu_pairs_there_without_its_slot(d):
+    tid = threading.get_native_id()
+
+    def pairs() -> None:
+        for _ in range(5):
+            d.arm64_exit(TRAP, EC_HVC64)
+            d.entry()
+        d.arm64_exit(TRAP, EC_HVC64)  # left open
+
+    on(0, pairs)
+    assert owner_of(d, 0) == pid_tgid(tid)
+    assert slot_tail(d, tid)[11] == 1  # resident: its open exit is in CPU 0's record
+    assert (slot_pairs(d, tid), cpu_row_pairs(d, 0)) == (0, 5)
+    st = mine(d.snapshot(), tid)
+    assert (st.pairs, st.open, st.unfinished) == (5, 1, 0)
+    # Another thread on the owned CPU, the owner's exit open there: paired through its slot.
+    other = Other()
+    try:
+        other(0, hvc(d))
+        other(0, d.entry)
+        assert (slot_pairs(d, other.tid), owner_of(d, 0)) == (1, pid_tgid(tid))
+        on(0, d.entry)  # the owner's record was left alone: its entry pairs there
+        snap = d.snapshot()
+        assert (mine(snap, tid).pairs, mine(snap, tid).open, mine(snap, other.tid).pairs) == (6, 0, 1)
+        assert snap.health.unpaired_entries == 0
+    finally:
+        other.stop()
+
+
+def test_a_resident_exit_taken_back_on_another_cpu_keeps_its_halt_time(d):
+    tid = threading.get_native_id()
+    on(0, hvc(d))
+    on(0, lambda: d.wakeup(12345))  # into CPU 0's record
+    on(0, d.entry)
+    pending = mine(d.snapshot(), tid)  # read by user space from the record
+    assert (pending.pairs, pending.halt_ns) == (1, 12345)
+    on(0, hvc(d))  # folds it into CPU 0's rows
+    assert mine(d.snapshot(), tid)._replace(open=0) == pending and cpu_row_pairs(d, 0) == 1
+    on(0, lambda: d.wakeup(1000))
+    time.sleep(0.002)
+    on(1, d.entry)  # entry on another CPU: the open exit is taken back into the slot, with its halt
+    on(0, hvc(d))
+    on(1, lambda: d.wakeup(20))  # wakeup on another CPU: taken back there
+    on(0, d.entry)
+    snap = d.snapshot()
+    st = mine(snap, tid)
+    assert (st.pairs, st.open, st.unfinished, st.halt_ns) == (3, 0, 0, 12345 + 1000 + 20)
+    assert st.max_ns >= 2_000_000 and (slot_pairs(d, tid), cpu_row_pairs(d, 0)) == (2, 1)
+    assert snap.health.unpaired_entries == 0
+
+
+def snapshot_once_gone(d: Driver, tid: int) -> Snapshot:
+    deadline = time.monotonic() + 5
+    while os.path.exists("/proc/%d/task/%d" % (os.getpid(), tid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return d.snapshot()
+
+
+def test_an_ended_owner_frees_its_cpu_rows_for_the_next_thread(d):
+    tids: List[int] = []
+
+    def vcpu() -> None:
+        tids.append(threading.get_native_id())
+        for _ in range(3):
+            on(0, hvc(d))
+            on(0, d.entry)
+        on(0, hvc(d))  # left open: abandoned
+
+    t = threading.Thread(target=vcpu)
+    t.start()
+    t.join()
+    assert owner_of(d, 0) == pid_tgid(tids[0])
+    snap = snapshot_once_gone(d, tids[0])
+    st = mine(snap, tids[0])
+    assert (st.pairs, st.open, st.abandoned, st.unfinished) == (3, 0, 1, 0)
+    assert (owner_of(d, 0), cpu_row_pairs(d, 0)) == (0, 0)  # read, retired, freed
+    assert d.snapshot().stats == snap.stats  # once
+    on(0, hvc(d))  # the next thread to exit there owns them
+    on(0, d.entry)
+    assert owner_of(d, 0) == pid_tgid(threading.get_native_id())
+    assert mine(d.snapshot(), threading.get_native_id()).pairs == 1
+
+
+def test_threads_with_halts_and_keyed_reasons_at_random_account_for_every_event(d):
+    """Three threads (more than CPUs: one owns none), each event on a random CPU, with wakeups
+    inside and outside exits and reasons with and without a row: counts, halt time and unpaired
+    entries add up exactly."""
+    keyed_ec = next(ec for ec in range(1, 64) if (TRAP, ec) not in ROW_REASONS["arm64"])
+    ecs = (EC_HVC64, EC_SYS64, keyed_ec)
+    sent: Dict[int, Dict[str, int]] = {}
+    errors: List[BaseException] = []
+    owners_seen = set()
+
+    def vcpu(seed: int) -> None:
+        rng = random.Random(seed)
+        tid = threading.get_native_id()
+        n = sent[tid] = {"exits": 0, "pairs": 0, "unpaired": 0, "unfinished": 0, "halt": 0, "open_halt": 0}
+        open_exit = False
+        try:
+            for _ in range(500):
+                kind = rng.random()
+                cpu = rng.randrange(2) if rng.random() < 0.3 else seed % 2  # mostly on its own CPU
+                if kind < 0.15:
+                    ns = rng.randrange(1, 10_000)
+                    on(cpu, lambda ns=ns: d.wakeup(ns))
+                    n["open_halt"] += ns if open_exit else 0
+                elif kind < 0.55 or (not open_exit and kind < 0.9):
+                    if open_exit:
+                        n["unfinished"] += 1
+                    ec = rng.choice(ecs)
+                    on(cpu, lambda ec=ec: d.arm64_exit(TRAP, ec))
+                    n["exits"] += 1
+                    n["open_halt"] = 0
+                    open_exit = True
+                else:
+                    on(cpu, d.entry)
+                    if open_exit:
+                        n["pairs"] += 1
+                        n["halt"] += n["open_halt"]
+                    else:
+                        n["unpaired"] += 1
+                    open_exit = False
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=vcpu, args=(seed,)) for seed in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    snaps: List[Snapshot] = []
+    while any(t.is_alive() for t in threads):
+        snaps.append(d.snapshot())
+        owners_seen.update(owner_of(d, cpu) & 0xFFFFFFFF for cpu in range(2))
+        time.sleep(0.005)
+    for t in threads:
+        t.join()
+    assert not errors
+    assert owners_seen & set(sent)  # the resident path ran
+    for tid in sent:
+        snap = snapshot_once_gone(d, tid)
+    for tid, n in sent.items():
+        st = [s for k, s in snap.stats.items() if k.tid == tid]
+        got = {f: sum(getattr(s, f) for s in st) for f in ("pairs", "unfinished", "open", "abandoned", "halt_ns")}
+        assert got["pairs"] == n["pairs"] and got["unfinished"] == n["unfinished"], (n, got)
+        assert got["halt_ns"] == n["halt"], (n, got)
+        assert got["pairs"] + got["unfinished"] + got["open"] + got["abandoned"] == n["exits"], (n, got)
+        for s in snaps:
+            assert sum(v.pairs for k, v in s.stats.items() if k.tid == tid) <= n["pairs"]
+    assert snap.health.unpaired_entries == sum(n["unpaired"] for n in sent.values())
+    assert d.snapshot().stats == snap.stats

@@ -16,6 +16,9 @@
  *   MAX_THREADS, MAX_KEYS     map sizes; and the record's defines listed in kvmexit.h.
  *   KVMEXIT_ENTRY_CACHE, MAX_CPUS   the entry cache (default path, without the opt-in options
  *                       below; MAX_CPUS: the kernel's possible CPUs).
+ *   KVMEXIT_RESIDENT    with the entry cache: resident threads (default path, except with --vm
+ *                       or a kvm_trap_enter layout, whose exits user space or a second event
+ *                       changes after kvm_exit); see "Resident threads" below.
  *   KVMEXIT_SUB         sub-reasons (opt-in): programs on the events inside an exit write the
  *                       slot's sub; a pair with one is also recorded in sub_stats (MAX_SUB_KEYS).
  *                       With the SUB_* defines of kvmexit.reasons.subreasons.bpf_defines.
@@ -39,7 +42,9 @@
  *   stats         hash (tgid, tid, code, detail) -> struct kvmexit_value: reasons without a row
  *                 (rare ones, unknown codes, SError-flagged exits). Never dropped, only slower.
  *   exit_cache    array cpu -> struct kvmexit_cpu (KVMEXIT_ENTRY_CACHE, the default path; MAX_CPUS
- *                 possible CPUs, 40 bytes each): the CPU's last kvm_exit (see "The entry cache").
+ *                 possible CPUs, 64 bytes each): the CPU's last kvm_exit (see "The entry cache").
+ *   cpu_owner, cpu_rows   arrays (KVMEXIT_RESIDENT): per CPU, the thread that owns its rows, and
+ *                 the rows (KVMEXIT_NR_ROWS values per CPU; see "Resident threads").
  * kvm_exit: one lookup of the thread's slot (a miss: the first exit of a thread, which copies a
  * zeroed slot in), which folds the previous pair into its row and records the new open exit.
  * kvm_entry: on the CPU of its exit, only the CPU's record (no hash lookup); elsewhere the slot's
@@ -91,6 +96,13 @@ BPF_PERF_OUTPUT(slow_exits);
 /* Each CPU's last kvm_exit (index bpf_get_smp_processor_id(); a plain array, whose lookups the
  * verifier inlines): see "The entry cache" below. */
 BPF_ARRAY(exit_cache, struct kvmexit_cpu, MAX_CPUS);
+#endif
+#ifdef KVMEXIT_RESIDENT
+#ifndef KVMEXIT_ENTRY_CACHE
+#error "KVMEXIT_RESIDENT extends the entry cache"
+#endif
+BPF_ARRAY(cpu_owner, u64, MAX_CPUS); /* pid_tgid of the thread owning the CPU's rows; 0: none */
+BPF_ARRAY(cpu_rows, struct kvmexit_value, MAX_CPUS * KVMEXIT_NR_ROWS); /* [cpu * NR_ROWS + row] */
 #endif
 #ifdef FILTER_TGID
 BPF_HASH(tgid_filter, u32, u8, 4096); /* tgid -> TGID_ALLOW, or TGID_DENY (FILTER_LEARN only) */
@@ -492,6 +504,94 @@ static __always_inline void kill(struct kvmexit_cpu *p, u64 id)
 }
 #endif
 
+#ifdef KVMEXIT_RESIDENT
+/*
+ * Resident threads (default path): the entry cache still makes a hash lookup per pair, at kvm_exit,
+ * to fold the previous pair into the slot's row. A thread that owns its CPU's rows (cpu_owner: the
+ * first thread to exit there, until user space sees it has ended) keeps its open exit in the CPU's
+ * record (resident) and folds pairs into cpu_rows, on that CPU only: exit, wakeup and entry make no
+ * hash lookup at all. The slot says so (resident, and which record: cpu, gen); user space adds the
+ * thread's cpu_rows to its slot's rows. Whatever needs the slot (an exit or entry on another CPU, an
+ * exit without a row, two exits in a row) first takes the open exit back into the slot (take_back,
+ * which kills the record as a migration does) and goes on as without residency. Another thread's
+ * exit on an owned CPU leaves the owner's live record alone (it is the owner's open exit) and is
+ * paired through its slot, as without the cache.
+ */
+static __always_inline int live_resident(struct kvmexit_cpu *c, u64 id)
+{
+	return c->id == id && c->resident && c->gen == c->kills;
+}
+
+/* The exit fast path: this CPU's record holds the thread's closed pair and the thread owns the
+ * CPU's rows. Returns 1 when the exit is recorded. */
+static __always_inline int resident_exit(u64 id, u64 now, u32 code, u32 detail)
+{
+	u32 cpu = bpf_get_smp_processor_id();
+	struct kvmexit_cpu *c = cpu_record(cpu);
+	if (!c || !live_resident(c, id) || c->state != CPU_CLOSED)
+		return 0;
+	u64 *owner = cpu_owner.lookup(&cpu);
+	u32 row = row_of(code, detail);
+	u32 prev = c->row;
+	if (!owner || *owner != id || row >= KVMEXIT_NR_ROWS || prev >= KVMEXIT_NR_ROWS || cpu >= MAX_CPUS)
+		return 0;
+	u32 idx = cpu * KVMEXIT_NR_ROWS + prev;
+	c->state = 0; /* before the row: user space never sees the pair both pending and in it */
+	asm volatile("" ::: "memory");
+	struct kvmexit_value *v = cpu_rows.lookup(&idx);
+	if (v)
+		add_pair(v, c->entry_ts - c->exit_ts, c->halt_ns);
+	c->exit_ts = now;
+	c->halt_ns = 0;
+	c->row = row;
+	c->code = code;
+	c->detail = detail;
+	asm volatile("" ::: "memory");
+	c->state = CPU_OPEN;
+	return 1;
+}
+
+/* The thread's open exit, from its resident record back into its slot (t->ts, and the entry
+ * already seen as mail_ts): from here on it is paired as without residency. */
+static __always_inline void take_back(struct kvmexit_thread *t, u64 id)
+{
+	if (!t->resident)
+		return;
+	struct kvmexit_cpu *p = cpu_record(t->cpu);
+	u64 ts = 0, entry_ts = 0, halt_ns = 0;
+	u32 code = 0, detail = 0, row = KVMEXIT_NR_ROWS;
+	if (p && live_resident(p, id) && p->gen == t->gen) {
+		u32 state = p->state;
+		ts = state ? p->exit_ts : 0;
+		entry_ts = state == CPU_CLOSED ? p->entry_ts : 0;
+		halt_ns = p->halt_ns;
+		code = p->code;
+		detail = p->detail;
+		row = p->row;
+		__sync_fetch_and_add(&p->kills, 1); /* no longer the thread's open exit */
+	}
+	t->code = code;
+	t->detail = detail;
+	t->row = row;
+	t->halt_ns = halt_ns;
+	t->mail_ts = entry_ts;
+	t->ts = ts;
+	asm volatile("" ::: "memory");
+	t->resident = 0; /* last: user space reads a resident slot's open exit from the record */
+}
+
+/* Whether the thread owns (or now claims) the rows of the CPU whose cpu_owner entry is `owner`.
+ * Only programs on that CPU write it, and user space once the owner has ended. */
+static __always_inline int owns_rows(u64 *owner, u64 id)
+{
+	if (!owner)
+		return 0;
+	if (*owner == 0)
+		*owner = id;
+	return *owner == id;
+}
+#endif
+
 /* Returns the thread's slot holding the new open exit, or 0 (filtered out, map full). */
 static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 detail)
 {
@@ -499,6 +599,10 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 	u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id))
 		return 0;
+#ifdef KVMEXIT_RESIDENT
+	if (resident_exit(id, now, code, detail))
+		return 0;
+#endif
 	u32 tid = id;
 	int fresh = 0;
 	struct kvmexit_thread *t = threads.lookup(&tid);
@@ -521,7 +625,16 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 	}
 #ifdef KVMEXIT_ENTRY_CACHE
 	u32 cpu = bpf_get_smp_processor_id();
+#ifdef KVMEXIT_RESIDENT
+	if (!fresh)
+		take_back(t, id);
+	u64 *owner = cpu_owner.lookup(&cpu);
+#endif
 	struct kvmexit_cpu *c = cpu_record(cpu);
+#ifdef KVMEXIT_RESIDENT
+	if (c && owner && c->id != id && c->id == *owner && c->resident && c->gen == c->kills)
+		c = 0; /* the owner's open exit: this thread pairs through its slot */
+#endif
 	if (!fresh) {
 		/* The pair the cache left open: the previous exit and its entry, if one came. */
 		struct kvmexit_cpu *p = t->cpu == cpu ? c : cpu_record(t->cpu);
@@ -550,9 +663,29 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 		c->id = id; /* first: see seen_entry */
 		asm volatile("" ::: "memory");
 		c->exit_ts = now;
+		c->gen = c->kills;
+#ifdef KVMEXIT_RESIDENT
+		u32 resident = row < KVMEXIT_NR_ROWS && owns_rows(owner, id);
+		c->resident = resident;
+		c->row = row;
+		c->code = code;
+		c->detail = detail;
+		c->halt_ns = 0;
+		asm volatile("" ::: "memory"); /* the record whole before its state */
+#endif
 		/* A reason without a row (the keyed map, which can be full) is paired at its entry. */
 		c->state = row < KVMEXIT_NR_ROWS ? CPU_OPEN : 0;
-		c->gen = c->kills;
+#ifdef KVMEXIT_RESIDENT
+		if (resident) {
+			t->ts = 0;
+			t->tgid = id >> 32;
+			t->cpu = cpu;
+			t->gen = c->gen;
+			asm volatile("" ::: "memory");
+			t->resident = 1;
+			return t;
+		}
+#endif
 	}
 	t->cpu = c ? cpu : MAX_CPUS;
 #else
@@ -648,6 +781,10 @@ static __always_inline void on_entry(void *ctx)
 	}
 #endif
 	struct kvmexit_thread *t = threads.lookup(&tid);
+#ifdef KVMEXIT_RESIDENT
+	if (t)
+		take_back(t, id);
+#endif
 	if (!t || !t->ts) {
 		count(KVMEXIT_UNPAIRED_ENTRIES);
 #ifdef KVMEXIT_GUEST
@@ -726,6 +863,9 @@ int kvmexit_exit(struct bpf_raw_tracepoint_args *ctx)
 }
 
 #if EXIT_EC_ARG < 0
+#ifdef KVMEXIT_RESIDENT
+#error "kvm_trap_enter changes the open exit's reason in the slot: not with KVMEXIT_RESIDENT"
+#endif
 int kvmexit_trap(struct bpf_raw_tracepoint_args *ctx)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -822,8 +962,21 @@ int kvmexit_entry(struct bpf_raw_tracepoint_args *ctx)
 static __always_inline int add_halt(u64 ns)
 {
 	u64 id = bpf_get_current_pid_tgid();
+#ifdef KVMEXIT_RESIDENT
+	u32 cpu = bpf_get_smp_processor_id();
+	struct kvmexit_cpu *c = cpu_record(cpu);
+	if (c && live_resident(c, id)) { /* the open exit (or, closed, its entry came: not its halt) */
+		if (c->state == CPU_OPEN)
+			c->halt_ns += ns;
+		return PASS_EVENT_ON;
+	}
+#endif
 	u32 tid = id;
 	struct kvmexit_thread *t = threads.lookup(&tid);
+#ifdef KVMEXIT_RESIDENT
+	if (t)
+		take_back(t, id);
+#endif
 #ifdef KVMEXIT_ENTRY_CACHE
 	if (t && t->ts && !seen_entry(t, cpu_record(t->cpu), id)) {
 #else

@@ -15,7 +15,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..errors import BccMissing, HeadersMissing, KvmexitError, NotRoot
 from ..layouts import TRACEFS_ROOTS, Layout
@@ -114,6 +114,8 @@ def render_program(
     defines += ["MAX_THREADS=%d" % max_threads, "MAX_KEYS=%d" % max_keys]
     if entry_cache(subreasons, slow_ns, guest, split):
         defines += ["KVMEXIT_ENTRY_CACHE", "MAX_CPUS=%d" % possible_cpus()]
+        if resident_rows(layout, learn_tgids):
+            defines.append("KVMEXIT_RESIDENT")
     codes, details = ROW_KEY_SPACE[layout.arch]
     defines += [
         "KVMEXIT_HIST_SUB_BITS=%d" % HIST_SUB_BITS,
@@ -149,6 +151,13 @@ def entry_cache(subreasons: bool, slow_ns: Optional[int], guest: bool, split: bo
     """Whether the program pairs through the entry cache (KVMEXIT_ENTRY_CACHE, kvmexit.bpf.c):
     the default path only; the opt-in paths pair at kvm_entry in the thread's slot."""
     return not (subreasons or slow_ns is not None or guest or split)
+
+
+def resident_rows(layout: Layout, learn_tgids: bool) -> bool:
+    """Whether a thread owning its CPU's rows pairs there without a hash lookup (KVMEXIT_RESIDENT,
+    with the entry cache): not where an exit's reason comes later (kvm_trap_enter) or where user
+    space removes a refused process's exits from the slots (``--vm``)."""
+    return not layout.trap_event and not learn_tgids
 
 
 def possible_cpus() -> int:
@@ -292,6 +301,8 @@ class LiveSource(Source):
         self.slow_ns = slow_ns
         #: The program pairs through the entry cache (its pending pairs are read with the slots).
         self.entry_cache = entry_cache(subreasons, slow_ns, guest, split)
+        #: Threads owning their CPU's rows keep pairs there (KVMEXIT_RESIDENT, read with the slots).
+        self.resident = self.entry_cache and resident_rows(layout, bool(vms))
         self._on_slow = on_slow
         self._slow_pages = slow_pages
         #: Slow exits the perf buffer dropped (it was full: user space did not keep up).
@@ -621,29 +632,43 @@ class LiveSource(Source):
         judged: Dict[int, Verdict] = {}  # once per process per read: a judgement reads /proc
         rows = self.rows
         slot_size = _ROWS_SIZE * len(rows) + _THREAD_TAIL.size + (_SLOW_TAIL_SIZE if self.slow_ns is not None else 0)
-        cache = self._exit_cache()  # before the slots: a pair is either pending there or in its row
+        # In the kernel's order of writes, so that a pair is counted once or not yet: a resident
+        # pair is folded into its CPU's rows after its record is no longer closed, a record's pair
+        # into the slot's row after the slot no longer shows it open.
+        owned = self._owned_rows()
+        cache = self._exit_cache()
         for kb, vb in self._read("threads", slot_size):
             (tid,) = _TID.unpack(kb)
             tail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))
             alive = self.resolver.alive(tail[5], tid)  # tail[5]: the tgid
+            ident = tail[5] << 32 | tid  # its pid_tgid
             if not alive:
                 # Read it again: the thread may have made its last exits after the batch read and
                 # before it ended (seen in a test under load: 31 exits lost with the first read).
-                # Gone now, it writes its slot and CPU record no more; the records first, as above.
+                # Gone now, it writes its slot, CPU record and rows no more.
                 again = self._slot_bytes(threads, tid)
                 if again is None:
                     continue  # deleted meanwhile (another read of the maps retired it)
+                owned.update(self._owned_rows(ident))
                 cache, vb = self._exit_cache(), again
                 tail = _THREAD_TAIL.unpack_from(vb, _ROWS_SIZE * len(rows))
             comm, ts, halt, sub, _addr, tgid, code, detail = tail[:8]
-            guest = tail[12]  # guest_ns of the open exit
+            guest = tail[14]  # guest_ns of the open exit
             pending = None  # the open exit's entry, seen by the kernel but not in a row yet
-            if ts and self.entry_cache:
-                entry = cache.get(tail[10], (0, 0, 0))
-                if entry[0] == (tgid << 32 | tid) and entry[1] == _CPU_CLOSED and entry[2] >= ts:
-                    pending = _one_pair(entry[2] - ts, halt)
-                elif tail[13] >= ts:  # mail_ts
-                    pending = _one_pair(tail[13] - ts, halt)
+            record = cache.get(tail[10])
+            if tail[11]:  # resident: the open exit is in the record (if it is still the slot's)
+                ts = 0
+                if record and record.id == ident and record.resident and record.gen == record.kills == tail[12]:
+                    code, detail = record.code, record.detail
+                    if record.state == _CPU_CLOSED:
+                        pending = _one_pair(record.entry_ts - record.exit_ts, record.halt_ns)
+                    elif record.state == _CPU_OPEN:
+                        ts = record.exit_ts
+            elif ts and self.entry_cache:
+                if record and record.id == ident and record.state == _CPU_CLOSED and record.entry_ts >= ts:
+                    pending = _one_pair(record.entry_ts - ts, halt)
+                elif tail[15] >= ts:  # mail_ts
+                    pending = _one_pair(tail[15] - ts, halt)
             if self.vm_filter is not None:
                 verdict = judged.get(tgid) or judged.setdefault(tgid, self._admit(tgid))
                 if not verdict.allowed:  # traced before its verdict: removed, and counted
@@ -652,10 +677,8 @@ class LiveSource(Source):
                     continue
             sub_key = SubKey(tgid, tid, code, detail, sub) if ts and sub and self.subreasons else None
             mine = stats if alive else {}
-            for i, (rcode, rdetail) in enumerate(rows):
-                v = _VALUE.unpack_from(vb, i * _ROWS_SIZE)
-                if v[0] or v[1]:  # pairs or unfinished
-                    mine[ExitKey(tgid, tid, rcode, rdetail)] = _stats_from_values(v)
+            own_cpus = owned.pop(ident, [])
+            self._add_rows(mine, tgid, tid, [vb] + [block for _cpu, block in own_cpus])
             key = ExitKey(tgid, tid, code, detail)
             if pending is not None:  # a pair: its row's (or, for a keyed reason, merged with the keyed map's)
                 mine[key] = pending if key not in mine else merge_all((mine[key], pending))
@@ -673,9 +696,8 @@ class LiveSource(Source):
                 pass  # gone already: what was read is its last state
             self._retired_threads[tgid, tid] = self._thread(tgid, tid, comm)  # named while known
             self._threads.pop(tid, None)
-            for k, st in mine.items():
-                old = self._retired.get(k)
-                self._retired[k] = st if old is None else merge_all((old, st))
+            self._retire(mine)
+            self._release_rows(ident, [cpu for cpu, _block in own_cpus])
             if ts:
                 self._abandoned[key] = self._abandoned.get(key, 0) + 1
                 if guest:  # the abandoned exit's guest time, as a closed exit's (pairing.py alike)
@@ -685,7 +707,62 @@ class LiveSource(Source):
                 self._abandoned_subs[sub_key] = self._abandoned_subs.get(sub_key, 0) + 1
                 if guest:
                     self._abandoned_sub_guest[sub_key] = self._abandoned_sub_guest.get(sub_key, 0) + guest
+        for ident, own_cpus in owned.items():  # rows of an owner whose slot was not read
+            tgid, tid = ident >> 32, ident & 0xFFFFFFFF
+            if self.resolver.alive(tgid, tid):
+                self._add_rows(stats, tgid, tid, [block for _cpu, block in own_cpus])
+            else:
+                ended: Dict[ExitKey, ExitStats] = {}
+                self._add_rows(ended, tgid, tid, [block for _cpu, block in self._owned_rows(ident).get(ident, [])])
+                self._retire(ended)
+                self._release_rows(ident, [cpu for cpu, _block in own_cpus])
         return stats, opened, comms, opened_subs
+
+    def _add_rows(self, stats: Dict[ExitKey, ExitStats], tgid: int, tid: int, blocks: List[bytes]) -> None:
+        """Add one thread's rows (blocks of len(self.rows) values: its slot's, its CPUs') to stats."""
+        for block in blocks:
+            for i, (rcode, rdetail) in enumerate(self.rows):
+                v = _VALUE.unpack_from(block, i * _ROWS_SIZE)
+                if v[0] or v[1]:  # pairs or unfinished
+                    key = ExitKey(tgid, tid, rcode, rdetail)
+                    st = _stats_from_values(v)
+                    stats[key] = st if key not in stats else merge_all((stats[key], st))
+
+    def _retire(self, stats: Dict[ExitKey, ExitStats]) -> None:
+        """Keep an ended thread's statistics (its slot and rows are freed)."""
+        for k, st in stats.items():
+            old = self._retired.get(k)
+            self._retired[k] = st if old is None else merge_all((old, st))
+
+    def _owned_rows(self, only: Optional[int] = None) -> Dict[int, List[Tuple[int, bytes]]]:
+        """KVMEXIT_RESIDENT: pid_tgid -> [(cpu, the rows of that CPU it owns)], of every owner
+        or only of ``only``."""
+        if not self.resident:
+            return {}
+        owners, table = self.bpf["cpu_owner"], self.bpf["cpu_rows"]
+        nr = len(self.rows)
+        out: Dict[int, List[Tuple[int, bytes]]] = {}
+        for k, v in owners.items():
+            if v.value and (only is None or v.value == only):
+                cpu = k.value
+                block = b"".join(_bytes_of(table[table.Key(cpu * nr + i)]) for i in range(nr))
+                out.setdefault(v.value, []).append((cpu, block))
+        return out
+
+    def _release_rows(self, ident: int, cpus: List[int]) -> None:
+        """Free the rows of CPUs an ended thread owned (read and retired): zeroed, then unowned,
+        so the next thread to exit there may own them."""
+        if not cpus:
+            return
+        owners, table = self.bpf["cpu_owner"], self.bpf["cpu_rows"]
+        nr = len(self.rows)
+        zero = table.Leaf()
+        for cpu in cpus:
+            if owners[owners.Key(cpu)].value != ident:
+                continue
+            for i in range(nr):
+                table[table.Key(cpu * nr + i)] = zero
+            owners[owners.Key(cpu)] = owners.Leaf(0)
 
     @staticmethod
     def _slot_bytes(threads: Any, tid: int) -> Optional[bytes]:
@@ -695,15 +772,14 @@ class LiveSource(Source):
         except KeyError:
             return None
 
-    def _exit_cache(self) -> Dict[int, Tuple[int, int, int]]:
-        """exit_cache (KVMEXIT_ENTRY_CACHE): CPU -> (pid_tgid, state, entry_ts) of its record."""
+    def _exit_cache(self) -> Dict[int, _CpuRecord]:
+        """exit_cache (KVMEXIT_ENTRY_CACHE): CPU -> its record, if it holds an exit."""
         if not self.entry_cache:
             return {}
-        table = self.bpf["exit_cache"]
         out = {}
-        for k, v in table.items():
+        for k, v in self.bpf["exit_cache"].items():
             if v.state:
-                out[k.value] = (v.id, v.state, v.entry_ts)
+                out[k.value] = _CpuRecord(*_CPU_RECORD.unpack(_bytes_of(v)))
         return out
 
     def _keyed_items(self) -> List[Tuple[ExitKey, ExitStats]]:
@@ -831,10 +907,28 @@ _VALUE_FORMAT = "=%dQ" % sum(f.words for f in KERNEL_FIELDS)
 _VALUE = struct.Struct(_VALUE_FORMAT)
 _ROWS_SIZE = _VALUE.size
 #: After the rows: comm, ts, halt_ns, sub, sub_addr, tgid, code, detail, row, sub_seen, cpu,
-#: entry_ts, guest_ns, mail_ts, and struct kvmexit_split (12 u64, 2 u32).
-_THREAD_TAIL = struct.Struct("=16s4Q6I3Q12Q2I")
-#: struct kvmexit_cpu's state of a record whose entry came (bpf/kvmexit.h).
-_CPU_CLOSED = 2
+#: resident, gen, entry_ts, guest_ns, mail_ts, and struct kvmexit_split (12 u64, 2 u32).
+_THREAD_TAIL = struct.Struct("=16s4Q8I3Q12Q2I")
+#: struct kvmexit_cpu (bpf/kvmexit.h), and the states of a record: open, and closed (its entry came).
+_CPU_RECORD = struct.Struct("=4Q8I")
+_CPU_OPEN, _CPU_CLOSED = 1, 2
+
+
+class _CpuRecord(NamedTuple):
+    id: int
+    exit_ts: int
+    entry_ts: int
+    halt_ns: int
+    state: int
+    gen: int
+    kills: int
+    resident: int
+    row: int
+    code: int
+    detail: int
+    pad: int
+
+
 #: Word index of each field of struct kvmexit_value.
 _WORD = {}
 for _f in KERNEL_FIELDS:
