@@ -6,8 +6,13 @@ Needs root, bcc and kernel headers (scripts/setup.sh). Programs run through BPF_
 not the syscall. The variants run interleaved in one process so they share the machine's noise:
 
 - kvmexit: the project's arm64 programs (raw tracepoints), as the default run compiles them
-  (with the entry cache: the benchmark's thread stays on its CPU, as a vCPU does between an
-  entry and the next exit, so each kvm_entry finds its CPU's record and makes no hash lookup);
+  (with the entry cache and resident threads: the benchmark's thread is the first to exit on its
+  CPU, so it owns the CPU's rows, as a vCPU pinned to its CPU or alone there does; its exits and
+  entries make no hash lookup);
+- kvmexit-nonowner: the same, for a thread on a CPU whose rows another thread owns (more vCPU
+  threads than CPUs), the owner elsewhere: the entry cache alone, one hash lookup per pair;
+- kvmexit-beside-owner: the same, with the owner's open exit in the CPU's record (the owner was
+  preempted inside an exit): that record is left alone, so two hash lookups per pair;
 - kvmexit-guest: the same with guest residency (--guest, KVMEXIT_GUEST), to show what it costs
   (the opt-in paths pair in the thread's slot at kvm_entry, without the entry cache);
 - kvmexit-split: the same with --split compiled in (KVMEXIT_SPLIT and KVMEXIT_GUEST): the
@@ -24,7 +29,8 @@ not the syscall. The variants run interleaved in one process so they share the m
   by themselves per pair, the same in every variant;
 - clock: the thread's id and a timestamp per event and nothing else: what any pairing must do;
 - floor-slot: the same with kvmexit's trick, a lookup and an in-place write at exit instead of an
-  update: the least a pairing with a hash lookup per event can do (kvmexit makes one per pair);
+  update: the least a pairing with a hash lookup per event can do (kvmexit makes none per pair
+  for a resident thread, one or two for the others);
 - kvmexit-sub: kvmexit built with sub-reasons (--sub, KVMEXIT_SUB): each pair also runs one
   sub-reason program (kvm_hvc_arm64, kvm_handle_sys_reg or kvm_wfx_arm64 by class) and, at entry,
   records the pair again under its sub-reason: the opt-in path's whole cost per pair;
@@ -133,6 +139,10 @@ def _fd_stats(fd: int) -> tuple:
 def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     bcc = import_bcc()
     ours = LiveSource(ARM64, attach=False).open()
+    nonowner = LiveSource(ARM64, attach=False).open()
+    beside = LiveSource(ARM64, attach=False).open()
+    owned_elsewhere(nonowner, live_record=False)
+    owned_elsewhere(beside, live_record=True)
     sub = LiveSource(ARM64, attach=False, subreasons=True).open()
     before_build = None
     if baseline:
@@ -145,6 +155,8 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     raw = bcc.BPF.RAW_TRACEPOINT
     programs = {
         "kvmexit": (ours.bpf, "kvmexit_exit", "kvmexit_entry"),
+        "kvmexit-nonowner": (nonowner.bpf, "kvmexit_exit", "kvmexit_entry"),
+        "kvmexit-beside-owner": (beside.bpf, "kvmexit_exit", "kvmexit_entry"),
         "kvmexit-guest": (guest.bpf, "kvmexit_exit", "kvmexit_entry"),
         "kvmexit-split": (split.bpf, "kvmexit_exit", "kvmexit_entry"),
         "original": (original, "orig_exit", "orig_entry"),
@@ -196,7 +208,9 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     per_pair["kvmexit-sub"] += sub_ns / pairs  # the sub-reason programs' share, per pair
     print("BPF cost per exit->entry pair (%d pairs, %d reasons, bpf_stats run time):" % (pairs, reasons))
     for v, ns in per_pair.items():
-        print("  %-16s %7.1f ns" % (v, ns))
+        print("  %-20s %7.1f ns" % (v, ns))
+    for v in ("kvmexit-nonowner", "kvmexit-beside-owner"):
+        print("  ratio %s/original: %.2fx" % (v, per_pair[v] / per_pair["original"]))
     print(
         "  --guest: kvmexit-guest - kvmexit = %+.1f ns per pair (%+.1f%%)"
         % (
@@ -222,7 +236,7 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
             )
         )
     print(
-        "  ratio kvmexit/floor-slot: %.2fx  (two hash lookups per pair and nothing else; kvmexit makes one)"
+        "  ratio kvmexit/floor-slot: %.2fx  (two hash lookups per pair and nothing else; a resident kvmexit thread makes none)"
         % (per_pair["kvmexit"] / per_pair["floor-slot"])
     )
     print(
@@ -239,8 +253,9 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
         insns[v] = (xlated_insns(before_build, "kvmexit_exit"), xlated_insns(before_build, "kvmexit_entry"))
     for v, (ex, en) in insns.items():
         print("  %-16s instructions after the verifier: kvm_exit %d, kvm_entry %d" % (v, ex, en))
-    snap = ours.snapshot()
-    assert sum(s.pairs for s in snap.stats.values()) == pairs  # the programs really paired
+    for source in (ours, nonowner, beside):
+        snap = source.snapshot()
+        assert sum(s.pairs for s in snap.stats.values()) == pairs  # the programs really paired
     subs = sub.snapshot().subs
     assert sum(s.pairs for s in subs.values()) == with_event  # and recorded under their sub-reason
     slot = ctypes.sizeof(ours.bpf["threads"].Leaf)
@@ -250,12 +265,17 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
         " thread's first exit), %d bytes per keyed (tid, reason) entry (preallocated: x MAX_KEYS)"
         % (slot, len(ours.rows), row, row + 16)
     )
-    if ours.entry_cache:
-        cache = ours.bpf["exit_cache"]
-        print("  kvmexit exit_cache: %d bytes per possible CPU (%d here)" % (ctypes.sizeof(cache.Leaf), len(cache)))
+    cache = ours.bpf["exit_cache"]
+    print("  kvmexit exit_cache: %d bytes per possible CPU (%d here)" % (ctypes.sizeof(cache.Leaf), len(cache)))
+    print(
+        "  kvmexit cpu_owner and cpu_rows: %d bytes per possible CPU (%d rows of %d bytes)"
+        % (8 + row * len(ours.rows), len(ours.rows), row)
+    )
     print("  original map memory: %d bytes per thread" % ctypes.sizeof(original["orig_threads"].Leaf))
     switch_cost(split, pairs)
     ours.close()
+    nonowner.close()
+    beside.close()
     sub.close()
     if before_build is not None:
         before_build.cleanup()
@@ -264,6 +284,20 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     original.cleanup()
     naive.cleanup()
     floor.cleanup()
+
+
+def owned_elsewhere(source: LiveSource, live_record: bool) -> None:
+    """Every CPU's rows owned by another thread (an id no benchmark thread has); with
+    ``live_record``, that thread's open exit is in the CPU's record (kvmexit.bpf.c's struct
+    kvmexit_cpu, resident and live), so the benchmark's thread cannot use the record."""
+    other = (1 << 32) | 1
+    owners, cache = source.bpf["cpu_owner"], source.bpf["exit_cache"]
+    for cpu in range(len(owners)):
+        owners[owners.Key(cpu)] = owners.Leaf(other)
+        if live_record:
+            record = cache.Leaf()
+            record.id, record.exit_ts, record.state, record.resident = other, 1, 1, 1  # CPU_OPEN
+            cache[cache.Key(cpu)] = record
 
 
 def switch_cost(split: LiveSource, switches: int) -> None:
