@@ -10,9 +10,7 @@ not the syscall. The variants run interleaved in one process so they share the m
   CPU, so it owns the CPU's rows, as a vCPU pinned to its CPU or alone there does; its exits and
   entries make no hash lookup);
 - kvmexit-nonowner: the same, for a thread on a CPU whose rows another thread owns (more vCPU
-  threads than CPUs), the owner elsewhere: the entry cache alone, one hash lookup per pair;
-- kvmexit-beside-owner: the same, with the owner's open exit in the CPU's record (the owner was
-  preempted inside an exit): that record is left alone, so two hash lookups per pair;
+  threads than CPUs): the entry cache alone, one hash lookup per pair;
 - kvmexit-guest: the same with guest residency (--guest, KVMEXIT_GUEST), to show what it costs
   (the opt-in paths pair in the thread's slot at kvm_entry, without the entry cache);
 - kvmexit-split: the same with --split compiled in (KVMEXIT_SPLIT and KVMEXIT_GUEST): the
@@ -140,9 +138,7 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     bcc = import_bcc()
     ours = LiveSource(ARM64, attach=False).open()
     nonowner = LiveSource(ARM64, attach=False).open()
-    beside = LiveSource(ARM64, attach=False).open()
-    owned_elsewhere(nonowner, live_record=False)
-    owned_elsewhere(beside, live_record=True)
+    owned_elsewhere(nonowner)
     sub = LiveSource(ARM64, attach=False, subreasons=True).open()
     before_build = None
     if baseline:
@@ -156,7 +152,6 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     programs = {
         "kvmexit": (ours.bpf, "kvmexit_exit", "kvmexit_entry"),
         "kvmexit-nonowner": (nonowner.bpf, "kvmexit_exit", "kvmexit_entry"),
-        "kvmexit-beside-owner": (beside.bpf, "kvmexit_exit", "kvmexit_entry"),
         "kvmexit-guest": (guest.bpf, "kvmexit_exit", "kvmexit_entry"),
         "kvmexit-split": (split.bpf, "kvmexit_exit", "kvmexit_entry"),
         "original": (original, "orig_exit", "orig_entry"),
@@ -209,8 +204,7 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     print("BPF cost per exit->entry pair (%d pairs, %d reasons, bpf_stats run time):" % (pairs, reasons))
     for v, ns in per_pair.items():
         print("  %-20s %7.1f ns" % (v, ns))
-    for v in ("kvmexit-nonowner", "kvmexit-beside-owner"):
-        print("  ratio %s/original: %.2fx" % (v, per_pair[v] / per_pair["original"]))
+    print("  ratio kvmexit-nonowner/original: %.2fx" % (per_pair["kvmexit-nonowner"] / per_pair["original"]))
     print(
         "  --guest: kvmexit-guest - kvmexit = %+.1f ns per pair (%+.1f%%)"
         % (
@@ -253,7 +247,7 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
         insns[v] = (xlated_insns(before_build, "kvmexit_exit"), xlated_insns(before_build, "kvmexit_entry"))
     for v, (ex, en) in insns.items():
         print("  %-16s instructions after the verifier: kvm_exit %d, kvm_entry %d" % (v, ex, en))
-    for source in (ours, nonowner, beside):
+    for source in (ours, nonowner):
         snap = source.snapshot()
         assert sum(s.pairs for s in snap.stats.values()) == pairs  # the programs really paired
     subs = sub.snapshot().subs
@@ -266,7 +260,10 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
         % (slot, len(ours.rows), row, row + 16)
     )
     cache = ours.bpf["exit_cache"]
-    print("  kvmexit exit_cache: %d bytes per possible CPU (%d here)" % (ctypes.sizeof(cache.Leaf), len(cache)))
+    print(
+        "  kvmexit exit_cache: %d bytes per possible CPU (%d here; a plain and a resident record of %d bytes)"
+        % (2 * ctypes.sizeof(cache.Leaf), len(cache) // 2, ctypes.sizeof(cache.Leaf))
+    )
     print(
         "  kvmexit cpu_owner and cpu_rows: %d bytes per possible CPU (%d rows of %d bytes)"
         % (8 + row * len(ours.rows), len(ours.rows), row)
@@ -275,7 +272,6 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     switch_cost(split, pairs)
     ours.close()
     nonowner.close()
-    beside.close()
     sub.close()
     if before_build is not None:
         before_build.cleanup()
@@ -286,18 +282,11 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
     floor.cleanup()
 
 
-def owned_elsewhere(source: LiveSource, live_record: bool) -> None:
-    """Every CPU's rows owned by another thread (an id no benchmark thread has); with
-    ``live_record``, that thread's open exit is in the CPU's record (kvmexit.bpf.c's struct
-    kvmexit_cpu, resident and live), so the benchmark's thread cannot use the record."""
-    other = (1 << 32) | 1
-    owners, cache = source.bpf["cpu_owner"], source.bpf["exit_cache"]
+def owned_elsewhere(source: LiveSource) -> None:
+    """Every CPU's rows owned by another thread (an id no benchmark thread has)."""
+    owners = source.bpf["cpu_owner"]
     for cpu in range(len(owners)):
-        owners[owners.Key(cpu)] = owners.Leaf(other)
-        if live_record:
-            record = cache.Leaf()
-            record.id, record.exit_ts, record.state, record.resident = other, 1, 1, 1  # CPU_OPEN
-            cache[cache.Key(cpu)] = record
+        owners[owners.Key(cpu)] = owners.Leaf((1 << 32) | 1)
 
 
 def switch_cost(split: LiveSource, switches: int) -> None:

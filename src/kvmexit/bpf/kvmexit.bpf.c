@@ -95,7 +95,11 @@ BPF_PERF_OUTPUT(slow_exits);
 #endif
 /* Each CPU's last kvm_exit (index bpf_get_smp_processor_id(); a plain array, whose lookups the
  * verifier inlines): see "The entry cache" below. */
+#ifdef KVMEXIT_RESIDENT
+BPF_ARRAY(exit_cache, struct kvmexit_cpu, 2 * MAX_CPUS); /* then the resident records, MAX_CPUS + cpu */
+#else
 BPF_ARRAY(exit_cache, struct kvmexit_cpu, MAX_CPUS);
+#endif
 #endif
 #ifdef KVMEXIT_RESIDENT
 #ifndef KVMEXIT_ENTRY_CACHE
@@ -469,6 +473,8 @@ int kvmexit_switch_tp(void *ctx)
  */
 static __always_inline struct kvmexit_cpu *cpu_record(u32 cpu)
 {
+	if (cpu >= MAX_CPUS)
+		return 0; /* none (a slot's cpu is MAX_CPUS when its exit has no record) */
 	return exit_cache.lookup(&cpu);
 }
 
@@ -509,25 +515,33 @@ static __always_inline void kill(struct kvmexit_cpu *p, u64 id)
  * Resident threads (default path): the entry cache still makes a hash lookup per pair, at kvm_exit,
  * to fold the previous pair into the slot's row. A thread that owns its CPU's rows (cpu_owner: the
  * first thread to exit there, until user space sees it has ended) keeps its open exit in the CPU's
- * record (resident) and folds pairs into cpu_rows, on that CPU only: exit, wakeup and entry make no
- * hash lookup at all. The slot says so (resident, and which record: cpu, gen); user space adds the
- * thread's cpu_rows to its slot's rows. Whatever needs the slot (an exit or entry on another CPU, an
- * exit without a row, two exits in a row) first takes the open exit back into the slot (take_back,
- * which kills the record as a migration does) and goes on as without residency. Another thread's
- * exit on an owned CPU leaves the owner's live record alone (it is the owner's open exit) and is
- * paired through its slot, as without the cache.
+ * resident record (exit_cache[MAX_CPUS + cpu], written only by the owner) and folds pairs into
+ * cpu_rows, on that CPU only: exit, wakeup and entry make no hash lookup at all. The slot says so
+ * (resident, and which record: cpu, gen); user space adds the thread's cpu_rows to its slot's rows.
+ * Whatever needs the slot (an exit or entry on another CPU, an exit without a row, two exits in a
+ * row) first takes the open exit back into the slot (take_back, which kills the record as a
+ * migration does) and goes on as without residency. Other threads on an owned CPU use its plain
+ * record, the entry cache, as on any other CPU.
  */
-static __always_inline int live_resident(struct kvmexit_cpu *c, u64 id)
+static __always_inline struct kvmexit_cpu *resident_record(u32 cpu)
 {
-	return c->id == id && c->resident && c->gen == c->kills;
+	if (cpu >= MAX_CPUS)
+		return 0;
+	u32 idx = MAX_CPUS + cpu;
+	return exit_cache.lookup(&idx);
 }
 
-/* The exit fast path: this CPU's record holds the thread's closed pair and the thread owns the
- * CPU's rows. Returns 1 when the exit is recorded. */
+static __always_inline int live_resident(struct kvmexit_cpu *r, u64 id)
+{
+	return r->id == id && r->gen == r->kills;
+}
+
+/* The exit fast path: this CPU's resident record holds the thread's closed pair and the thread
+ * owns the CPU's rows. Returns 1 when the exit is recorded. */
 static __always_inline int resident_exit(u64 id, u64 now, u32 code, u32 detail)
 {
 	u32 cpu = bpf_get_smp_processor_id();
-	struct kvmexit_cpu *c = cpu_record(cpu);
+	struct kvmexit_cpu *c = resident_record(cpu);
 	if (!c || !live_resident(c, id) || c->state != CPU_CLOSED)
 		return 0;
 	u64 *owner = cpu_owner.lookup(&cpu);
@@ -557,7 +571,7 @@ static __always_inline void take_back(struct kvmexit_thread *t, u64 id)
 {
 	if (!t->resident)
 		return;
-	struct kvmexit_cpu *p = cpu_record(t->cpu);
+	struct kvmexit_cpu *p = resident_record(t->cpu);
 	u64 ts = 0, entry_ts = 0, halt_ns = 0;
 	u32 code = 0, detail = 0, row = KVMEXIT_NR_ROWS;
 	if (p && live_resident(p, id) && p->gen == t->gen) {
@@ -628,13 +642,8 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 #ifdef KVMEXIT_RESIDENT
 	if (!fresh)
 		take_back(t, id);
-	u64 *owner = cpu_owner.lookup(&cpu);
 #endif
 	struct kvmexit_cpu *c = cpu_record(cpu);
-#ifdef KVMEXIT_RESIDENT
-	if (c && owner && c->id != id && c->id == *owner && c->resident && c->gen == c->kills)
-		c = 0; /* the owner's open exit: this thread pairs through its slot */
-#endif
 	if (!fresh) {
 		/* The pair the cache left open: the previous exit and its entry, if one came. */
 		struct kvmexit_cpu *p = t->cpu == cpu ? c : cpu_record(t->cpu);
@@ -655,6 +664,29 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 			kill(p, id); /* the thread's record there is no longer its current one */
 	}
 	u32 row = row_of(code, detail);
+#ifdef KVMEXIT_RESIDENT
+	u64 *owner = cpu_owner.lookup(&cpu);
+	struct kvmexit_cpu *r = resident_record(cpu);
+	if (r && row < KVMEXIT_NR_ROWS && owns_rows(owner, id)) {
+		kill(c, id); /* the thread's plain record here is no longer its current one */
+		r->id = id;
+		r->exit_ts = now;
+		r->halt_ns = 0;
+		r->row = row;
+		r->code = code;
+		r->detail = detail;
+		r->gen = r->kills;
+		asm volatile("" ::: "memory"); /* the record whole before its state */
+		r->state = CPU_OPEN;
+		t->ts = 0;
+		t->tgid = id >> 32;
+		t->cpu = cpu;
+		t->gen = r->gen;
+		asm volatile("" ::: "memory");
+		t->resident = 1;
+		return t;
+	}
+#endif
 	if (c && c->state == CPU_CLOSED && c->id != id) {
 		evict(c->id, c->exit_ts, c->entry_ts, cpu);
 		c = cpu_record(cpu); /* again (inlined): the verifier forgets c across evict's lookup */
@@ -663,29 +695,9 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 		c->id = id; /* first: see seen_entry */
 		asm volatile("" ::: "memory");
 		c->exit_ts = now;
-		c->gen = c->kills;
-#ifdef KVMEXIT_RESIDENT
-		u32 resident = row < KVMEXIT_NR_ROWS && owns_rows(owner, id);
-		c->resident = resident;
-		c->row = row;
-		c->code = code;
-		c->detail = detail;
-		c->halt_ns = 0;
-		asm volatile("" ::: "memory"); /* the record whole before its state */
-#endif
 		/* A reason without a row (the keyed map, which can be full) is paired at its entry. */
 		c->state = row < KVMEXIT_NR_ROWS ? CPU_OPEN : 0;
-#ifdef KVMEXIT_RESIDENT
-		if (resident) {
-			t->ts = 0;
-			t->tgid = id >> 32;
-			t->cpu = cpu;
-			t->gen = c->gen;
-			asm volatile("" ::: "memory");
-			t->resident = 1;
-			return t;
-		}
-#endif
+		c->gen = c->kills;
 	}
 	t->cpu = c ? cpu : MAX_CPUS;
 #else
@@ -772,6 +784,15 @@ static __always_inline void on_entry(void *ctx)
 	u32 tid = id;
 #ifdef KVMEXIT_ENTRY_CACHE
 	u32 cpu = bpf_get_smp_processor_id();
+#ifdef KVMEXIT_RESIDENT
+	struct kvmexit_cpu *r = resident_record(cpu);
+	if (r && r->id == id && r->state == CPU_OPEN && r->gen == r->kills) {
+		r->entry_ts = now; /* the owner of the CPU's rows: no hash lookup */
+		asm volatile("" ::: "memory");
+		r->state = CPU_CLOSED;
+		return;
+	}
+#endif
 	struct kvmexit_cpu *c = cpu_record(cpu);
 	if (c && c->id == id && c->state == CPU_OPEN && c->gen == c->kills) {
 		c->entry_ts = now; /* the common case: no hash lookup; the next exit folds the pair */
@@ -963,8 +984,7 @@ static __always_inline int add_halt(u64 ns)
 {
 	u64 id = bpf_get_current_pid_tgid();
 #ifdef KVMEXIT_RESIDENT
-	u32 cpu = bpf_get_smp_processor_id();
-	struct kvmexit_cpu *c = cpu_record(cpu);
+	struct kvmexit_cpu *c = resident_record(bpf_get_smp_processor_id());
 	if (c && live_resident(c, id)) { /* the open exit (or, closed, its entry came: not its halt) */
 		if (c->state == CPU_OPEN)
 			c->halt_ns += ns;

@@ -79,7 +79,7 @@ struct kvmexit_thread {
 	u32 row;     /* rows[] index of (code, detail), or KVMEXIT_NR_ROWS: the keyed map */
 	u32 sub_seen; /* KVMEXIT_SUB: SUB_SEEN_* events seen inside the open exit */
 	u32 cpu;     /* KVMEXIT_ENTRY_CACHE: exit_cache[cpu] holds this thread's last exit (>= MAX_CPUS: none) */
-	u32 resident; /* KVMEXIT_RESIDENT: the open exit is in exit_cache[cpu], not here (ts is 0) */
+	u32 resident; /* KVMEXIT_RESIDENT: the open exit is in exit_cache[MAX_CPUS + cpu], not here (ts is 0) */
 	u32 gen;      /* KVMEXIT_RESIDENT: that record's gen when this thread wrote it */
 	/* Guest residency (issue 11): */
 	u64 entry_ts; /* the last kvm_entry; 0: none since the last exit */
@@ -103,23 +103,21 @@ struct kvmexit_thread {
  */
 #define CPU_OPEN 1   /* the exit is open */
 #define CPU_CLOSED 2 /* its kvm_entry came (at entry_ts): the pair is folded into the thread's slot
-		      * (or the CPU's rows, if resident) at the thread's next kvm_exit, or by user space
-		      * when it reads the maps */
+		      * (a resident record's: the CPU's rows) at the thread's next kvm_exit, or by user
+		      * space when it reads the maps */
 struct kvmexit_cpu {
 	u64 id;       /* bpf_get_current_pid_tgid() of the thread */
 	u64 exit_ts;  /* its kvm_exit time (the slot's ts when it was written) */
 	u64 entry_ts; /* CPU_CLOSED: its kvm_entry time */
-	u64 halt_ns;  /* resident: the open exit's halt time (kvm_vcpu_wakeup) */
+	u64 halt_ns;  /* resident record: the open exit's halt time (kvm_vcpu_wakeup) */
 	u32 state;    /* CPU_OPEN or CPU_CLOSED (0: empty) */
 	u32 gen;      /* kills when written: once kills moves, the record is stale for kvm_entry */
 	u32 kills;    /* bumped by the thread from another CPU when this record no longer holds its open exit */
-	/* KVMEXIT_RESIDENT: the thread owns this CPU's rows (cpu_owner) and this record, not its
-	 * slot, holds its open exit: reason, row, halt time. */
-	u32 resident;
+	/* A resident record (KVMEXIT_RESIDENT, exit_cache[MAX_CPUS + cpu]: the thread owns the
+	 * CPU's rows) holds the open exit for the slot: its row and reason. */
 	u32 row;
 	u32 code;
 	u32 detail;
-	u32 pad;
 };
 
 /* One exit slower than SLOW_NS, sent to user space (perf buffer slow_exits) at its entry. */

@@ -303,6 +303,8 @@ class LiveSource(Source):
         self.entry_cache = entry_cache(subreasons, slow_ns, guest, split)
         #: Threads owning their CPU's rows keep pairs there (KVMEXIT_RESIDENT, read with the slots).
         self.resident = self.entry_cache and resident_rows(layout, bool(vms))
+        #: MAX_CPUS as compiled: exit_cache[_cpus + cpu] is a CPU's resident record.
+        self._cpus = possible_cpus()
         self._on_slow = on_slow
         self._slow_pages = slow_pages
         #: Slow exits the perf buffer dropped (it was full: user space did not keep up).
@@ -655,16 +657,17 @@ class LiveSource(Source):
             comm, ts, halt, sub, _addr, tgid, code, detail = tail[:8]
             guest = tail[14]  # guest_ns of the open exit
             pending = None  # the open exit's entry, seen by the kernel but not in a row yet
-            record = cache.get(tail[10])
-            if tail[11]:  # resident: the open exit is in the record (if it is still the slot's)
+            if tail[11]:  # resident: the open exit is in its CPU's resident record, if still the slot's
                 ts = 0
-                if record and record.id == ident and record.resident and record.gen == record.kills == tail[12]:
+                record = cache.get(self._cpus + tail[10])
+                if record and record.id == ident and record.gen == record.kills == tail[12]:
                     code, detail = record.code, record.detail
                     if record.state == _CPU_CLOSED:
                         pending = _one_pair(record.entry_ts - record.exit_ts, record.halt_ns)
                     elif record.state == _CPU_OPEN:
                         ts = record.exit_ts
             elif ts and self.entry_cache:
+                record = cache.get(tail[10])
                 if record and record.id == ident and record.state == _CPU_CLOSED and record.entry_ts >= ts:
                     pending = _one_pair(record.entry_ts - ts, halt)
                 elif tail[15] >= ts:  # mail_ts
@@ -773,7 +776,8 @@ class LiveSource(Source):
             return None
 
     def _exit_cache(self) -> Dict[int, _CpuRecord]:
-        """exit_cache (KVMEXIT_ENTRY_CACHE): CPU -> its record, if it holds an exit."""
+        """exit_cache (KVMEXIT_ENTRY_CACHE): index (a CPU; MAX_CPUS + a CPU for a resident
+        record) -> the record, if it holds an exit."""
         if not self.entry_cache:
             return {}
         out = {}
@@ -910,7 +914,7 @@ _ROWS_SIZE = _VALUE.size
 #: resident, gen, entry_ts, guest_ns, mail_ts, and struct kvmexit_split (12 u64, 2 u32).
 _THREAD_TAIL = struct.Struct("=16s4Q8I3Q12Q2I")
 #: struct kvmexit_cpu (bpf/kvmexit.h), and the states of a record: open, and closed (its entry came).
-_CPU_RECORD = struct.Struct("=4Q8I")
+_CPU_RECORD = struct.Struct("=4Q6I")
 _CPU_OPEN, _CPU_CLOSED = 1, 2
 
 
@@ -922,11 +926,9 @@ class _CpuRecord(NamedTuple):
     state: int
     gen: int
     kills: int
-    resident: int
     row: int
     code: int
     detail: int
-    pad: int
 
 
 #: Word index of each field of struct kvmexit_value.
