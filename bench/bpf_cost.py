@@ -230,8 +230,8 @@ def cost_per_pair(pairs: int, reasons: int, baseline: str = "") -> None:
             )
         )
     print(
-        "  ratio kvmexit/floor-slot: %.2fx  (two hash lookups per pair and nothing else; a resident kvmexit thread makes none)"
-        % (per_pair["kvmexit"] / per_pair["floor-slot"])
+        "  ratio kvmexit/floor-slot: %.2fx  (two hash lookups per pair and nothing else;"
+        " a resident kvmexit thread makes none)" % (per_pair["kvmexit"] / per_pair["floor-slot"])
     )
     print(
         "  ratio kvmexit-sub/kvmexit: %.2fx  (sub-reasons, opt-in: %d of %d pairs had a sub-reason event)"
