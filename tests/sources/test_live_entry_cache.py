@@ -206,13 +206,15 @@ def test_exits_a_thread_makes_after_the_read_and_before_it_ends_are_kept(d):
     exits in between and then ended has its slot read again before it is retired (the first read
     would lose them: seen as 31 lost exits under load)."""
     more: queue.Queue = queue.Queue()
+    first_pair = threading.Event()
     tids: List[int] = []
 
     def vcpu() -> None:
         tids.append(threading.get_native_id())
         on(0, hvc(d))
         on(0, d.entry)
-        more.get()  # after the snapshot's read of the slots
+        first_pair.set()
+        more.get(timeout=30)  # after the snapshot's read of the slots
         for _ in range(3):
             on(1, hvc(d))
             on(1, d.entry)
@@ -220,6 +222,7 @@ def test_exits_a_thread_makes_after_the_read_and_before_it_ends_are_kept(d):
 
     t = threading.Thread(target=vcpu)
     t.start()
+    assert first_pair.wait(30)  # its slot exists before the snapshot reads the slots
     resolver = d.source.resolver
     real_alive = resolver.alive
 
