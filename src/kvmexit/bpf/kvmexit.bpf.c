@@ -538,9 +538,8 @@ static __always_inline int live_resident(struct kvmexit_cpu *r, u64 id)
 
 /* The exit fast path: this CPU's resident record holds the thread's closed pair and the thread
  * owns the CPU's rows. Returns 1 when the exit is recorded. */
-static __always_inline int resident_exit(u64 id, u64 now, u32 code, u32 detail)
+static __always_inline int resident_exit(u32 cpu, u64 id, u64 now, u32 code, u32 detail)
 {
-	u32 cpu = bpf_get_smp_processor_id();
 	struct kvmexit_cpu *c = resident_record(cpu);
 	if (!c || !live_resident(c, id) || c->state != CPU_CLOSED)
 		return 0;
@@ -613,8 +612,11 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 	u64 id = bpf_get_current_pid_tgid();
 	if (!wanted(id))
 		return 0;
+#ifdef KVMEXIT_ENTRY_CACHE
+	u32 cpu = bpf_get_smp_processor_id();
+#endif
 #ifdef KVMEXIT_RESIDENT
-	if (resident_exit(id, now, code, detail))
+	if (resident_exit(cpu, id, now, code, detail))
 		return 0;
 #endif
 	u32 tid = id;
@@ -638,7 +640,6 @@ static __always_inline struct kvmexit_thread *on_exit(void *ctx, u32 code, u32 d
 		new_keys.perf_submit(ctx, &key, sizeof(key));
 	}
 #ifdef KVMEXIT_ENTRY_CACHE
-	u32 cpu = bpf_get_smp_processor_id();
 #ifdef KVMEXIT_RESIDENT
 	if (!fresh)
 		take_back(t, id);
