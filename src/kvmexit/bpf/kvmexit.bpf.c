@@ -33,7 +33,8 @@
  *
  * Stays within what 4.19 verifies: no loops, no global data, no ring buffer.
  *
- * Layout (one hash lookup per exit->entry pair on the default path, the original tool's two):
+ * Layout (one hash lookup per exit->entry pair on the default path, none for a resident thread;
+ * the original tool makes two):
  *   threads       hash tid -> struct kvmexit_thread: the open exit and, in place, the statistics
  *                 rows of the reasons user space gave a row in reason_rows. Allocated on use
  *                 (BPF_F_NO_PREALLOC): a slot is sizeof(struct kvmexit_thread) per traced thread.
@@ -42,11 +43,13 @@
  *   stats         hash (tgid, tid, code, detail) -> struct kvmexit_value: reasons without a row
  *                 (rare ones, unknown codes, SError-flagged exits). Never dropped, only slower.
  *   exit_cache    array cpu -> struct kvmexit_cpu (KVMEXIT_ENTRY_CACHE, the default path; MAX_CPUS
- *                 possible CPUs, 64 bytes each): the CPU's last kvm_exit (see "The entry cache").
+ *                 possible CPUs, 56 bytes each): the CPU's last kvm_exit (see "The entry cache");
+ *                 with KVMEXIT_RESIDENT, MAX_CPUS + cpu: the CPU's resident record.
  *   cpu_owner, cpu_rows   arrays (KVMEXIT_RESIDENT): per CPU, the thread that owns its rows, and
  *                 the rows (KVMEXIT_NR_ROWS values per CPU; see "Resident threads").
  * kvm_exit: one lookup of the thread's slot (a miss: the first exit of a thread, which copies a
- * zeroed slot in), which folds the previous pair into its row and records the new open exit.
+ * zeroed slot in), which folds the previous pair into its row and records the new open exit; none
+ * for a thread owning its CPU's rows (KVMEXIT_RESIDENT: "Resident threads").
  * kvm_entry: on the CPU of its exit, only the CPU's record (no hash lookup); elsewhere the slot's
  * lookup and the row in place or, without one, the keyed map. Without the entry cache (the opt-in
  * paths), kvm_entry always looks the slot up and records the pair there.
@@ -546,7 +549,7 @@ static __always_inline int resident_exit(u32 cpu, u64 id, u64 now, u32 code, u32
 	u64 *owner = cpu_owner.lookup(&cpu);
 	u32 row = row_of(code, detail);
 	u32 prev = c->row;
-	if (!owner || *owner != id || row >= KVMEXIT_NR_ROWS || prev >= KVMEXIT_NR_ROWS || cpu >= MAX_CPUS)
+	if (!owner || *owner != id || row >= KVMEXIT_NR_ROWS || prev >= KVMEXIT_NR_ROWS)
 		return 0;
 	u32 idx = cpu * KVMEXIT_NR_ROWS + prev;
 	c->state = 0; /* before the row: user space never sees the pair both pending and in it */
