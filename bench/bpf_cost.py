@@ -28,7 +28,7 @@ not the syscall. The variants run interleaved in one process so they share the m
 - clock: the thread's id and a timestamp per event and nothing else: what any pairing must do;
 - floor-slot: the same with kvmexit's trick, a lookup and an in-place write at exit instead of an
   update: the least a pairing with a hash lookup per event can do (kvmexit makes none per pair
-  for a resident thread, one or two for the others);
+  for a resident thread, one for the others);
 - kvmexit-sub: kvmexit built with sub-reasons (--sub, KVMEXIT_SUB): each pair also runs one
   sub-reason program (kvm_hvc_arm64, kvm_handle_sys_reg or kvm_wfx_arm64 by class) and, at entry,
   records the pair again under its sub-reason: the opt-in path's whole cost per pair;

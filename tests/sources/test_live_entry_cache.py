@@ -87,6 +87,13 @@ class Other:
         self.thread.join()
 
 
+def wait_gone(tid: int) -> None:
+    """Wait (5 s at most) until this process's thread ``tid`` has been reaped from /proc."""
+    deadline = time.monotonic() + 5
+    while os.path.exists("/proc/%d/task/%d" % (os.getpid(), tid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def mine(snap: Snapshot, tid: int) -> ExitStats:
     (st,) = [s for k, s in snap.stats.items() if k.tid == tid]
     return st
@@ -230,9 +237,7 @@ def test_exits_a_thread_makes_after_the_read_and_before_it_ends_are_kept(d):
         if tid == tids[0] and t.is_alive():
             more.put(1)
             t.join()
-            deadline = time.monotonic() + 5
-            while os.path.exists("/proc/%d/task/%d" % (tgid, tid)) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_gone(tid)
         return real_alive(tgid, tid)
 
     resolver.alive = alive_after_its_last_exits  # type: ignore[method-assign]
@@ -405,9 +410,7 @@ def test_a_resident_exit_taken_back_on_another_cpu_keeps_its_halt_time(d):
 
 
 def snapshot_once_gone(d: Driver, tid: int) -> Snapshot:
-    deadline = time.monotonic() + 5
-    while os.path.exists("/proc/%d/task/%d" % (os.getpid(), tid)) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_gone(tid)
     return d.snapshot()
 
 
