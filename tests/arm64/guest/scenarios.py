@@ -609,8 +609,10 @@ def scenario_slow():
     of BPF's timestamps, one for all CPUs (the default per-CPU clock skews durations that span
     CPUs). The instance's events inside exits (the sub-reason events, sched_switch) bound when
     kvmexit's probe on the same kvm_exit read the clock (e2e_results.ProbeBounds): the instance
-    enables them before kvmexit attaches, so its probes run first."""
-    ftrace = Ftrace(INSTANCE + "-slow", ("sched/sched_switch", *SUB_EVENTS), clock="mono")
+    enables them before kvmexit attaches, so its probes run first. 64 MiB per CPU: on the x86
+    host (one CPU) the 16 MiB default held about 300,000 of these events and overran in two runs
+    of three."""
+    ftrace = Ftrace(INSTANCE + "-slow", ("sched/sched_switch", *SUB_EVENTS), clock="mono", buffer_kb=65536)
     traced_scenario("slow", ["--json", "--slower-than", SLOW_THRESHOLD, "--split"], ftrace=ftrace)
 
 
