@@ -529,12 +529,9 @@ class Pairer:
 
     def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
         tid = thread[0]
-        if self.deferring:
-            if tid not in self.known:
-                self._defer_entry(ts, thread)
-                return
-            if not (self.switches or self.userspace_exits or self._split_recorded):
-                self._note_unclamped(ts, tid)
+        if self.deferring and tid not in self.known:
+            self._defer_entry(ts, thread)
+            return
         self.last_ns = ts
         if self.first_ns is None:
             self.first_ns = ts
@@ -545,6 +542,8 @@ class Pairer:
             self.unpaired_entries += 1
             return
         self.entry_ts[tid] = ts  # (an open exit set it: the thread has exited once)
+        if self.deferring and s[S_HALT] and not (self.switches or self.userspace_exits or self._split_recorded):
+            self._note_unclamped(ts, s)
         acc = s[S_ACC]
         pending = acc[A_PENDING]
         if not pending:
@@ -570,7 +569,7 @@ class Pairer:
     def _defer_entry(self, ts: int, thread: Thread) -> None:
         raise NotImplementedError  # RangePairer's
 
-    def _note_unclamped(self, ts: int, tid: int) -> None:
+    def _note_unclamped(self, ts: int, s: list) -> None:
         raise NotImplementedError  # RangePairer's
 
     def _pair_extras(self, s: list, d: int, parts: Optional[Tuple[int, int, int]] = None) -> None:

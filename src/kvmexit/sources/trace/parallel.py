@@ -47,7 +47,7 @@ from ...model import KERNEL_FIELDS, paused_gc
 from ...reasons import ISA_VMX
 from .decode import IsaUnknown
 from .formats import MAX_LINE, LineReader, open_input, split_head
-from .pairing import A_HALT, S_ACC, S_KEY, S_SPLIT, S_TS, Pairer, Split, Thread, TraceHealth
+from .pairing import A_HALT, S_ACC, S_HALT, S_KEY, S_SPLIT, S_TS, Pairer, Split, Thread, TraceHealth
 
 __all__ = ["MIN_RANGE", "RangePairer", "SwitchRun", "cut_points", "plan", "read_parallel", "usable_cpus"]
 
@@ -208,18 +208,17 @@ class RangePairer(Pairer):
         else:
             self.semi[tid] = None
 
-    def _note_unclamped(self, ts: int, tid: int) -> None:
-        """An entry before this range's first switch or userspace exit: the halt time its pair would
-        have had clamped had an earlier range had one (:attr:`excess`)."""
-        s = self.starts.get(tid)
-        if s is not None and s[2]:  # S_HALT
-            over = s[2] - max(ts - s[S_TS], 0)
-            if over > 0:
-                key = s[S_KEY]
-                self.excess[key] = self.excess.get(key, 0) + over
-                skey = self._sub_key(s)
-                if skey is not None:
-                    self.sub_excess[skey] = self.sub_excess.get(skey, 0) + over
+    def _note_unclamped(self, ts: int, s: list) -> None:
+        """An entry closing ``s``, an exit with halt time, before this range's first switch or
+        userspace exit: the halt time its pair would have had clamped had an earlier range had one
+        (:attr:`excess`)."""
+        over = s[S_HALT] - max(ts - s[S_TS], 0)
+        if over > 0:
+            key = s[S_KEY]
+            self.excess[key] = self.excess.get(key, 0) + over
+            skey = self._sub_key(s)
+            if skey is not None:
+                self.sub_excess[skey] = self.sub_excess.get(skey, 0) + over
 
     def thread_exit(self, ts: int, thread: Thread, value: Any = None) -> None:
         tid = thread[0]
@@ -532,8 +531,8 @@ def cut_points(path: str, size: int, offsets: List[int]) -> List[Tuple[int, int]
 
 
 #: Parts per process (evenly cut): who is free takes the next, so a process slowed by other work on
-#: its CPU reads fewer of them.
-PARTS_PER_JOB = 4
+#: its CPU reads fewer of them, and the last to finish waits at most about one part for the others.
+PARTS_PER_JOB = 8
 
 
 def plan(
