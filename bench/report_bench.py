@@ -202,8 +202,7 @@ def main() -> int:
     print(
         "l/cpu-s: lines per CPU-second of --jobs 1 (user + system), the per-core figure; l/s: wall clock of "
         "--jobs 1 and --jobs %d (best run; median: of all runs); ratio: the best runs' wall-clock rates; "
-        "RSS: peak of --jobs 1, and of --jobs %d's "
-        "parent plus its largest worker" % (j, j)
+        "RSS: peak of --jobs 1, and of --jobs %d's parent plus its largest worker" % (j, j)
     )
     print(
         "%-10s %9s %5s %10s %10s %10s %10s %6s %11s %8s %8s %8s %8s"
