@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_right
 from collections import Counter, defaultdict
 from typing import Dict, List, Optional, Tuple
 
@@ -762,6 +763,8 @@ class ProbeBounds:
         #: than ftrace's stamp. (No bound the other way: after kvm_entry the thread's next event is
         #: its next exit, so a stall between the two kvm_entry probes shortens it unseen.)
         self.guest_slack: Counter = Counter()
+        #: tid -> its pairs by exit_lo, their exit_lo, and the running largest exit_hi (matching)
+        self._by_tid: Dict[int, Tuple[List[PairBounds], List[int], List[int]]] = {}
         open_exit: Dict[int, PairBounds] = {}
         entered: Dict[int, bool] = {}  # tid -> in the guest after an entry kvmexit times from
         exited = set()  # threads that have exited once (kvmexit times guest stays from then on)
@@ -809,4 +812,22 @@ class ProbeBounds:
             self.guest_slack[p.tid] += hi - p.exit_lo
 
     def matching(self, tid: int, reason: str, pc: Optional[int], exit_ns: int, duration_ns: int) -> List[PairBounds]:
-        return [p for p in self.pairs if p.holds(tid, reason, pc, exit_ns, exit_ns + duration_ns)]
+        """The pairs that hold this probe pair (:meth:`PairBounds.holds`). Only the thread's pairs
+        that began at or before ``exit_ns`` can, and of those only back to the last whose earlier
+        pairs all closed their exit bound by then (a slow scenario logs 10,000-100,000 exits: one
+        scan of every pair for each was hours)."""
+        index = self._by_tid.get(tid)
+        if index is None:
+            mine = sorted((p for p in self.pairs if p.tid == tid), key=lambda p: p.exit_lo)
+            his: List[int] = []  # his[k]: the largest exit_hi of mine[0..k]
+            for p in mine:
+                his.append(max(his[-1], p.exit_hi) if his else p.exit_hi)
+            index = self._by_tid[tid] = (mine, [p.exit_lo for p in mine], his)
+        mine, los, his = index
+        out = []
+        k = bisect_right(los, exit_ns) - 1
+        while k >= 0 and his[k] > exit_ns:
+            if mine[k].holds(tid, reason, pc, exit_ns, exit_ns + duration_ns):
+                out.append(mine[k])
+            k -= 1
+        return out[::-1]

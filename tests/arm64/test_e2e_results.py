@@ -47,3 +47,22 @@ def test_split_truth_clamps_the_parts_to_the_exit_time_as_documented():
     assert preempted == 15958000  # after the halt: R+ at .232391 until .248349
     assert blocked == duration - halt - preempted == 5359400  # the sleep of 6216000, clamped
     assert (truth.preempt_ns[194], truth.blocked_ns[194]) == (preempted, blocked)
+
+
+def test_probe_bounds_matching_equals_a_scan_of_every_pair():
+    """The indexed lookup finds exactly the pairs a scan of every pair finds: for each pair's own
+    stamps and for probe times around them (before, inside and after its bounds, other threads)."""
+    bounds = er.ProbeBounds(TRACE.read_text())
+    assert len(bounds.pairs) > 100
+    probes = []
+    for p in bounds.pairs:
+        for shift in (-1, 0, 1, 500, 20_000, 3_000_000):
+            probes.append((p.tid, p.reason, p.pc, p.exit_lo + shift, p.entry_lo - p.exit_lo))
+        probes.append((p.tid ^ 1, p.reason, p.pc, p.exit_lo, p.entry_lo - p.exit_lo))
+    found = 0
+    for tid, reason, pc, exit_ns, duration in probes:
+        scan = [p for p in bounds.pairs if p.holds(tid, reason, pc, exit_ns, exit_ns + duration)]
+        got = bounds.matching(tid, reason, pc, exit_ns, duration)
+        assert [id(p) for p in got] == [id(p) for p in scan], (tid, reason, pc, exit_ns, duration)
+        found += len(got)
+    assert found >= len(bounds.pairs)  # each pair's own stamps at least
