@@ -542,7 +542,9 @@ class Pairer:
             self.unpaired_entries += 1
             return
         self.entry_ts[tid] = ts  # (an open exit set it: the thread has exited once)
-        if self.deferring and s[S_HALT] and not (self.switches or self.userspace_exits or self._split_recorded):
+        # Whether the split's events are known to be traced: then every pair is split (and clamped).
+        splitting = self.switches or self.userspace_exits or self._split_recorded
+        if self.deferring and s[S_HALT] and not splitting:
             self._note_unclamped(ts, s)
         acc = s[S_ACC]
         pending = acc[A_PENDING]
@@ -550,7 +552,7 @@ class Pairer:
             self._dirty.append(acc)
         pending.append(ts - s[S_TS])
         parts = None
-        if s[S_SPLIT] is not None or self.switches or self.userspace_exits or self._split_recorded:
+        if s[S_SPLIT] is not None or splitting:
             halt, pre, blk, vmm = (s[S_SPLIT] or Split()).close(ts, max(ts - s[S_TS], 0), s[S_HALT])
             s[S_HALT] = halt
             parts = (pre, blk, vmm)
