@@ -16,6 +16,7 @@ import lzma
 import os
 import re
 from dataclasses import dataclass
+from operator import length_hint
 from typing import IO, Any, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from ...errors import BadTrace, KvmexitError
@@ -493,8 +494,9 @@ def _loop(
     Fast path: ``line.split(b": ", 2)`` gives ``prefix, event, payload``; the prefix up to the
     timestamp's dot (comm, tid, tgid, CPU, flags and the seconds) is looked up in a cache filled
     only from lines the format's full grammar matched with the same split, and its fraction must
-    be digits, as many as that line's, so a fast-path line is exactly a line the grammar accepts;
-    the cache holds the seconds in ns, so only the fraction is converted. Timestamps without a dot
+    be digits, as many as that line's (the trace's precision: lines printed with another go through
+    the grammar), so a fast-path line is exactly a line the grammar accepts; the cache holds the
+    seconds in ns, so only the fraction is converted. Timestamps without a dot
     (a raw counter clock) have a cache of their own, of the prefix up to the timestamp. An event
     the engine has no rule for takes the fast path too once the grammar has read its name with
     the same split (it is counted). Anything else goes through the grammar (and, failing it, is
@@ -516,18 +518,22 @@ def _loop(
     side_tgid = names.tgid_of if names is not None else {}
     filtering = bool(tids or tgids)
     heads_max = _HEADS_MAX
-    #: prefix up to the timestamp's dot -> (thread, the seconds in ns, fraction digits, ns per unit)
-    heads: Dict[bytes, Tuple[Thread, int, int, int]] = {}
+    #: prefix up to and with the timestamp's dot -> (thread, the seconds in ns, ns per unit of the
+    #: fraction); only prefixes whose fraction has ``-cut`` digits (the trace's precision: the first
+    #: fraction the grammar reads) are cached, so the fast path cuts a prefix at a fixed place.
+    heads: Dict[bytes, Tuple[Thread, int, int]] = {}
     heads_get = heads.get
+    cut = 0  # (no fraction read yet: prefix[:0] is no key)
     #: prefix up to a timestamp without a dot -> thread
     raw_heads: Dict[bytes, Thread] = {}
     n = n_other = n_ignored = n_filtered = 0
     malformed_before = health.malformed
 
-    def grammar(line: bytes, parts: list, n: int) -> Optional[tuple]:
+    def grammar(line: bytes, prefix: bytes, event: bytes, n: int) -> Optional[tuple]:
         """The full grammar: ``(thread, handler, payload, ts_ns)``, or ``None`` when the line is
-        no event of the table (it is then counted here as other event, ignored or malformed)."""
-        nonlocal n_ignored, n_other
+        no event of the table (it is then counted here as other event, ignored or malformed).
+        ``prefix``, ``event``: the line's split in three at ``": "`` (empty: it has fewer parts)."""
+        nonlocal n_ignored, n_other, cut
         m = match(line)
         if m is None:
             kind, lost = classify_other(line)
@@ -555,16 +561,18 @@ def _loop(
             not filtering or _wanted(tid, tgid, tids, tgids, side_tgid),
         )
         # perf prints two spaces after the timestamp: its event part then starts with one.
-        if heads_max and len(parts) == 3 and parts[1] in (ev, b" " + ev) and m.end("frac") == len(parts[0]):
-            prefix = parts[0]
+        if heads_max and event in (ev, b" " + ev) and m.end("frac") == len(prefix):
             if handler is None and len(events) < heads_max:
-                events[parts[1]] = _OTHER
+                events[event] = _OTHER
             if frac:
                 i = prefix.rfind(b".")
                 if m.end("sec") == i and m.start("frac") == i + 1:
-                    if len(heads) >= heads_max:
-                        heads.clear()
-                    heads[prefix[:i]] = (thread, int(sec) * 1_000_000_000, len(frac), scale[len(frac)])
+                    if not cut:
+                        cut = -len(frac)
+                    if len(frac) == -cut:
+                        if len(heads) >= heads_max:
+                            heads.clear()
+                        heads[prefix[: i + 1]] = (thread, int(sec) * 1_000_000_000, scale[len(frac)])
             elif m.end("sec") == len(prefix):  # no dot
                 i = prefix.rfind(b" ")
                 if m.start("sec") == i + 1:
@@ -580,21 +588,25 @@ def _loop(
     max_digits = MAX_DIGITS
     for batch in batches:
         done = n
-        for n, line in enumerate(batch, done + 1):
-            parts = line.split(b": ", 2)
-            thread = handler = None
-            if len(parts) == 3:
-                prefix, ev, payload = parts
+        # A line's number is only needed off the fast path: it is found there from what the
+        # batch's iterator has left (exact for a list), so the fast path does not count.
+        lines = iter(batch)
+        for line in lines:
+            thread = None
+            try:
+                prefix, ev, payload = line.split(b": ", 2)
+            except ValueError:
+                prefix = ev = b""  # (no grammar match ends there: nothing is cached from it)
+            else:
                 handler = handler_of(ev)
                 if handler is not None:
-                    head, _, frac = prefix.rpartition(b".")
-                    hit = heads_get(head)
+                    hit = heads_get(prefix[:cut])
                     if hit is not None:
-                        thread, sec_ns, frac_len, unit = hit
-                        if len(frac) == frac_len and frac.isdigit():
+                        # The cached prefix ends with the dot: the rest is the fraction, if digits.
+                        frac = prefix[cut:]
+                        if frac.isdigit():
+                            thread, sec_ns, unit = hit
                             ts = sec_ns + int(frac) * unit
-                        else:
-                            thread = None
                     elif raw_heads:
                         head, _, stamp = prefix.rpartition(b" ")
                         thread = raw_heads.get(head)
@@ -604,7 +616,7 @@ def _loop(
                         else:
                             thread = None
             if thread is None:
-                g = grammar(line, parts, n)
+                g = grammar(line, prefix, ev, done + len(batch) - length_hint(lines))
                 if g is None:
                     continue
                 thread, handler, payload, ts = g
@@ -614,7 +626,7 @@ def _loop(
             else:
                 value = decode(payload)
                 if value is None:
-                    health.note_malformed(n)
+                    health.note_malformed(done + len(batch) - length_hint(lines))
                     continue
             if thread[4] or not kvm:  # other events: every thread's (a sched_switch names two)
                 rule(ts, thread, value)
@@ -622,6 +634,7 @@ def _loop(
                     n_other += 1
             else:
                 n_filtered += 1
+        n = done + len(batch)
         if n - flushed >= _FLUSH_LINES:
             flush()
             flushed = n
