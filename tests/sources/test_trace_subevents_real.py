@@ -237,7 +237,7 @@ def test_the_pairing_engine_records_pairs_by_sub_reason():
     for (tid, _code, detail, sub), acc in engine.sub_stats.items():
         count(tid, detail, sub, acc[0])  # acc[0]: pairs
     still_open = 0
-    for start in engine.starts.values():  # the last exit of each thread: the power-off doorbell
+    for start in engine.open_exits().values():  # the last exit of each thread: the power-off doorbell
         key, records = start[1], start[4]
         count(key[0], key[2], engine._sub(key, records), 1)
         still_open += 1

@@ -74,6 +74,7 @@ __all__ = [
     "Handlers",
     "Pairer",
     "Thread",
+    "ThreadState",
     "TraceHealth",
     "hist_slot",
     "LAST_SLOT",
@@ -385,6 +386,23 @@ Handlers = Dict[bytes, Tuple[Optional[Callable[[bytes], Any]], Callable[[int, Th
 MAX_SUB_RECORDS = 16
 
 
+class ThreadState:
+    """One thread's pairing state (the kernel's per-thread slot), found with one lookup per event."""
+
+    __slots__ = ("accs", "entry_ts", "start", "unnamed")
+
+    def __init__(self) -> None:
+        #: The open exit's start record (``S_*``), None when nothing is open.
+        self.start: Optional[list] = None
+        #: The last kvm_entry's ns, 0 after an exit since, None before the thread's first exit
+        #: (guest time is charged from an entry only to a thread that has exited once).
+        self.entry_ts: Optional[int] = None
+        #: Decoded reason ``(code, detail)`` -> its key ``(tid, code, detail)`` and accumulator.
+        self.accs: Dict[Tuple[int, int], Tuple[Tuple[int, int, int], list]] = {}
+        #: The engine knows no tgid of the thread yet: its next exit names it (comm, tgid).
+        self.unnamed = True
+
+
 class Pairer:
     """The engine: per-thread pairing state and cumulative statistics (kernel rules, in Python).
 
@@ -393,8 +411,8 @@ class Pairer:
     """
 
     def __init__(self, layout: Optional[str] = None, time_bins: Optional[TimeBins] = None) -> None:
-        #: tid -> [ts_ns, key, halt_ns, cpu, sub-reason records or None]
-        self.starts: Dict[int, list] = {}
+        #: tid -> its pairing state (open exit, last entry), from its first exit on
+        self.slots: Dict[int, ThreadState] = {}
         #: (tid, code, detail) -> accumulator list
         self.stats: Dict[Tuple[int, int, int], list] = {}
         #: (tid, code, detail, sub) -> accumulator list of the pairs with a sub-reason
@@ -418,9 +436,6 @@ class Pairer:
         self.time_bins = time_bins  # (a property: sets _extras)
         #: Accumulators with pending pairs (see :meth:`flush`).
         self._dirty: List[list] = []
-        #: tid -> its last kvm_entry (0: an exit since), for threads that have exited once (the
-        #: kernel's slot): guest time.
-        self.entry_ts: Dict[int, int] = {}
         #: Threads switched out inside an exit (the kernel's offcpu map).
         self.off_cpu: Dict[int, int] = {}
         self.switches = 0  # sched_switch events seen: without any, preempted/blocked are unknown
@@ -506,26 +521,43 @@ class Pairer:
             self._defer_exit(ts, thread, value)
             return
         self.last_ns = ts
-        if self.first_ns is None:
-            self.first_ns = ts
-        if tid not in self.tgid:  # the first exit's comm, the first known tgid
-            if tid not in self.comm:
-                self.comm[tid] = thread[3]
-            if thread[1] is not None:
-                self.tgid[tid] = thread[1]
-        key = (tid, value[0], value[1])
-        acc = self.stats.get(key)
-        if acc is None:
-            acc = self.stats[key] = new_acc()
-        prev = self.starts.get(tid)
+        st = self.slots.get(tid)
+        if st is None:
+            st = self.slots[tid] = ThreadState()
+        if st.unnamed:  # the first exit's comm, the first known tgid
+            if tid not in self.tgid:
+                if tid not in self.comm:
+                    self.comm[tid] = thread[3]
+                if thread[1] is not None:
+                    self.tgid[tid] = thread[1]
+            st.unnamed = tid not in self.tgid
+        hit = st.accs.get(value)
+        if hit is None:
+            hit = self._keyed(st, tid, value, ts)
+        key, acc = hit
+        prev = st.start
         if prev is not None:
             self._unfinished(prev)
-        last = self.entry_ts.get(tid, 0)
-        self.entry_ts[tid] = 0
-        guest = ts - last if prev is None and last else 0
-        start = self.starts[tid] = [ts, key, 0, thread[2], self._extras, acc, guest, None]
+            guest = 0
+        else:
+            last = st.entry_ts
+            guest = ts - last if last else 0
+        st.entry_ts = 0
+        start = st.start = [ts, key, 0, thread[2], self._extras, acc, guest, None]
         if len(value) > 2:
             start.append(value[2])  # the kvm_exit payload, for the slow-exit log
+
+    def _keyed(self, st: ThreadState, tid: int, value: Tuple[int, int], ts: int) -> Tuple[Tuple[int, int, int], list]:
+        """The key and accumulator of a thread's exit of reason ``value`` (kept in its state; the
+        slow-exit log's values carry the payload: their reason is the first two items)."""
+        if self.first_ns is None:  # the trace's first exit: no key is kept yet
+            self.first_ns = ts
+        reason = (value[0], value[1])
+        hit = st.accs.get(reason)
+        if hit is None:
+            key = (tid, value[0], value[1])
+            hit = st.accs[reason] = (key, self._acc(key))
+        return hit
 
     def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
         tid = thread[0]
@@ -533,15 +565,17 @@ class Pairer:
             self._defer_entry(ts, thread)
             return
         self.last_ns = ts
-        if self.first_ns is None:
-            self.first_ns = ts
-        s = self.starts.pop(tid, None)
-        if s is None:
-            if tid in self.entry_ts:
-                self.entry_ts[tid] = ts
+        st = self.slots.get(tid)
+        if st is None or st.start is None:
+            if self.first_ns is None:
+                self.first_ns = ts
+            if st is not None and st.entry_ts is not None:
+                st.entry_ts = ts
             self.unpaired_entries += 1
             return
-        self.entry_ts[tid] = ts  # (an open exit set it: the thread has exited once)
+        s = st.start
+        st.start = None
+        st.entry_ts = ts
         # Whether the split's events are known to be traced: then every pair is split (and clamped).
         splitting = self.switches or self.userspace_exits or self._split_recorded
         if self.deferring and s[S_HALT] and not splitting:
@@ -606,7 +640,7 @@ class Pairer:
         # decoder no exit has been seen, so there is nothing to name anyway.
         if self.decoder is None or not self.decoder.trap_sets_class:
             return
-        s = self.starts.get(thread[0])
+        s = self.open_exit(thread[0])
         if s is not None:
             t, code, detail = s[S_KEY]
             if code == _TRAP:
@@ -615,7 +649,8 @@ class Pairer:
 
     def wakeup(self, ts: int, thread: Thread, ns: int) -> None:
         self.wakeups += 1
-        s = self.starts.get(thread[0])
+        st = self.slots.get(thread[0])
+        s = st.start if st is not None else None
         if s is not None:
             s[S_HALT] += ns
             if s[S_SPLIT] is not None:
@@ -623,8 +658,8 @@ class Pairer:
 
     def thread_exit(self, ts: int, thread: Thread, value: Any = None) -> None:
         """``sched_process_exit`` of the thread: its open exit, if any, will never see its entry."""
-        s = self.starts.pop(thread[0], None)
-        self.entry_ts.pop(thread[0], None)
+        st = self.slots.pop(thread[0], None)  # nothing open, no entry kept
+        s = st.start if st is not None else None
         if s is not None:
             self.abandoned[s[S_KEY]] = self.abandoned.get(s[S_KEY], 0) + 1
             s[S_ACC][A_GUEST] += s[S_GUEST]
@@ -641,7 +676,7 @@ class Pairer:
         """``kvm_userspace_exit``: a sub-reason event, and the start of a VMM window (the split)."""
         self.sub_event(ts, thread, record)
         self.userspace_exits += 1
-        s = self.starts.get(thread[0])
+        s = self.open_exit(thread[0])
         if s is not None:
             if s[S_SPLIT] is None:
                 s[S_SPLIT] = Split()
@@ -651,7 +686,7 @@ class Pairer:
         """``sched_switch``: a thread with an exit open goes off CPU, or one comes back on. Runs
         for every thread's line, whatever -p/-t keep (the reader), as the kernel's program does."""
         self.switches += 1
-        s = self.starts.get(sw.prev)
+        s = self.open_exit(sw.prev)
         if s is not None:
             if s[S_SPLIT] is None:
                 s[S_SPLIT] = Split()
@@ -659,14 +694,14 @@ class Pairer:
             s[S_SPLIT].runnable = sw.runnable
             self.off_cpu[sw.prev] = ts
         if self.off_cpu.pop(sw.next, None) is not None:
-            s = self.starts.get(sw.next)
+            s = self.open_exit(sw.next)
             if s is not None and s[S_SPLIT] is not None and s[S_SPLIT].off_ts:
                 s[S_SPLIT].back_on_cpu(ts)
 
     def sub_event(self, ts: int, thread: Thread, record: SubEvent) -> None:
         """A sub-reason event inside the thread's open exit (outside one it says nothing)."""
         self.sub_events += 1
-        s = self.starts.get(thread[0])
+        s = self.open_exit(thread[0])
         if s is not None:
             if not s[S_SUBS]:
                 s[S_SUBS] = [record]
@@ -676,11 +711,32 @@ class Pairer:
     def lost(self, cpu: int, n: Optional[int]) -> None:
         """A gap in ``cpu``'s events: close the open exits that started there as unfinished."""
         self.health.add_lost(cpu, n)
-        for tid in [t for t, s in self.starts.items() if s[S_CPU] == cpu]:
-            s = self.starts.pop(tid)
-            self._unfinished(s)
-            self.health.reset_by_loss += 1
-            self.health.reset_threads[tid] = self.health.reset_threads.get(tid, 0) + 1
+        self._close_on(cpu)
+
+    def _close_on(self, cpu: int) -> None:
+        """Open exits that started on ``cpu`` are closed as unfinished (a loss there)."""
+        for tid, st in self.slots.items():
+            s = st.start
+            if s is not None and s[S_CPU] == cpu:
+                st.start = None
+                self._unfinished(s)
+                self.health.reset_by_loss += 1
+                self.health.reset_threads[tid] = self.health.reset_threads.get(tid, 0) + 1
+
+    def _state(self, tid: int) -> ThreadState:
+        st = self.slots.get(tid)
+        if st is None:
+            st = self.slots[tid] = ThreadState()
+        return st
+
+    def open_exit(self, tid: int) -> Optional[list]:
+        """The thread's open exit (its start record), None when nothing is open."""
+        st = self.slots.get(tid)
+        return st.start if st is not None else None
+
+    def open_exits(self) -> Dict[int, list]:
+        """tid -> start record of every open exit."""
+        return {tid: st.start for tid, st in self.slots.items() if st.start is not None}
 
     def _acc(self, key: Tuple[int, int, int]) -> list:
         acc = self.stats.get(key)
@@ -733,7 +789,8 @@ class Pairer:
         tgids = tgids or {}
         acc_by_key: Dict[Tuple[int, int, int], list] = {k: list(v) for k, v in self.stats.items()}
         opens: Dict[Tuple[int, int, int], int] = {}
-        for s in self.starts.values():
+        open_exits = self.open_exits().values()
+        for s in open_exits:
             opens[s[S_KEY]] = opens.get(s[S_KEY], 0) + 1
         stats: Dict[ExitKey, ExitStats] = {}
         for key in set(acc_by_key) | set(opens) | set(self.abandoned):
@@ -746,7 +803,7 @@ class Pairer:
                 continue  # the first key of an exit that kvm_trap_enter renamed
             stats[ek] = stats[ek].merge(st) if ek in stats else st
         sub_opens: Dict[Tuple[int, int, int, int], int] = {}
-        for s in self.starts.values():
+        for s in open_exits:
             skey = self._sub_key(s)
             if skey is not None:
                 sub_opens[skey] = sub_opens.get(skey, 0) + 1

@@ -186,7 +186,7 @@ class RangePairer(Pairer):
         if sync:
             self.opened.discard(tid)
             self.known.add(tid)
-            self.entry_ts[tid] = 0  # an exit since the last entry: no guest time for this one
+            self._state(tid).entry_ts = 0  # an exit since the last entry: no guest time for this one
             Pairer.exit(self, ts, thread, value)
         else:
             self.opened.add(tid)
@@ -204,7 +204,7 @@ class RangePairer(Pairer):
         if sync:
             self.opened.discard(tid)
             self.known.add(tid)
-            self.entry_ts[tid] = ts
+            self._state(tid).entry_ts = ts
         else:
             self.semi[tid] = None
 
@@ -273,7 +273,7 @@ class RangePairer(Pairer):
         self.switches += 1
         prev = sw.prev
         if prev in self.known:
-            s = self.starts.get(prev)
+            s = self.open_exit(prev)
             if s is not None:
                 if s[S_SPLIT] is None:
                     s[S_SPLIT] = Split()
@@ -288,7 +288,7 @@ class RangePairer(Pairer):
         nxt = sw.next
         if nxt in self.known:
             if self.off_cpu.pop(nxt, None) is not None:
-                s = self.starts.get(nxt)
+                s = self.open_exit(nxt)
                 if s is not None and s[S_SPLIT] is not None and s[S_SPLIT].off_ts:
                     s[S_SPLIT].back_on_cpu(ts)
         elif nxt not in self.semi:
@@ -304,11 +304,7 @@ class RangePairer(Pairer):
             self.log.append((RUN, tid, run))
         self.runs = {}
         self.log.append((LOST, cpu, n))
-        for tid in [t for t, s in self.starts.items() if s[3] == cpu]:  # S_CPU
-            s = self.starts.pop(tid)
-            self._unfinished(s)
-            self.health.reset_by_loss += 1
-            self.health.reset_threads[tid] = self.health.reset_threads.get(tid, 0) + 1
+        self._close_on(cpu)
 
     def close(self) -> None:
         """At the range's end: what is still folded goes into the log; pending pairs are added."""
@@ -339,8 +335,9 @@ class RangeResult:
         self.first_ns = p.first_ns
         self.last_ns = p.last_ns
         self.known = p.known
-        self.starts = {tid: p.starts[tid] for tid in p.known if tid in p.starts}
-        self.entry_ts = {tid: p.entry_ts[tid] for tid in p.known if tid in p.entry_ts}
+        slots = [(tid, p.slots[tid]) for tid in p.known if tid in p.slots]
+        self.starts = {tid: st.start for tid, st in slots if st.start is not None}
+        self.entry_ts = {tid: st.entry_ts for tid, st in slots if st.entry_ts is not None}
         self.off_cpu = {tid: p.off_cpu[tid] for tid in p.known if tid in p.off_cpu}
         self.excess = p.excess
         self.sub_excess = p.sub_excess
@@ -411,8 +408,7 @@ def _merge_acc(into: list, acc: list) -> None:
 
 
 def _handover(p: Pairer, tid: int) -> None:
-    p.starts.pop(tid, None)
-    p.entry_ts.pop(tid, None)
+    p.slots.pop(tid, None)
     p.off_cpu.pop(tid, None)
 
 
@@ -432,7 +428,7 @@ def stitch(p: Pairer, r: RangeResult) -> None:
             if item[3]:
                 _handover(p, item[2][0])
         elif kind == RUN:
-            item[2].apply(p.starts.get(item[1]))
+            item[2].apply(p.open_exit(item[1]))
         elif kind == WAKEUP:
             p.wakeup(item[1], item[2], item[3])
         elif kind == SUB:
@@ -447,8 +443,9 @@ def stitch(p: Pairer, r: RangeResult) -> None:
         elif kind == LOST:
             p.lost(item[1], item[2])
         elif kind == ENTRY_TS:
-            if item[1] in p.entry_ts:
-                p.entry_ts[item[1]] = item[2]
+            st = p.slots.get(item[1])
+            if st is not None and st.entry_ts is not None:
+                st.entry_ts = item[2]
         elif kind == FLAG_SWITCH:
             p.switches += 1
         elif kind == FLAG_UEXIT:
@@ -483,8 +480,9 @@ def stitch(p: Pairer, r: RangeResult) -> None:
         _handover(p, tid)
     for tid, s in r.starts.items():
         s[S_ACC] = p._acc(s[S_KEY])
-        p.starts[tid] = s
-    p.entry_ts.update(r.entry_ts)
+        p._state(tid).start = s
+    for tid, last in r.entry_ts.items():
+        p._state(tid).entry_ts = last
     p.off_cpu.update(r.off_cpu)
     _add_health(p.health, r.health)
 
