@@ -442,7 +442,8 @@ class Pairer:
         self.userspace_exits = 0  # kvm_userspace_exit events seen: without any, VMM time is unknown
         self.recorded = frozenset()  # (a property: sets _split_recorded)
         #: Reading one part of a file (:class:`.parallel.RangePairer`): exits and entries of threads
-        #: not in :attr:`known` go to its ``_defer_exit``/``_defer_entry`` (here, one test per event).
+        #: not in :attr:`known` go to its ``_defer_exit``/``_defer_entry`` (a thread with a state in
+        #: :attr:`slots` is known: only those without one are tested).
         self.deferring = False
         self.known: Set[int] = set()
 
@@ -517,13 +518,15 @@ class Pairer:
 
     def exit(self, ts: int, thread: Thread, value: Tuple[int, int]) -> None:
         tid = thread[0]
-        if self.deferring and tid not in self.known:
-            self._defer_exit(ts, thread, value)
-            return
-        self.last_ns = ts
         st = self.slots.get(tid)
         if st is None:
+            # A range's engine keeps a state only for the threads it knows: only those without
+            # one can be threads to defer.
+            if self.deferring and tid not in self.known:
+                self._defer_exit(ts, thread, value)
+                return
             st = self.slots[tid] = ThreadState()
+        self.last_ns = ts
         if st.unnamed:  # the first exit's comm, the first known tgid
             if tid not in self.tgid:
                 if tid not in self.comm:
@@ -561,18 +564,19 @@ class Pairer:
 
     def entry(self, ts: int, thread: Thread, value: Any = None) -> None:
         tid = thread[0]
-        if self.deferring and tid not in self.known:
-            self._defer_entry(ts, thread)
-            return
-        self.last_ns = ts
         st = self.slots.get(tid)
         if st is None or st.start is None:
+            if st is None and self.deferring and tid not in self.known:  # (as in exit)
+                self._defer_entry(ts, thread)
+                return
+            self.last_ns = ts
             if self.first_ns is None:
                 self.first_ns = ts
             if st is not None and st.entry_ts is not None:
                 st.entry_ts = ts
             self.unpaired_entries += 1
             return
+        self.last_ns = ts
         s = st.start
         st.start = None
         st.entry_ts = ts
