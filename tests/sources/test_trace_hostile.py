@@ -76,6 +76,22 @@ def test_whitespace_line_inside_a_trace_is_malformed(fmt):
     assert_accounted(r)
 
 
+def test_malformed_lines_keep_their_numbers_across_chunks():
+    """Off its fast path the reader numbers a line from what its chunk's batch has left: bad lines
+    far into a trace of many chunks (lines the grammar rejects, a kvm_exit whose payload does not
+    decode) are reported at their own numbers."""
+    lines = [EXIT, ENTRY] * 15000
+    undecodable = EXIT.replace(b"TRAP: HSR_EC: 0x0016 (HVC64), PC: 0x1", b"no reason here")
+    bad = {7: b"garbage\n", 9000: undecodable, 25001: b"\0 nul\n"}
+    for at, line in bad.items():
+        lines[at - 1] = line
+    data = b"".join(lines)
+    assert len(data) > 8 * (1 << 18)  # many reads of the line reader
+    r = read_stream(io.BytesIO(data), fmt="ftrace")
+    assert r.health.malformed == 3 and r.health.malformed_lines == sorted(bad)
+    assert_accounted(r)
+
+
 # -- 2 and 3: absurd numbers are malformed lines, never an exception --------------------------------
 
 HUGE = b"9" * 5000
