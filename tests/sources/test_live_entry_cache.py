@@ -439,6 +439,57 @@ def test_an_ended_owner_frees_its_cpu_rows_for_the_next_thread(d):
     assert mine(d.snapshot(), threading.get_native_id()).pairs == 1
 
 
+def drop_slot(d: Driver, tid: int) -> None:
+    """Remove the thread's slot from the map, as another reader retiring it meanwhile would: its
+    CPU's rows stay owned (the case _thread_slots reads as rows of an owner whose slot is gone)."""
+    threads = d.source.bpf["threads"]
+    del threads[threads.Key(tid)]
+
+
+def test_a_live_owner_without_its_slot_is_read_from_its_cpus_rows_and_record(d):
+    tid = threading.get_native_id()
+    for _ in range(4):
+        on(0, hvc(d))
+        on(0, d.entry)
+    # The last pair is still in CPU 0's record (folded into its rows at the owner's next exit).
+    assert (owner_of(d, 0), cpu_row_pairs(d, 0)) == (pid_tgid(tid), 3)
+    drop_slot(d, tid)
+    assert mine(d.snapshot(), tid).pairs == 4  # its rows and its record's pair
+    assert owner_of(d, 0) == pid_tgid(tid)  # alive: kept, not freed
+    on(0, hvc(d))  # the owner's fast path on its CPU needs no slot: it stays without one
+    on(0, d.entry)
+    on(0, hvc(d))  # left open in the record
+    snap = d.snapshot()
+    st = mine(snap, tid)
+    assert (st.pairs, st.open, st.abandoned) == (5, 1, 0)
+    assert snap.health.unpaired_entries == 0
+
+
+@pytest.mark.parametrize("left_open", [False, True])
+def test_an_ended_owner_without_its_slot_is_retired_once_and_its_cpu_freed(d, left_open):
+    tids: List[int] = []
+
+    def vcpu() -> None:
+        tids.append(threading.get_native_id())
+        for _ in range(3):
+            on(0, hvc(d))
+            on(0, d.entry)
+        if left_open:
+            on(0, hvc(d))  # folds the third pair into the rows; abandoned
+
+    t = threading.Thread(target=vcpu)
+    t.start()
+    t.join()
+    # The last pair, or the open exit, is in CPU 0's record.
+    assert (owner_of(d, 0), cpu_row_pairs(d, 0)) == (pid_tgid(tids[0]), 3 if left_open else 2)
+    drop_slot(d, tids[0])
+    snap = snapshot_once_gone(d, tids[0])
+    st = mine(snap, tids[0])
+    assert (st.pairs, st.open, st.abandoned) == (3, 0, 1 if left_open else 0)
+    assert (owner_of(d, 0), cpu_row_pairs(d, 0)) == (0, 0)  # read, retired, freed
+    assert d.snapshot().stats == snap.stats  # once
+
+
 def test_threads_with_halts_and_keyed_reasons_at_random_account_for_every_event(d):
     """Three threads (more than CPUs: one owns none), each event on a random CPU, with wakeups
     inside and outside exits and reasons with and without a row: counts, halt time and unpaired

@@ -712,11 +712,25 @@ class LiveSource(Source):
                     self._abandoned_sub_guest[sub_key] = self._abandoned_sub_guest.get(sub_key, 0) + guest
         for ident, own_cpus in owned.items():  # rows of an owner whose slot was not read
             tgid, tid = ident >> 32, ident & 0xFFFFFFFF
-            if self.resolver.alive(tgid, tid):
-                self._add_rows(stats, tgid, tid, [block for _cpu, block in own_cpus])
-            else:
-                ended: Dict[ExitKey, ExitStats] = {}
-                self._add_rows(ended, tgid, tid, [block for _cpu, block in self._owned_rows(ident).get(ident, [])])
+            alive = self.resolver.alive(tgid, tid)
+            if not alive:  # gone: its rows and records, read again, are final
+                own_cpus = self._owned_rows(ident).get(ident, own_cpus)
+                cache = self._exit_cache()
+            ended: Dict[ExitKey, ExitStats] = {}
+            mine = stats if alive else ended
+            self._add_rows(mine, tgid, tid, [block for _cpu, block in own_cpus])
+            for cpu, _block in own_cpus:  # its last pair or open exit, in a CPU's resident record
+                record = cache.get(self._cpus + cpu)
+                if not record or record.id != ident or record.gen != record.kills:
+                    continue
+                key = ExitKey(tgid, tid, record.code, record.detail)
+                if record.state == _CPU_CLOSED:
+                    pair = _one_pair(record.entry_ts - record.exit_ts, record.halt_ns)
+                    mine[key] = pair if key not in mine else merge_all((mine[key], pair))
+                elif record.state == _CPU_OPEN:
+                    counts = opened if alive else self._abandoned
+                    counts[key] = counts.get(key, 0) + 1
+            if not alive:
                 self._retire(ended)
                 self._release_rows(ident, [cpu for cpu, _block in own_cpus])
         return stats, opened, comms, opened_subs
