@@ -414,7 +414,9 @@ def snapshot_once_gone(d: Driver, tid: int) -> Snapshot:
     return d.snapshot()
 
 
-def test_an_ended_owner_frees_its_cpu_rows_for_the_next_thread(d):
+def ended_owner(d: Driver, left_open: bool) -> int:
+    """The tid of a thread that made 3 pairs on CPU 0 (the first to exit there: its owner), then,
+    if ``left_open``, an exit left open (abandoned), and ended."""
     tids: List[int] = []
 
     def vcpu() -> None:
@@ -422,14 +424,20 @@ def test_an_ended_owner_frees_its_cpu_rows_for_the_next_thread(d):
         for _ in range(3):
             on(0, hvc(d))
             on(0, d.entry)
-        on(0, hvc(d))  # left open: abandoned
+        if left_open:
+            on(0, hvc(d))  # folds the third pair into the rows
 
     t = threading.Thread(target=vcpu)
     t.start()
     t.join()
-    assert owner_of(d, 0) == pid_tgid(tids[0])
-    snap = snapshot_once_gone(d, tids[0])
-    st = mine(snap, tids[0])
+    return tids[0]
+
+
+def test_an_ended_owner_frees_its_cpu_rows_for_the_next_thread(d):
+    tid = ended_owner(d, left_open=True)
+    assert owner_of(d, 0) == pid_tgid(tid)
+    snap = snapshot_once_gone(d, tid)
+    st = mine(snap, tid)
     assert (st.pairs, st.open, st.abandoned, st.unfinished) == (3, 0, 1, 0)
     assert (owner_of(d, 0), cpu_row_pairs(d, 0)) == (0, 0)  # read, retired, freed
     assert d.snapshot().stats == snap.stats  # once
@@ -467,24 +475,12 @@ def test_a_live_owner_without_its_slot_is_read_from_its_cpus_rows_and_record(d):
 
 @pytest.mark.parametrize("left_open", [False, True])
 def test_an_ended_owner_without_its_slot_is_retired_once_and_its_cpu_freed(d, left_open):
-    tids: List[int] = []
-
-    def vcpu() -> None:
-        tids.append(threading.get_native_id())
-        for _ in range(3):
-            on(0, hvc(d))
-            on(0, d.entry)
-        if left_open:
-            on(0, hvc(d))  # folds the third pair into the rows; abandoned
-
-    t = threading.Thread(target=vcpu)
-    t.start()
-    t.join()
+    tid = ended_owner(d, left_open)
     # The last pair, or the open exit, is in CPU 0's record.
-    assert (owner_of(d, 0), cpu_row_pairs(d, 0)) == (pid_tgid(tids[0]), 3 if left_open else 2)
-    drop_slot(d, tids[0])
-    snap = snapshot_once_gone(d, tids[0])
-    st = mine(snap, tids[0])
+    assert (owner_of(d, 0), cpu_row_pairs(d, 0)) == (pid_tgid(tid), 3 if left_open else 2)
+    drop_slot(d, tid)
+    snap = snapshot_once_gone(d, tid)
+    st = mine(snap, tid)
     assert (st.pairs, st.open, st.abandoned) == (3, 0, 1 if left_open else 0)
     assert (owner_of(d, 0), cpu_row_pairs(d, 0)) == (0, 0)  # read, retired, freed
     assert d.snapshot().stats == snap.stats  # once
