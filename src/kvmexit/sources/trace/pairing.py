@@ -653,8 +653,7 @@ class Pairer:
 
     def wakeup(self, ts: int, thread: Thread, ns: int) -> None:
         self.wakeups += 1
-        st = self.slots.get(thread[0])
-        s = st.start if st is not None else None
+        s = self.open_exit(thread[0])
         if s is not None:
             s[S_HALT] += ns
             if s[S_SPLIT] is not None:
