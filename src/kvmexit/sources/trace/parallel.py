@@ -335,9 +335,9 @@ class RangeResult:
         self.first_ns = p.first_ns
         self.last_ns = p.last_ns
         self.known = p.known
-        slots = [(tid, p.slots[tid]) for tid in p.known if tid in p.slots]
-        self.starts = {tid: st.start for tid, st in slots if st.start is not None}
-        self.entry_ts = {tid: st.entry_ts for tid, st in slots if st.entry_ts is not None}
+        # (A range keeps states only for the threads it knows.)
+        self.starts = p.open_exits()
+        self.entry_ts = {tid: st.entry_ts for tid, st in p.slots.items() if st.entry_ts is not None}
         self.off_cpu = {tid: p.off_cpu[tid] for tid in p.known if tid in p.off_cpu}
         self.excess = p.excess
         self.sub_excess = p.sub_excess
