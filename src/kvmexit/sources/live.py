@@ -659,8 +659,8 @@ class LiveSource(Source):
             pending = None  # the open exit's entry, seen by the kernel but not in a row yet
             if tail[11]:  # resident: the open exit is in its CPU's resident record, if still the slot's
                 ts = 0
-                record = cache.get(self._cpus + tail[10])
-                if record and record.id == ident and record.gen == record.kills == tail[12]:
+                record = self._resident_record(cache, tail[10], ident)
+                if record and record.gen == tail[12]:
                     code, detail = record.code, record.detail
                     if record.state == _CPU_CLOSED:
                         pending = _one_pair(record.entry_ts - record.exit_ts, record.halt_ns)
@@ -716,12 +716,11 @@ class LiveSource(Source):
             if not alive:  # gone: its rows and records, read again, are final
                 own_cpus = self._owned_rows(ident).get(ident, own_cpus)
                 cache = self._exit_cache()
-            ended: Dict[ExitKey, ExitStats] = {}
-            mine = stats if alive else ended
+            mine = stats if alive else {}
             self._add_rows(mine, tgid, tid, [block for _cpu, block in own_cpus])
             for cpu, _block in own_cpus:  # its last pair or open exit, in a CPU's resident record
-                record = cache.get(self._cpus + cpu)
-                if not record or record.id != ident or record.gen != record.kills:
+                record = self._resident_record(cache, cpu, ident)
+                if record is None:
                     continue
                 key = ExitKey(tgid, tid, record.code, record.detail)
                 if record.state == _CPU_CLOSED:
@@ -731,7 +730,7 @@ class LiveSource(Source):
                     counts = opened if alive else self._abandoned
                     counts[key] = counts.get(key, 0) + 1
             if not alive:
-                self._retire(ended)
+                self._retire(mine)
                 self._release_rows(ident, [cpu for cpu, _block in own_cpus])
         return stats, opened, comms, opened_subs
 
@@ -750,6 +749,12 @@ class LiveSource(Source):
         for k, st in stats.items():
             old = self._retired.get(k)
             self._retired[k] = st if old is None else merge_all((old, st))
+
+    def _resident_record(self, cache: Dict[int, _CpuRecord], cpu: int, ident: int) -> Optional[_CpuRecord]:
+        """CPU ``cpu``'s resident record (from :meth:`_exit_cache`) if it is thread ``ident``'s and
+        was not killed since it was written (the exit taken back into the slot, or migrated)."""
+        record = cache.get(self._cpus + cpu)
+        return record if record and record.id == ident and record.gen == record.kills else None
 
     def _owned_rows(self, only: Optional[int] = None) -> Dict[int, List[Tuple[int, bytes]]]:
         """KVMEXIT_RESIDENT: pid_tgid -> [(cpu, the rows of that CPU it owns)], of every owner
