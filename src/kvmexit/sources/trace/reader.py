@@ -491,12 +491,12 @@ def _loop(
 ) -> None:
     """The hot loop: each line is parsed, and its event dispatched to the engine (:data:`EVENTS`).
 
-    Fast path: ``line.split(b": ", 2)`` gives ``prefix, event, payload``; the prefix up to the
-    timestamp's dot (comm, tid, tgid, CPU, flags and the seconds) is looked up in a cache filled
-    only from lines the format's full grammar matched with the same split, and its fraction must
-    be digits, as many as that line's (the trace's precision: lines printed with another go through
-    the grammar), so a fast-path line is exactly a line the grammar accepts; the cache holds the
-    seconds in ns, so only the fraction is converted. Timestamps without a dot
+    Fast path: ``line.split(b": ", 2)`` gives ``prefix, event, payload``; the prefix up to and with
+    the timestamp's dot (comm, tid, tgid, CPU, flags and the seconds) is looked up in a cache filled
+    only from lines the format's full grammar matched with the same split, and the rest, its
+    fraction, must be digits, as many as the cached line's (the trace's precision: lines printed
+    with another go through the grammar), so a fast-path line is exactly a line the grammar
+    accepts; the cache holds the seconds in ns, so only the fraction is converted. Timestamps without a dot
     (a raw counter clock) have a cache of their own, of the prefix up to the timestamp. An event
     the engine has no rule for takes the fast path too once the grammar has read its name with
     the same split (it is counted). Anything else goes through the grammar (and, failing it, is
